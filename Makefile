@@ -1,0 +1,29 @@
+# The two commands of the README: `make sim` and `make test`. Both build .venv themselves.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
+# Debian packages the tests and tools need (installed only when missing).
+APT_PACKAGES :=
+
+.PHONY: test sim bench torture deps clean mpy
+
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: the MicroPython unix wheel needs CPython 3.11"; exit 1; }
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; fi
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-*; touch $@
+
+deps: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+sim: $(STAMP)
+	$(VENV)/bin/python tools/demo.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,137 @@
+# Wires the charger together and owns the asyncio tasks. The only firmware module that is handed the board.
+import asyncio
+import gc
+
+from firmware import config, log, store
+from firmware.evse import Evse
+from firmware.meter import Meter
+from firmware.ocpp.connector import Connector, CONNECTOR
+from firmware.ocpp.core import Core
+from firmware.ocpp.session import Session
+from firmware.ocpp.txqueue import TxQueue
+from lib.modbus import RtuMaster
+
+VERSION = "0.1.0"
+VENDOR = "MicroPython-EVSE"
+MODEL = "MPY-AC-1"
+_TAG = "app"
+_METER_POLL_MS = 1000
+# Factory serial settings per meter model (digest §6.2): baud, parity (None/0 even/1 odd), stop bits.
+_METER_SERIAL = {"SDM630": (9600, None, 1), "SDM120": (2400, None, 1), "SDM72": (9600, None, 1),
+                 "ABB_B23": (9600, 0, 1)}
+
+
+class App:
+    def __init__(self, board):
+        self.board = board
+        state = board.state_dir
+        self.cfg = cfg = config.Config(state)
+        model = cfg.get("MeterModel")
+        baud, parity, stop = _METER_SERIAL[model]
+        self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"))
+        self.evse = Evse(board, self.meter, cfg)
+        self._avail_path = state + "/availability.json"
+        avail = store.read_json(self._avail_path, None) or {}
+        self.evse.operative = avail.get("operative", True)
+        self.session = Session(cfg, self._boot_fields())
+        self.txq = TxQueue(self.session, cfg, state)
+        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, state)
+        self.scheduled_operative = None  # ChangeAvailability waiting for the transaction to end
+        self.core = Core(self)
+        self.session.on_accepted = self._on_accepted
+        self._booted = False
+
+    def _boot_fields(self):
+        ident = self.cfg.get("ChargeBoxId")
+        return {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": ident[:25],
+                "firmwareVersion": VERSION, "meterType": self.meter.model_name()[:25]}
+
+    def _on_accepted(self):
+        # After a boot the Central System must see every connector's status; after a mere reconnect only a
+        # status that changed while offline (OCPP 1.6 §4.9), which report_status notices by itself.
+        if not self._booted:
+            self._booted = True
+            asyncio.create_task(self._status_connector0())
+            self.connector.resend_status()
+        else:
+            self.connector.kick_status()
+        self.txq.kick()
+
+    async def _status_connector0(self):
+        from firmware import clock
+        status = "Available" if self.evse.operative else "Unavailable"
+        try:
+            await self.session.call("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
+                                                           "status": status, "timestamp": clock.iso()})
+        except Exception as e:
+            log.warn(_TAG, "StatusNotification for connector 0 failed: %r" % (e,))
+
+    # ---- actions requested by the Central System ----
+    def set_availability(self, operative):
+        if self.connector.tx is not None and not operative:
+            self.scheduled_operative = operative
+            return "Scheduled"
+        self._apply_availability(operative)
+        return "Accepted"
+
+    def _apply_availability(self, operative):
+        self.scheduled_operative = None
+        if self.evse.operative != operative:
+            self.evse.operative = operative
+            store.write_json(self._avail_path, {"operative": operative})
+            asyncio.create_task(self._status_connector0())
+        self.connector.wake()
+
+    async def reboot(self, kind):
+        reason = "HardReset" if kind == "Hard" else "SoftReset"
+        self.connector.stop(reason)
+        # Soft: give the queue a chance to deliver the StopTransaction; Hard: it goes out after the boot.
+        for _ in range(100 if kind == "Soft" else 10):
+            if self.connector.stopping is None and not len(self.txq):
+                break
+            await asyncio.sleep_ms(100)
+        log.info(_TAG, "%s reset" % kind)
+        self.board.reset()
+
+    async def session_restart(self):
+        ws = self.session.ws
+        if ws is not None:
+            await ws.close()
+
+    # ---- tasks ----
+    async def _poll_meter(self):
+        meter = self.meter
+        was_ok = True
+        while True:
+            ok = await meter.poll()
+            if ok != was_ok:
+                log.warn(_TAG, "meter %s" % ("back" if ok else "lost: %s" % meter.last_error))
+                was_ok = ok
+            await asyncio.sleep_ms(_METER_POLL_MS)
+
+    async def _poll_inputs(self):
+        board = self.board
+        conn = self.connector
+        while True:
+            tag = board.poll_tag()
+            if tag:
+                log.info(_TAG, "tag presented: %s" % tag)
+                conn.present_tag(tag)
+            if self.scheduled_operative is not None and conn.tx is None:
+                self._apply_availability(self.scheduled_operative)
+            await asyncio.sleep_ms(100)
+
+    async def main(self):
+        log.info(_TAG, "firmware %s starting, free heap %d" % (VERSION, gc.mem_free()))
+        await self.meter.poll()
+        tasks = (self.evse.run(), self._poll_meter(), self.session.run(), self.txq.run(),
+                 self.connector.run(), self.connector.report_status(), self._poll_inputs())
+        for t in tasks:
+            asyncio.create_task(t)
+        while True:
+            await asyncio.sleep(60)
+            gc.collect()
+
+
+def run(board):
+    asyncio.run(App(board).main())

@@ -1,0 +1,111 @@
+# The persistent FIFO for transaction-related messages (OCPP 1.6 §3.7, DESIGN.md §4): StartTransaction,
+# StopTransaction and transaction MeterValues survive power loss and outages, go out strictly in order,
+# and obey TransactionMessageAttempts / TransactionMessageRetryInterval. Messages of a transaction whose
+# StartTransaction.conf has not arrived carry a local id; the real transactionId is filled in at send time.
+import asyncio
+import json
+
+from firmware import log, store
+from firmware.ocpp import rpc
+from firmware.ocpp.session import Offline
+
+_TAG = "txq"
+START = "StartTransaction"
+STOP = "StopTransaction"
+METER = "MeterValues"
+
+
+class TxQueue:
+    def __init__(self, session, cfg, state_dir):
+        self.session = session
+        self.cfg = cfg
+        self.journal = store.Journal(state_dir + "/txqueue.jnl")
+        self._ids_path = state_dir + "/txids.json"
+        # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
+        self.ids = store.read_json(self._ids_path, None) or {"n": 0}
+        self._wake = asyncio.Event()
+        self.on_start_conf = None  # fn(local_id, conf)
+        self.on_sent = None  # fn(action, local_id) after a message is delivered or dropped
+
+    def new_local_id(self):
+        self.ids["n"] += 1
+        self._save_ids()
+        return self.ids["n"]
+
+    def tx_id(self, local_id):
+        return self.ids.get(str(local_id))
+
+    def push(self, action, local_id, payload):
+        self.journal.append(json.dumps([action, local_id, payload]).encode())
+        self._wake.set()
+
+    def __len__(self):
+        return len(self.journal)
+
+    def kick(self):
+        self._wake.set()
+
+    def _save_ids(self):
+        store.write_json(self._ids_path, self.ids)
+
+    async def _idle(self, ms):
+        self._wake.clear()
+        try:
+            await asyncio.wait_for_ms(self._wake.wait(), ms)
+        except asyncio.TimeoutError:
+            pass
+
+    async def run(self):
+        attempts = 0
+        session = self.session
+        while True:
+            head = self.journal.peek()
+            if head is None or not session.registered or not session.online:
+                await self._idle(1000)
+                continue
+            seq, data = head
+            action, lid, payload = json.loads(data)
+            key = str(lid)
+            if action == START and key in self.ids:
+                self.journal.pop(seq)  # delivered before a power cut interrupted the pop
+                continue
+            if action != START:
+                real = self.ids.get(key)
+                if real is None:
+                    # Its StartTransaction was discarded (or this Stop was already delivered): the Central
+                    # System cannot place it, so drop it (docs/decisions.md, digest §7 Q1).
+                    log.warn(_TAG, "dropping %s of unknown transaction %s" % (action, key))
+                    self.journal.pop(seq)
+                    continue
+                payload["transactionId"] = real
+            try:
+                conf = await session.call(action, payload)
+            except Offline:
+                await self._idle(500)  # being offline is not a failed attempt (digest §1.6)
+                continue
+            except (rpc.CallError, asyncio.TimeoutError) as e:
+                attempts += 1
+                limit = self.cfg.get("TransactionMessageAttempts")
+                log.warn(_TAG, "%s attempt %d/%d failed: %r" % (action, attempts, limit, e))
+                if attempts < limit:
+                    await asyncio.sleep(self.cfg.get("TransactionMessageRetryInterval") * attempts)
+                    continue
+                log.warn(_TAG, "giving up on " + action)
+                conf = None
+            attempts = 0
+            self._delivered(seq, action, key, conf)
+
+    def _delivered(self, seq, action, key, conf):
+        # The id map is saved before the record is popped so a power cut in between cannot cause a resend.
+        if action == START and conf is not None:
+            tid = conf.get("transactionId")
+            self.ids[key] = tid if isinstance(tid, int) else 0
+            self._save_ids()
+        elif action == STOP and key in self.ids:
+            del self.ids[key]
+            self._save_ids()
+        self.journal.pop(seq)
+        if action == START and self.on_start_conf:
+            self.on_start_conf(int(key), conf)
+        if self.on_sent:
+            self.on_sent(action, int(key))

@@ -1,0 +1,89 @@
+# The Board interface: the only door between the firmware and the hardware.
+#
+# hal/esp32.py (the real PCB) and hal/unix.py (the virtual board of tools/sim.py) implement every method below
+# with the same names and meanings; they do not inherit from this class, so that a board costs no RAM for it.
+# This file is the reference (docs/architecture.md "hal/") and tests check both boards against it.
+# Nothing in hal/ imports firmware/.
+#
+# Units: voltages in mV, resistances in ohms, times in integer ms, PWM duty in permille (0.1 %).
+
+
+class Board:
+    # Set by the constructor: where "flash" lives ("/" on the ESP32, the --state DIR on unix).
+    state_dir = "/"
+
+    def __init__(self):
+        # Constructs and connects everything (pins, PWM, ADC, link to the simulator).
+        raise NotImplementedError
+
+    def set_pwm(self, permille):
+        # CP generator. 1000 = steady +12 V (no PWM, X1); 0 = steady -12 V (state F);
+        # 1..999 = 1 kHz PWM with that duty in 0.1 % units (IEC 61851-1 A.8: 16 A -> 267).
+        raise NotImplementedError
+
+    def set_contactor(self, on):
+        # Main relay coil. Safe to call from the start_watch callback.
+        raise NotImplementedError
+
+    def set_lock(self, locked):
+        # Socket e-lock motor/solenoid command.
+        raise NotImplementedError
+
+    def set_led(self, name, on):
+        # name: "green" | "blue" | "red"; anything else raises ValueError.
+        raise NotImplementedError
+
+    def read_cp(self):
+        # -> (hi_mv, lo_mv): CP plateau voltages. hi = the high phase (gives the state A..F),
+        # lo = the low phase (-12 V while PWM runs; near 0 V = diode missing). Without PWM both are the steady level.
+        raise NotImplementedError
+
+    def read_pp_ohms(self):
+        # -> int PP-PE resistance, or None when open (no cable). Band checking is the firmware's job.
+        raise NotImplementedError
+
+    def lock_feedback(self):
+        # -> True when the lock's feedback contact confirms "locked".
+        raise NotImplementedError
+
+    def contactor_feedback(self):
+        # -> True when the contacts are closed (auxiliary contact); closed while commanded open = welded.
+        raise NotImplementedError
+
+    def rcd_tripped(self):
+        # -> True while the residual current device reports a trip.
+        raise NotImplementedError
+
+    def poll_tag(self):
+        # -> next RFID UID presented (hex string), or None when none is waiting. Never blocks.
+        raise NotImplementedError
+
+    def open_uart(self, baud, parity, stop):
+        # -> asyncio stream (read/readexactly/write/drain) on the RS485 bus, 8 data bits.
+        # parity: None | "N" | "E" | "O" (machine.UART's 0 = even, 1 = odd are accepted too); stop: 1 | 2.
+        raise NotImplementedError
+
+    def start_watch(self, period_ms, fn):
+        # Call fn() every period_ms OFF the asyncio loop (machine.Timer on the ESP32, a _thread on unix), so the
+        # safety watch runs while the loop is busy. fn must be short and allocate little.
+        raise NotImplementedError
+
+    def wdt_feed(self):
+        # Feed the hardware watchdog (the first call arms it).
+        raise NotImplementedError
+
+    def reset(self):
+        # Reboot; never returns (unix: the process exits with code 3, which tools/sim.py treats as a reboot).
+        raise NotImplementedError
+
+    def ticks_ms(self):
+        # Monotonic ms (time.ticks_ms: wraps, compare with time.ticks_diff).
+        raise NotImplementedError
+
+
+# Every name a board must provide; tests compare implementations against it.
+METHODS = (
+    "set_pwm", "set_contactor", "set_lock", "set_led", "read_cp", "read_pp_ohms", "lock_feedback",
+    "contactor_feedback", "rcd_tripped", "poll_tag", "open_uart", "start_watch", "wdt_feed", "reset", "ticks_ms",
+)
+LEDS = ("green", "blue", "red")

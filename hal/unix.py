@@ -1,0 +1,229 @@
+# The virtual board: hal.board's interface on the MicroPython unix port, wired to tools/sim.py.
+#
+# Command line (read from sys.argv): --board HOST:PORT --state DIR --uart PATH
+#
+# Link to the sim: one TCP connection, JSON objects one per line ("\n"), both ways.
+#   sim -> MCU (inputs, pushed whenever one changes; the first line arrives right after connect and is complete):
+#     {"cp": [hi_mv, lo_mv], "pp": ohms|null, "lock_fb": bool, "contactor_fb": bool, "rcd": bool}
+#     {"tag": "04A1B2C3"}                     an RFID card was presented
+#   MCU -> sim (outputs, sent only when they change):
+#     {"pwm": permille}  {"contactor": bool}  {"lock": bool}  {"led": "green"|"blue"|"red", "on": bool}
+#     {"reset": true}                         sent by reset() just before the process exits with code 3
+# A reader thread stores the inputs in plain attributes, so reads are instant and never wait for the asyncio loop
+# (DESIGN.md §2). Outputs are sent by whichever thread calls them, under one lock. If the link drops, the board
+# has lost power: the process kills itself, as the MCU would die with it.
+import sys
+import os
+import time
+import json
+import socket
+import _thread
+from micropython import const
+
+_READY_WAIT_MS = const(5000)
+_MAX_TAGS = const(8)
+_RX_CHUNK = const(512)
+_EXIT_REBOOT = const(3)
+
+# name -> (off, on) lines, built once so the watch thread can drive LEDs without formatting
+_LEDS = {}
+for _n in ("green", "blue", "red"):
+    _LEDS[_n] = (b'{"led":"%s","on":false}\n' % _n, b'{"led":"%s","on":true}\n' % _n)
+del _n
+_CONTACTOR = (b'{"contactor":false}\n', b'{"contactor":true}\n')
+_LOCK = (b'{"lock":false}\n', b'{"lock":true}\n')
+# hal.board parity spellings -> hal.unix_uart's
+_PARITY = {None: None, "N": None, "E": "E", "O": "O", 0: "E", 1: "O"}
+
+
+def _arg(argv, name):
+    try:
+        return argv[argv.index(name) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+class Board:
+    def __init__(self, argv=None):
+        argv = sys.argv if argv is None else argv
+        addr = _arg(argv, "--board")
+        if not addr or ":" not in addr:
+            raise ValueError("hal.unix needs --board HOST:PORT (start the firmware through tools/sim.py)")
+        self.state_dir = _arg(argv, "--state") or "."
+        self._uart_path = _arg(argv, "--uart")
+        # Every attribute the reader thread writes exists before it starts: without a GIL, adding a key to the
+        # instance dict while the main thread reads it could resize the dict under the reader's feet.
+        self._cp = (0, 0)
+        self._pp = None
+        self._lock_fb = False
+        self._contactor_fb = False
+        self._rcd = False
+        self._ready = False
+        self._tags = []
+        self._rx = _thread.allocate_lock()
+        self._tx = _thread.allocate_lock()
+        # last value sent per output; every key exists up front so no thread ever resizes this dict
+        self._out = {"pwm": None, "contactor": None, "lock": None, "green": None, "blue": None, "red": None}
+        host, port = addr.rsplit(":", 1)
+        self._sock = socket.socket()
+        try:
+            self._sock.connect(socket.getaddrinfo(host, int(port))[0][-1])
+        except OSError as e:
+            raise OSError("cannot reach the virtual board at %s (%s): is tools/sim.py running?" % (addr, e))
+        _thread.start_new_thread(self._reader, ())
+        self._wait_ready()
+
+    def _wait_ready(self):
+        start = time.ticks_ms()
+        while not self._ready:
+            if time.ticks_diff(time.ticks_ms(), start) > _READY_WAIT_MS:
+                raise OSError("virtual board sent no inputs within %d ms" % _READY_WAIT_MS)
+            time.sleep_ms(2)
+
+    # ---- inputs (reader thread) ----
+
+    def _reader(self):
+        buf = b""
+        while True:
+            try:
+                chunk = self._sock.recv(_RX_CHUNK)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            i = buf.find(b"\n")
+            while i >= 0:
+                if i:
+                    self._apply(buf[:i])
+                buf = buf[i + 1:]
+                i = buf.find(b"\n")
+        self._link_lost()
+
+    def _apply(self, line):
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            print("[hal] bad line from the board:", line)
+            return
+        if "cp" in msg:
+            cp = msg["cp"]
+            self._cp = (int(cp[0]), int(cp[1]))  # one tuple, so a reader never sees hi and lo from two updates
+            self._ready = True
+        if "pp" in msg:
+            self._pp = msg["pp"]
+        if "lock_fb" in msg:
+            self._lock_fb = bool(msg["lock_fb"])
+        if "contactor_fb" in msg:
+            self._contactor_fb = bool(msg["contactor_fb"])
+        if "rcd" in msg:
+            self._rcd = bool(msg["rcd"])
+        if "tag" in msg:
+            with self._rx:
+                if len(self._tags) >= _MAX_TAGS:
+                    self._tags.pop(0)  # a reader that nobody polls keeps the newest cards
+                self._tags.append(str(msg["tag"]))
+
+    def _link_lost(self):
+        # No board, no MCU: end the whole process from this thread (sys.exit would only end the thread).
+        print("[hal] virtual board link lost: powering off")
+        os.system("kill -9 $PPID")
+
+    def read_cp(self):
+        return self._cp
+
+    def read_pp_ohms(self):
+        return self._pp
+
+    def lock_feedback(self):
+        return self._lock_fb
+
+    def contactor_feedback(self):
+        return self._contactor_fb
+
+    def rcd_tripped(self):
+        return self._rcd
+
+    def poll_tag(self):
+        with self._rx:
+            return self._tags.pop(0) if self._tags else None
+
+    # ---- outputs (any thread) ----
+
+    def _send(self, key, value, data):
+        with self._tx:
+            if self._out[key] == value:
+                return  # the watch may repeat a command every tick; the wire only carries changes
+            self._out[key] = value
+            mv = memoryview(data)
+            try:
+                while mv:
+                    mv = mv[self._sock.send(mv):]
+            except OSError:
+                pass  # the reader thread sees the closed link and ends the process
+
+    def set_pwm(self, permille):
+        permille = int(permille)
+        if not 0 <= permille <= 1000:
+            raise ValueError("pwm permille out of 0..1000: %d" % permille)
+        if self._out["pwm"] == permille:
+            return  # skip the formatting too; _send re-checks under the lock
+        self._send("pwm", permille, b'{"pwm":%d}\n' % permille)
+
+    def set_contactor(self, on):
+        on = bool(on)
+        self._send("contactor", on, _CONTACTOR[on])
+
+    def set_lock(self, locked):
+        locked = bool(locked)
+        self._send("lock", locked, _LOCK[locked])
+
+    def set_led(self, name, on):
+        lines = _LEDS.get(name)
+        if lines is None:
+            raise ValueError("unknown LED %r (green, blue, red)" % (name,))
+        on = bool(on)
+        self._send(name, on, lines[on])
+
+    # ---- services ----
+
+    def open_uart(self, baud, parity=None, stop=1):
+        if not self._uart_path:
+            raise ValueError("hal.unix needs --uart PATH for the meter bus")
+        if parity not in _PARITY:
+            raise ValueError("parity must be None, 'N', 'E' or 'O' (got %r)" % (parity,))
+        import hal.unix_uart
+        return hal.unix_uart.open_tty(self._uart_path, baud, _PARITY[parity], stop)
+
+    def start_watch(self, period_ms, fn):
+        _thread.start_new_thread(self._watch, (int(period_ms), fn))
+
+    def _watch(self, period_ms, fn):
+        due = time.ticks_ms()
+        while True:
+            try:
+                fn()
+            except Exception as e:  # the safety watch must outlive one bad tick
+                sys.print_exception(e)
+            due = time.ticks_add(due, period_ms)
+            wait = time.ticks_diff(due, time.ticks_ms())
+            if wait > 0:
+                time.sleep_ms(wait)
+            else:
+                due = time.ticks_ms()  # fell behind: skip the missed ticks instead of bursting
+
+    def wdt_feed(self):
+        pass  # the sim restarts a dead MCU itself; there is no hang detection on the host
+
+    def reset(self):
+        # Tell the sim first: if a non-main thread calls this, sys.exit only ends that thread, and the sim's
+        # SIGKILL completes the reboot.
+        with self._tx:
+            try:
+                self._sock.send(b'{"reset":true}\n')
+            except OSError:
+                pass
+        sys.exit(_EXIT_REBOOT)
+
+    def ticks_ms(self):
+        return time.ticks_ms()

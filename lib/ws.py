@@ -1,0 +1,546 @@
+# RFC 6455 WebSocket client on asyncio streams. Knows nothing of OCPP: the subprotocol is an argument.
+# One task may call recv() while others call send()/ping(): writes are serialised by a lock because
+# MicroPython's Stream.drain() drops bytes written by another task while it drains.
+import asyncio
+import binascii
+import errno
+import hashlib
+import os
+import time
+from micropython import const
+
+_CONT = const(0)
+_TEXT = const(1)
+_BINARY = const(2)
+_CLOSE = const(8)
+_PING = const(9)
+_PONG = const(10)
+
+# RFC 6455 §7.4.1 status codes
+_NORMAL = const(1000)
+_PROTOCOL_ERROR = const(1002)
+_NO_STATUS = const(1005)
+_ABNORMAL = const(1006)
+_BAD_DATA = const(1007)
+_TOO_BIG = const(1009)
+
+_CLOSE_WAIT_MS = const(1000)
+_MAX_HEADERS = const(40)  # bounds the handshake so a hostile server cannot stall us forever
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+
+
+class WSError(Exception):
+    pass
+
+
+class WSClosed(WSError):
+    def __init__(self, code=_ABNORMAL, reason=""):
+        super().__init__("connection closed (%d %s)" % (code, reason))
+        self.code = code
+        self.reason = reason
+
+
+class _Fail(Exception):
+    # A protocol violation: fail the connection with this close code (RFC 6455 §7.1.7).
+    def __init__(self, code, msg, unread=0):
+        super().__init__(msg)
+        self.code = code
+        self.unread = unread  # payload bytes still in the stream
+
+
+def _mask_py(buf, key):
+    mv = memoryview(buf)
+    for i in range(len(mv)):
+        mv[i] ^= key[i & 3]
+
+
+# viper needs an -march for mpy-cross and a native emitter at run time, so it is compiled from a string
+# and the plain loop stays as the fallback.
+_mask_fast = None
+try:
+    exec("""
+@micropython.viper
+def _mask_v(buf: ptr8, n: int, key: ptr8):
+    i = 0
+    while i < n:
+        buf[i] ^= key[i & 3]
+        i += 1
+_mask_fast = _mask_v
+""")
+except Exception:
+    pass
+
+
+def apply_mask(buf, key):
+    # In place, on a bytearray or a writable memoryview; XOR is its own inverse.
+    if _mask_fast is not None:
+        _mask_fast(buf, len(buf), key)
+    else:
+        _mask_py(buf, key)
+
+
+def _put_header(hdr, opcode, n, key, fin):
+    # Writes the frame header into hdr (>= 14 bytes); returns its length.
+    hdr[0] = (0x80 if fin else 0) | opcode
+    m = 0x80 if key else 0
+    if n < 126:
+        hdr[1] = m | n
+        i = 2
+    elif n < 0x10000:
+        hdr[1] = m | 126
+        hdr[2] = n >> 8
+        hdr[3] = n & 0xFF
+        i = 4
+    else:
+        hdr[1] = m | 127
+        for j in range(8):
+            hdr[2 + j] = (n >> (56 - 8 * j)) & 0xFF
+        i = 10
+    if key:
+        hdr[i:i + 4] = key
+        i += 4
+    return i
+
+
+def encode_frame(opcode, payload, mask_key=None, fin=True):
+    """Whole frame as a bytearray; masked when mask_key (4 bytes) is given, as client frames must be."""
+    hdr = bytearray(14)
+    h = _put_header(hdr, opcode, len(payload), mask_key, fin)
+    frame = bytearray(h + len(payload))
+    frame[:h] = memoryview(hdr)[:h]
+    frame[h:] = payload
+    if mask_key:
+        apply_mask(memoryview(frame)[h:], mask_key)
+    return frame
+
+
+async def _fill(stream, mv):
+    got = 0
+    n = len(mv)
+    while got < n:
+        r = await stream.readinto(mv[got:])
+        if r is None:  # TLS record not complete yet
+            continue
+        if not r:
+            raise EOFError
+        got += r
+
+
+async def _read_header(stream, hdr):
+    # -> (first byte, opcode, payload length) of the next server frame
+    mv = memoryview(hdr)
+    await _fill(stream, mv[:2])
+    b0 = hdr[0]
+    b1 = hdr[1]
+    op = b0 & 0x0F
+    if b0 & 0x70:
+        raise _Fail(_PROTOCOL_ERROR, "reserved bits set (no extension negotiated)")
+    if b1 & 0x80:
+        raise _Fail(_PROTOCOL_ERROR, "server sent a masked frame")
+    if op > _BINARY and op < _CLOSE or op > _PONG:
+        raise _Fail(_PROTOCOL_ERROR, "unknown opcode %d" % op)
+    n = b1 & 0x7F
+    if n == 126:
+        await _fill(stream, mv[:2])
+        n = (hdr[0] << 8) | hdr[1]
+    elif n == 127:
+        await _fill(stream, mv[:8])
+        n = 0
+        for i in range(8):
+            n = (n << 8) | hdr[i]
+    if op >= _CLOSE and (n > 125 or not b0 & 0x80):
+        raise _Fail(_PROTOCOL_ERROR, "bad control frame")  # RFC 6455 §5.5
+    return b0, op, n
+
+
+async def read_frame(stream, hdr, max_frame):
+    """Reads one server frame -> (fin, opcode, payload). hdr: reusable bytearray(8).
+    Raises EOFError at end of stream and _Fail (with .code) on a protocol violation."""
+    b0, op, n = await _read_header(stream, hdr)
+    if n > max_frame:
+        raise _Fail(_TOO_BIG, "frame too large (%d > %d)" % (n, max_frame), n)
+    payload = await stream.readexactly(n) if n else b""
+    return b0 >> 7, op, payload
+
+
+def _decode(op, data):
+    if op == _BINARY:
+        return bytes(data)
+    try:
+        return str(data, "utf-8")
+    except UnicodeError:
+        raise _Fail(_BAD_DATA, "text message is not UTF-8")
+
+
+def _parse_close(data):
+    if not data:
+        return _NO_STATUS, ""
+    if len(data) < 2:
+        raise _Fail(_PROTOCOL_ERROR, "bad close frame")
+    try:
+        reason = str(data[2:], "utf-8")
+    except UnicodeError:
+        reason = ""
+    return (data[0] << 8) | data[1], reason
+
+
+class WS:
+    def __init__(self, stream, max_frame=16384):
+        self._s = stream
+        self._max = max_frame
+        self._rhdr = bytearray(8)
+        self._whdr = bytearray(14)
+        self._wlock = asyncio.Lock()
+        self._done = asyncio.Event()
+        self._closing = False  # our close frame is out
+        self._closed = None  # (code, reason) once the stream is shut
+        self._reading = False
+        self.last_rx_ms = time.ticks_ms()
+
+    async def _write(self, op, payload):
+        # payload: a fresh bytearray we may mask in place
+        key = os.urandom(4)
+        apply_mask(payload, key)
+        async with self._wlock:
+            h = _put_header(self._whdr, op, len(payload), key, True)
+            try:
+                self._s.write(memoryview(self._whdr)[:h])
+                self._s.write(payload)
+                await self._s.drain()
+            except (OSError, ValueError) as e:  # mbedTLS reports some failures as ValueError
+                await self._shut(_ABNORMAL, "connection lost: %s" % e)
+                raise WSClosed(_ABNORMAL, "connection lost: %s" % e)
+
+    def _check_open(self):
+        if self._closed:
+            raise WSClosed(self._closed[0], self._closed[1])
+
+    def _check_sendable(self):
+        self._check_open()
+        if self._closing:  # RFC 6455 §5.5.1: no data after our close frame
+            raise WSClosed(_NORMAL, "closing")
+
+    async def send(self, msg):
+        """One text frame for str, one binary frame for bytes."""
+        self._check_sendable()
+        if isinstance(msg, str):
+            await self._write(_TEXT, bytearray(msg, "utf-8"))
+        else:
+            await self._write(_BINARY, bytearray(msg))
+
+    async def ping(self, payload=b""):
+        self._check_sendable()
+        await self._write(_PING, bytearray(payload))
+
+    async def recv(self):
+        """Next message: str (text) or bytes (binary). Answers pings; raises WSClosed when the link ends.
+        Only one task may call it at a time; cancelling it mid-frame leaves the link unusable."""
+        self._check_open()
+        self._reading = True
+        try:
+            return await self._recv()
+        except _Fail as e:
+            await self._fail(e.code, e.unread)
+            raise WSError(e.args[0])
+        except (EOFError, OSError) as e:
+            reason = "connection lost" if isinstance(e, EOFError) else "connection lost: %s" % e
+            await self._shut(_ABNORMAL, reason)
+            raise WSClosed(_ABNORMAL, reason)
+        finally:
+            self._reading = False
+
+    async def _recv(self):
+        msg = None
+        mop = _TEXT
+        while True:
+            fin, op, data = await read_frame(self._s, self._rhdr, self._max)
+            self.last_rx_ms = time.ticks_ms()
+            if op >= _CLOSE:  # control frames may come between fragments
+                await self._control(op, data)
+                continue
+            if op == _CONT:
+                if msg is None:
+                    raise _Fail(_PROTOCOL_ERROR, "continuation frame without a message")
+                if len(msg) + len(data) > self._max:
+                    raise _Fail(_TOO_BIG, "message too large (%d > %d)" % (len(msg) + len(data), self._max))
+                msg.extend(data)
+            elif msg is not None:
+                raise _Fail(_PROTOCOL_ERROR, "new message inside a fragmented one")
+            elif fin:
+                return _decode(op, data)
+            else:
+                msg = bytearray(data)
+                mop = op
+            if fin:
+                return _decode(mop, msg)
+
+    async def _control(self, op, data):
+        if op == _PING:
+            if not self._closing:
+                await self._write(_PONG, bytearray(data))
+        elif op == _CLOSE:
+            code, reason = _parse_close(data)
+            if not self._closing:
+                self._closing = True
+                await self._send_close(code if code != _NO_STATUS else None)
+            await self._shut(code, reason)
+            raise WSClosed(code, reason)
+        # an unsolicited pong only proves the link is alive (last_rx_ms)
+
+    async def _send_close(self, code):
+        payload = bytearray(2) if code else bytearray(0)
+        if code:
+            payload[0] = code >> 8
+            payload[1] = code & 0xFF
+        try:
+            await asyncio.wait_for_ms(self._write(_CLOSE, payload), _CLOSE_WAIT_MS)
+        except Exception:  # the peer may be gone already; closing goes on regardless
+            pass
+
+    async def _fail(self, code, unread):
+        if not self._closing:
+            self._closing = True
+            await self._send_close(code)
+            # Closing a socket with unread data sends a RST that can destroy our close frame
+            # before the server reads it: read to the server's close answer first.
+            try:
+                await asyncio.wait_for_ms(self._drain_to_close(unread), _CLOSE_WAIT_MS)
+            except Exception:
+                pass
+        await self._shut(code, "protocol error")
+
+    async def _shut(self, code, reason):
+        if self._closed:
+            return
+        self._closed = (code, reason)
+        try:
+            self._s.close()
+            await self._s.wait_closed()
+        except Exception:
+            pass
+        self._done.set()
+
+    async def close(self, code=_NORMAL):
+        """Sends a close frame and waits briefly for the server's answer, then shuts the stream."""
+        if self._closed:
+            return
+        if not self._closing:
+            self._closing = True
+            await self._send_close(code)
+        try:
+            if self._reading:  # the running recv() will see the answer
+                await asyncio.wait_for_ms(self._done.wait(), _CLOSE_WAIT_MS)
+            else:
+                await asyncio.wait_for_ms(self._drain_to_close(), _CLOSE_WAIT_MS)
+        except Exception:
+            pass
+        await self._shut(code, "closed by us")
+
+    async def _drain_to_close(self, skip=0):
+        # Discards everything up to the server's close frame; payloads of any size are skipped in small reads.
+        op = 0
+        while True:
+            while skip:
+                k = min(skip, 512)
+                await self._s.readexactly(k)
+                skip -= k
+            if op == _CLOSE:  # its payload is read too: unread bytes would turn our FIN into a RST
+                return
+            b0, op, skip = await _read_header(self._s, self._rhdr)
+
+
+# ---- opening handshake ----
+
+def _b(x):
+    return x.encode() if isinstance(x, str) else bytes(x)
+
+
+def _b64(data):
+    return binascii.b2a_base64(data, newline=False).decode()
+
+
+def accept_key(key_b64):
+    """Sec-WebSocket-Accept expected for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    return _b64(hashlib.sha1(_b(key_b64) + _GUID).digest())
+
+
+def basic_auth(user, password):
+    """Authorization header value; built from bytes because the password may be any 20-byte key."""
+    user = _b(user)
+    if b":" in user:
+        raise WSError("user id must not contain ':' (RFC 7617)")
+    return "Basic " + _b64(user + b":" + _b(password))
+
+
+def pem_to_der(text):
+    """First certificate of a PEM text as DER; DER input is returned unchanged."""
+    if isinstance(text, (bytes, bytearray)):
+        if text[:1] == b"\x30":  # ASN.1 SEQUENCE: already DER
+            return text
+        text = str(text, "utf-8")
+    start = text.find("-----BEGIN")
+    start = text.find("-----", start + 10) if start >= 0 else -1
+    end = text.find("-----END", start + 5) if start >= 0 else -1
+    if end < 0:
+        raise WSError("CA certificate is neither PEM nor DER")
+    try:
+        return binascii.a2b_base64("".join(text[start + 5:end].split()))
+    except ValueError:
+        raise WSError("CA certificate PEM has bad base64")
+
+
+def parse_url(url):
+    """ws[s]://host[:port][/path] -> (tls, host, port, path)."""
+    i = url.find("://")
+    scheme = url[:i].lower() if i > 0 else ""
+    if scheme not in ("ws", "wss"):
+        raise WSError("URL must start with ws:// or wss:// (%s)" % url)
+    tls = scheme == "wss"
+    rest = url[i + 3:]
+    j = 0
+    while j < len(rest) and rest[j] not in "/?#":
+        j += 1
+    hostport = rest[:j]
+    path = rest[j:].split("#")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    if "@" in hostport or "[" in hostport:
+        raise WSError("URL host must be a name or IPv4 address, credentials go in user/password (%s)" % url)
+    port = 443 if tls else 80
+    host = hostport
+    if ":" in hostport:
+        host, p = hostport.rsplit(":", 1)
+        try:
+            port = int(p)
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
+            raise WSError("bad port in URL (%s)" % url)
+    if not host:
+        raise WSError("no host in URL (%s)" % url)
+    return tls, host, port, path
+
+
+async def handshake(stream, host, path, protocol, auth=None, key=None):
+    """Client opening handshake (RFC 6455 §4.1) on an open stream; raises WSError unless upgraded."""
+    if key is None:
+        key = _b64(os.urandom(16))
+    req = ("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n"
+           % (path, host, key, protocol))
+    if auth:
+        req += "Authorization: %s\r\n" % auth
+    stream.write((req + "\r\n").encode())
+    await stream.drain()
+    _check_status(await stream.readline())
+    got = {}
+    for _ in range(_MAX_HEADERS):
+        line = await stream.readline()
+        if not line:
+            raise WSError("connection closed during handshake")
+        line = line.strip()
+        if not line:
+            break
+        name, sep, value = _text(line).partition(":")
+        name = name.strip().lower()
+        if name in ("upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"):
+            got[name] = value.strip()
+    else:
+        raise WSError("too many HTTP headers in handshake response")
+    if got.get("upgrade", "").lower() != "websocket" or "upgrade" not in got.get("connection", "").lower():
+        raise WSError("server did not upgrade to WebSocket")
+    if got.get("sec-websocket-accept") != accept_key(key):
+        raise WSError("bad Sec-WebSocket-Accept")
+    if got.get("sec-websocket-protocol") != protocol:
+        raise WSError("server did not accept subprotocol %s" % protocol)
+
+
+def _text(line):
+    try:
+        return str(line, "utf-8")
+    except UnicodeError:  # would otherwise pass for a TLS error (both are ValueError)
+        raise WSError("handshake response is not text: %r" % line[:40])
+
+
+def _check_status(line):
+    if not line:
+        raise WSError("connection closed during handshake")
+    parts = _text(line).strip().split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        raise WSError("not an HTTP response: %r" % line[:40])
+    if parts[1] != "101":
+        raise WSError("HTTP %s %s" % (parts[1], parts[2] if len(parts) > 2 else ""))
+
+
+# ---- connect ----
+
+def _tls_context(cadata):
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
+    try:
+        ctx.load_verify_locations(cadata=pem_to_der(cadata))
+    except (ValueError, OSError) as e:
+        raise WSError("bad CA certificate: %s" % e)
+    return ctx
+
+
+def _errno(e):
+    return e.errno if isinstance(e, OSError) else None
+
+
+def _connect_error(e, tls, where):
+    if _errno(e) == errno.ECONNREFUSED:
+        return WSError("connection refused (%s)" % where)
+    if tls:
+        # mbedTLS reports a failed handshake at the first read or write after open_connection
+        return WSError("TLS verification failed: %s" % " ".join(str(e).split()))  # mbedTLS pads with newlines
+    return WSError("connection failed (%s): %s" % (where, e))
+
+
+async def _close_quiet(stream):
+    try:
+        stream.close()
+        await stream.wait_closed()
+    except Exception:
+        pass
+
+
+async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
+    where = "%s:%d" % (host, port)
+    ctx = _tls_context(cadata) if tls else None
+    try:
+        if tls:
+            stream, _ = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        else:
+            stream, _ = await asyncio.open_connection(host, port)
+    except OSError as e:
+        # unix: "[addrinfo error -2]"; ESP32 (lwIP): errno -202
+        if e.args and (isinstance(e.args[0], str) and "addrinfo" in e.args[0] or e.args[0] == -202):
+            raise WSError("cannot resolve host %s" % host)
+        raise _connect_error(e, False, where)
+    host_hdr = host if port == (443 if tls else 80) else where
+    try:
+        await handshake(stream, host_hdr, path, protocol, auth)
+    except (OSError, ValueError) as e:
+        await _close_quiet(stream)
+        raise _connect_error(e, tls, where)
+    except BaseException:  # WSError, or the timeout cancelling us
+        await _close_quiet(stream)
+        raise
+    return WS(stream, max_frame)
+
+
+async def connect(url, protocol="ocpp1.6", user=None, password=None, cadata=None, timeout_ms=10000,
+                  max_frame=16384):
+    """Opens a WebSocket; cadata (DER or PEM) is required for wss:// and the server is always verified."""
+    tls, host, port, path = parse_url(url)
+    if tls and not cadata:
+        raise WSError("wss needs a CA certificate")
+    auth = basic_auth(user, password or b"") if user is not None else None
+    try:
+        return await asyncio.wait_for_ms(_open(tls, host, port, path, protocol, auth, cadata, max_frame),
+                                         timeout_ms)
+    except asyncio.TimeoutError:
+        raise WSError("handshake timed out")

@@ -1,0 +1,278 @@
+# firmware.store on the MicroPython unix port: atomic files, CRC-checked JSON, the journal FIFO.
+import os
+import tinytest
+from firmware import store
+
+_ROOT = "/tmp/mpy_test_store"
+_n = [0]
+_made = []  # removed by the last test even when an earlier one failed
+
+
+def _rmtree(d):
+    try:
+        for name in os.listdir(d):
+            os.remove(d + "/" + name)
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
+def _fresh():
+    _n[0] += 1
+    d = "%s_%d_%d" % (_ROOT, _n[0], int.from_bytes(os.urandom(3), "big"))
+    _rmtree(d)
+    os.mkdir(d)
+    _made.append(d)
+    return d
+
+
+def _size(p):
+    return os.stat(p)[6]
+
+
+def _append_raw(p, data):
+    with open(p, "ab") as f:
+        f.write(data)
+
+
+def _truncate(p, n):
+    data = store.read(p)
+    with open(p, "wb") as f:
+        f.write(data[:len(data) - n])
+
+
+def test_write_atomic_replaces_and_leaves_no_tmp():
+    d = _fresh()
+    p = d + "/a.bin"
+    store.write_atomic(p, b"first")
+    store.write_atomic(p, b"second version")
+    assert store.read(p) == b"second version"
+    assert not store.exists(p + ".tmp")
+    assert store.read(d + "/missing") is None
+    _rmtree(d)
+
+
+def test_interrupted_write_keeps_old_file_live():
+    d = _fresh()
+    p = d + "/a.bin"
+    store.write_atomic(p, b"good")
+    with open(p + ".tmp", "wb") as f:  # power cut while the next version was half written
+        f.write(b"hal")
+    assert store.read(p) == b"good"
+    store.write_atomic(p, b"next")
+    assert store.read(p) == b"next"
+    _rmtree(d)
+
+
+def test_bytes_written_counts():
+    d = _fresh()
+    before = store.bytes_written
+    store.write_atomic(d + "/x", b"12345")
+    assert store.bytes_written - before == 5
+    j = store.Journal(d + "/j")
+    before = store.bytes_written
+    j.append(b"abc")
+    assert store.bytes_written - before == _size(d + "/j") == 6 + 5 + 3
+    _rmtree(d)
+
+
+def test_json_roundtrip_and_missing_default():
+    d = _fresh()
+    p = d + "/c.json"
+    assert store.read_json(p, {"x": 1}) == {"x": 1}
+    store.write_json(p, {"a": 5, "b": "text", "c": [True, None]})
+    assert store.read_json(p, None) == {"a": 5, "b": "text", "c": [True, None]}
+    _rmtree(d)
+
+
+def test_json_corruption_detected_and_kept_as_bad():
+    d = _fresh()
+    p = d + "/c.json"
+    store.write_json(p, {"HeartbeatInterval": 300})
+    raw = bytearray(store.read(p))
+    raw[-3] ^= 0x01  # one flipped bit inside the JSON body
+    with open(p, "wb") as f:
+        f.write(raw)
+    assert store.read_json(p, "dflt") == "dflt"
+    assert not store.exists(p)
+    assert store.read(p + ".bad") == bytes(raw)
+    store.write_json(p, [1])
+    assert store.read_json(p) == [1]
+    _rmtree(d)
+
+
+def test_json_without_crc_header_is_corrupt():
+    d = _fresh()
+    p = d + "/c.json"
+    with open(p, "wb") as f:
+        f.write(b'{"a": 1}')
+    assert store.read_json(p, 0) == 0
+    assert store.exists(p + ".bad")
+    _rmtree(d)
+
+
+def test_json_falls_back_to_complete_tmp():
+    # FatFs: the target was removed but the rename did not happen; the CRC proves the .tmp complete.
+    d = _fresh()
+    p = d + "/c.json"
+    store.write_json(p, {"v": 2})
+    os.rename(p, p + ".tmp")
+    assert store.read_json(p, None) == {"v": 2}
+    with open(p + ".tmp", "wb") as f:
+        f.write(b"0000")
+    assert store.read_json(p, None) is None
+    _rmtree(d)
+
+
+def test_journal_fifo_and_reopen():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    assert len(j) == 0 and j.peek() is None
+    seqs = [j.append(b"msg%d" % i) for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert len(j) == 5
+    assert j.peek() == (seqs[0], b"msg0")
+    assert j.pop(seqs[0])
+    assert not j.pop(seqs[0])  # already done
+    assert j.peek() == (seqs[1], b"msg1")
+    j2 = store.Journal(p)  # power restore
+    assert len(j2) == 4
+    assert [r for r in j2.records()] == [(seqs[i], b"msg%d" % i) for i in range(1, 5)]
+    j2.pop(seqs[1])
+    j2.pop(seqs[3])  # out of order pop is allowed
+    assert [s for s, _ in store.Journal(p).records()] == [seqs[2], seqs[4]]
+    _rmtree(d)
+
+
+def test_journal_pop_appends_tombstone_without_rewrite():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    a = j.append(b"x" * 40)
+    size = _size(p)
+    head = store.read(p)
+    j.pop(a)
+    assert _size(p) > size and store.read(p)[:size] == head
+    _rmtree(d)
+
+
+def test_journal_torn_tail_dropped():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    for i in range(4):
+        j.append(b"record-%d" % i)
+    _truncate(p, 3)  # the last append was cut by a power loss
+    j = store.Journal(p)
+    assert [data for _, data in j.records()] == [b"record-0", b"record-1", b"record-2"]
+    good = _size(p)
+    _append_raw(p, b"\x07\x00garbage!")  # torn header plus junk
+    j = store.Journal(p)
+    assert len(j) == 3
+    assert _size(p) <= good
+    s = j.append(b"after")  # lands after the good records, visible after the next reopen
+    j = store.Journal(p)
+    assert [data for _, data in j.records()][-1] == b"after"
+    assert j.peek()[1] == b"record-0" and s > 2
+    _rmtree(d)
+
+
+def test_journal_corrupt_middle_record_drops_rest_without_raising():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    for i in range(3):
+        j.append(b"r%d" % i)
+    raw = bytearray(store.read(p))
+    raw[6 + 5 + 2 + 6 + 5] ^= 0xFF  # payload byte of the second record
+    with open(p, "wb") as f:
+        f.write(raw)
+    j = store.Journal(p)
+    assert [data for _, data in j.records()] == [b"r0"]
+    _rmtree(d)
+
+
+def test_journal_replace_keeps_fifo_position():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    a = j.append(b"start tx=-1")
+    b = j.append(b"meter tx=-1")
+    c = j.append(b"stop tx=-1")
+    assert j.replace(b, b"meter tx=42")
+    assert not j.replace(999, b"nope")
+    assert [r for r in j.records()] == [(a, b"start tx=-1"), (b, b"meter tx=42"), (c, b"stop tx=-1")]
+    j = store.Journal(p)
+    assert [r for r in j.records()] == [(a, b"start tx=-1"), (b, b"meter tx=42"), (c, b"stop tx=-1")]
+    j.pop(a)
+    assert j.peek() == (b, b"meter tx=42")
+    j.compact()
+    assert [r for r in store.Journal(p).records()] == [(b, b"meter tx=42"), (c, b"stop tx=-1")]
+    _rmtree(d)
+
+
+def test_journal_compacts_automatically_and_keeps_order():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p, compact_at=300)
+    live = []
+    peak = 0
+    for i in range(60):
+        live.append((j.append(b"payload-%03d" % i), b"payload-%03d" % i))
+        if i % 3:
+            j.pop(live.pop(0)[0])
+        peak = max(peak, _size(p))
+    assert peak < 1000  # 60 records of ~25 bytes plus tombstones would be ~2.4 KB without compaction
+    assert j.dead_bytes() < 300 or j.dead_bytes() < _size(p) - j.dead_bytes()
+    assert [r for r in j.records()] == live
+    assert [r for r in store.Journal(p).records()] == live
+    _rmtree(d)
+
+
+def test_journal_seq_monotonic_across_reopen_and_compaction():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    s1 = j.append(b"a")
+    s2 = j.append(b"b")
+    j.pop(s1)
+    j.pop(s2)
+    j.compact()  # everything popped: only the seq floor is left in the file
+    j = store.Journal(p)
+    assert len(j) == 0
+    s3 = j.append(b"c")
+    assert s3 > s2
+    j = store.Journal(p)
+    assert j.append(b"d") > s3
+    _rmtree(d)
+
+
+def test_journal_large_record_rejected_and_empty_payload_ok():
+    d = _fresh()
+    j = store.Journal(d + "/q")
+    tinytest.raises(ValueError, j.append, b"x" * 9000)
+    s = j.append(b"")
+    assert store.Journal(d + "/q").peek() == (s, b"")
+    _rmtree(d)
+
+
+def test_journal_missing_dir_file_recovered_from_tmp():
+    d = _fresh()
+    p = d + "/q"
+    j = store.Journal(p)
+    j.append(b"keep")
+    j.compact()
+    os.rename(p, p + ".tmp")  # FatFs window after a compaction
+    assert store.Journal(p).peek()[1] == b"keep"
+    _rmtree(d)
+
+
+def test_zz_cleanup():  # sorted last
+    for d in _made:
+        _rmtree(d)
+    for d in _made:
+        assert not store.exists(d)
+
+
+tinytest.run(globals())

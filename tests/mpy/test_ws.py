@@ -1,0 +1,443 @@
+# Byte-exact tests of lib/ws.py on the unix port: RFC 6455 examples, handshake, and recv() on a fake stream.
+import asyncio
+import binascii
+import tinytest
+import lib.ws as ws
+
+KEY = bytes.fromhex("37fa213d")  # RFC 6455 §5.7 masking key
+
+
+def h(text):
+    return bytes.fromhex(text.replace(" ", ""))
+
+
+class FixedOs:
+    # Makes the "random" mask key the RFC example's so client frames can be compared byte for byte.
+    @staticmethod
+    def urandom(n):
+        return (KEY * 4)[:n]
+
+
+class FakeStream:
+    # A peer that sends `rx` a few bytes at a time (to exercise partial reads) and records what we write.
+    def __init__(self, rx=b"", chunk=3):
+        self.rx = bytes(rx)
+        self.pos = 0
+        self.chunk = chunk
+        self.tx = bytearray()
+        self.closed = False
+
+    async def readinto(self, buf):
+        n = min(len(buf), self.chunk, len(self.rx) - self.pos)
+        buf[:n] = self.rx[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    async def readexactly(self, n):
+        if self.pos + n > len(self.rx):
+            self.pos = len(self.rx)
+            raise EOFError
+        self.pos += n
+        return self.rx[self.pos - n:self.pos]
+
+    async def readline(self):
+        i = self.rx.find(b"\n", self.pos)
+        end = len(self.rx) if i < 0 else i + 1
+        line = self.rx[self.pos:end]
+        self.pos = end
+        return line
+
+    def write(self, buf):
+        assert not self.closed
+        self.tx.extend(buf)
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        pass
+
+    async def wait_closed(self):
+        self.closed = True
+
+
+def fixed_key():
+    ws.os = FixedOs
+
+
+def real_key():
+    import os
+    ws.os = os
+
+
+def client_frames(data):
+    # Splits what the client wrote into (fin, opcode, unmasked payload); checks every frame is masked.
+    out = []
+    i = 0
+    while i < len(data):
+        b0, b1 = data[i], data[i + 1]
+        assert b1 & 0x80, "client frame not masked"
+        n = b1 & 0x7F
+        i += 2
+        if n == 126:
+            n = (data[i] << 8) | data[i + 1]
+            i += 2
+        key = bytes(data[i:i + 4])
+        body = bytearray(data[i + 4:i + 4 + n])
+        ws.apply_mask(body, key)
+        out.append((b0 >> 7, b0 & 0x0F, bytes(body)))
+        i += 4 + n
+    return out
+
+
+# ---- framing, RFC 6455 §5.7 ----
+
+def test_masked_hello_frame():
+    assert ws.encode_frame(1, b"Hello", KEY) == h("81 85 37 fa 21 3d 7f 9f 4d 51 58")
+
+
+def test_unmasked_hello_frame():
+    assert ws.encode_frame(1, b"Hello") == h("81 05 48 65 6c 6c 6f")
+
+
+def test_fragmented_hello_frames():
+    assert ws.encode_frame(1, b"Hel", fin=False) == h("01 03 48 65 6c")
+    assert ws.encode_frame(0, b"lo") == h("80 02 6c 6f")
+
+
+def test_ping_pong_frames():
+    assert ws.encode_frame(9, b"Hello") == h("89 05 48 65 6c 6c 6f")
+    assert ws.encode_frame(10, b"Hello", KEY) == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
+
+
+def test_length_encodings():
+    f = ws.encode_frame(2, bytes(256))
+    assert f[:4] == h("82 7e 01 00") and len(f) == 4 + 256
+    f = ws.encode_frame(2, bytes(125), KEY)
+    assert f[:2] == h("82 fd") and f[2:6] == KEY
+    f = ws.encode_frame(2, bytes(126), KEY)
+    assert f[:4] == h("82 fe 00 7e")
+    # a 64 KB payload does not fit an ESP32-sized heap twice over, so the 64-bit form is checked on the header
+    hdr = bytearray(14)
+    assert ws._put_header(hdr, 2, 65536, None, True) == 10
+    assert hdr[:10] == h("82 7f 00 00 00 00 00 01 00 00")
+    assert ws._put_header(hdr, 1, 65535, KEY, False) == 8
+    assert hdr[:8] == h("01 fe ff ff 37 fa 21 3d")
+
+
+def test_mask_fallback_matches_fast_path():
+    data = bytearray(bytes(range(256)) * 3)
+    a = bytearray(data)
+    b = bytearray(data)
+    ws.apply_mask(a, b"\x01\x80\xff\x5a")
+    ws._mask_py(b, b"\x01\x80\xff\x5a")
+    assert a == b and a != data
+    ws.apply_mask(a, b"\x01\x80\xff\x5a")
+    assert a == data
+
+
+async def test_read_frame_lengths():
+    hdr = bytearray(8)
+    for n in (0, 5, 125, 126, 256, 20000):
+        s = FakeStream(ws.encode_frame(2, bytes([n & 0xFF]) * n), chunk=1000)
+        fin, op, payload = await ws.read_frame(s, hdr, 65535)
+        assert (fin, op, len(payload)) == (1, 2, n)
+        assert s.pos == len(s.rx)
+    for n, head in ((65536, "82 7f 00 00 00 00 00 01 00 00"), (2 ** 40, "82 7f 00 00 01 00 00 00 00 00")):
+        e = await expect_raise(ws.read_frame(FakeStream(h(head)), hdr, 65535))
+        assert str(e) == "frame too large (%d > 65535)" % n and e.code == 1009
+
+
+async def expect_raise(coro):
+    try:
+        await coro
+    except Exception as e:
+        return e
+    raise AssertionError("no exception")
+
+
+# ---- handshake pieces ----
+
+def test_accept_key_rfc_example():
+    # RFC 6455 §1.3 gives this key/accept pair
+    assert ws.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_basic_auth():
+    assert ws.basic_auth("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="  # RFC 7617
+    pw = bytes([0, 1, 0x3A, 0x7F, 0x80, 0xFF, 0x0A, 0x0D])
+    assert ws.basic_auth("CP001", pw) == "Basic Q1AwMDE6AAE6f4D/Cg0="
+    tinytest.raises(ws.WSError, ws.basic_auth, "a:b", b"x")
+
+
+def test_pem_to_der():
+    der = b"\x30\x82\x01\x0a" + bytes(range(200))
+    b64 = binascii.b2a_base64(der, newline=False).decode()
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    assert ws.pem_to_der(pem) == der
+    assert ws.pem_to_der(pem.encode()) == der
+    assert ws.pem_to_der(("junk\r\n" + pem + pem).replace("\n", "\r\n")) == der
+    assert ws.pem_to_der(der) is der
+    e = tinytest.raises(ws.WSError, ws.pem_to_der, "not a certificate")
+    assert "PEM" in str(e)
+
+
+def test_parse_url():
+    assert ws.parse_url("ws://10.0.0.5/ocpp/CP1") == (False, "10.0.0.5", 80, "/ocpp/CP1")
+    assert ws.parse_url("wss://cs.example.com/ocpp/CP%201") == (True, "cs.example.com", 443, "/ocpp/CP%201")
+    assert ws.parse_url("WS://host:8180") == (False, "host", 8180, "/")
+    assert ws.parse_url("wss://host:9443?x=1") == (True, "host", 9443, "/?x=1")
+    for bad in ("http://h/", "ws://", "ws://h:0/", "ws://h:x/", "ws://u:p@h/", "h/x"):
+        tinytest.raises(ws.WSError, ws.parse_url, bad)
+
+
+def response(key, protocol="ocpp1.6", status="101 Switching Protocols", accept=None):
+    r = "HTTP/1.1 %s\r\nupgrade: WebSocket\r\nCONNECTION: upgrade\r\n" % status
+    r += "Sec-WebSocket-Accept: %s\r\n" % (accept or ws.accept_key(key))
+    if protocol:
+        r += "sec-websocket-protocol: %s\r\n" % protocol
+    return (r + "Server: x\r\n\r\n").encode()
+
+
+async def test_handshake_request_bytes():
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    s = FakeStream(response(key) + ws.encode_frame(1, b"hi"))
+    await ws.handshake(s, "cs:8180", "/ocpp/CP1", "ocpp1.6", "Basic QQ==", key)
+    assert s.tx == (b"GET /ocpp/CP1 HTTP/1.1\r\nHost: cs:8180\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Protocol: ocpp1.6\r\nAuthorization: Basic QQ==\r\n\r\n")
+    # the handshake must not read past the headers: the first frame is still there
+    assert await ws.WS(s).recv() == "hi"
+
+
+async def test_handshake_failures():
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    cases = (
+        (response(key, protocol=None), "server did not accept subprotocol ocpp1.6"),
+        (response(key, protocol="ocpp2.0"), "server did not accept subprotocol ocpp1.6"),
+        (response(key, accept="AAAA"), "bad Sec-WebSocket-Accept"),
+        (b"HTTP/1.1 401 Unauthorized\r\n\r\n", "HTTP 401 Unauthorized"),
+        (b"HTTP/1.0 404 No Such Charger Here\r\n\r\n", "HTTP 404 No Such Charger Here"),
+        (b"", "connection closed during handshake"),
+        (b"SSH-2.0-OpenSSH\r\n", "not an HTTP response"),
+        (b"\x16\x03\x03\x00\xff\xfe\n", "handshake response is not text"),
+    )
+    for rx, want in cases:
+        s = FakeStream(rx)
+        try:
+            await ws.handshake(s, "h", "/", "ocpp1.6", None, key)
+        except ws.WSError as e:
+            assert want in str(e), (want, str(e))
+        else:
+            raise AssertionError("accepted: %r" % rx)
+        assert b"Authorization" not in s.tx
+
+
+# ---- recv() behaviour ----
+
+async def test_recv_text_binary_and_reassembly():
+    rx = (ws.encode_frame(1, "Grüße".encode()) + ws.encode_frame(2, b"\x00\xff")
+          + ws.encode_frame(1, b"Hel", fin=False) + ws.encode_frame(9, b"mid") + ws.encode_frame(0, b"l", fin=False)
+          + ws.encode_frame(0, b"o"))
+    fixed_key()
+    try:
+        s = FakeStream(rx)
+        c = ws.WS(s)
+        got = [await c.recv(), await c.recv(), await c.recv()]
+        assert got == ["Grüße", b"\x00\xff", "Hello"], got
+        assert client_frames(s.tx) == [(1, 10, b"mid")], client_frames(s.tx)  # the ping between fragments was answered
+    finally:
+        real_key()
+
+
+async def test_ping_answered_with_exact_pong():
+    fixed_key()
+    try:
+        s = FakeStream(ws.encode_frame(9, b"Hello") + ws.encode_frame(1, b"x"))
+        assert await ws.WS(s).recv() == "x"
+        assert s.tx == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
+    finally:
+        real_key()
+
+
+async def test_send_and_ping_exact_bytes():
+    fixed_key()
+    try:
+        s = FakeStream()
+        c = ws.WS(s)
+        await c.send("Hello")
+        await c.ping(b"Hello")
+        assert s.tx == h("81 85 37 fa 21 3d 7f 9f 4d 51 58 89 85 37 fa 21 3d 7f 9f 4d 51 58")
+    finally:
+        real_key()
+
+
+async def test_unsolicited_pong_updates_last_rx():
+    import time
+    s = FakeStream(ws.encode_frame(10, b"") + ws.encode_frame(1, b"x"))
+    c = ws.WS(s)
+    c.last_rx_ms = time.ticks_add(time.ticks_ms(), -60000)
+    assert await c.recv() == "x"
+    assert abs(time.ticks_diff(time.ticks_ms(), c.last_rx_ms)) < 60000
+    assert s.tx == b""
+
+
+async def expect_failure(rx, want_text, want_code, max_frame=16384):
+    s = FakeStream(rx)
+    c = ws.WS(s, max_frame=max_frame)
+    try:
+        await c.recv()
+    except ws.WSClosed:
+        raise AssertionError("WSClosed instead of a protocol error")
+    except ws.WSError as e:
+        assert want_text in str(e), str(e)
+    else:
+        raise AssertionError("no error")
+    frames = client_frames(s.tx)
+    assert frames == [(1, 8, bytes([want_code >> 8, want_code & 0xFF]))], frames
+    assert s.closed
+    tinytest.raises(ws.WSClosed, c.recv)
+    tinytest.raises(ws.WSClosed, c.send, "late")
+
+
+async def test_oversized_frame_rejected_1009():
+    await expect_failure(ws.encode_frame(1, bytes(101)), "frame too large (101 > 100)", 1009, 100)
+
+
+async def test_oversized_fragmented_message_rejected_1009():
+    rx = ws.encode_frame(1, bytes(60), fin=False) + ws.encode_frame(0, bytes(60))
+    await expect_failure(rx, "too large (120 > 100)", 1009, 100)
+
+
+async def test_failure_reads_up_to_the_server_close():
+    # so closing our socket sends a FIN, not a RST that could destroy our close frame at the server
+    rx = ws.encode_frame(1, bytes(3000)) + ws.encode_frame(1, bytes(300)) + ws.encode_frame(8, b"\x03\xf1")
+    s = FakeStream(rx, chunk=700)
+    c = ws.WS(s, max_frame=1000)
+    e = await expect_raise(c.recv())
+    assert str(e) == "frame too large (3000 > 1000)"
+    assert s.pos == len(rx) and s.closed
+    assert client_frames(s.tx) == [(1, 8, b"\x03\xf1")]
+
+
+async def test_masked_server_frame_rejected_1002():
+    await expect_failure(ws.encode_frame(1, b"Hello", KEY), "masked", 1002)
+
+
+async def test_unknown_opcode_rejected_1002():
+    await expect_failure(ws.encode_frame(3, b"?"), "unknown opcode 3", 1002)
+
+
+async def test_stray_continuation_rejected_1002():
+    await expect_failure(ws.encode_frame(0, b"lo"), "continuation", 1002)
+
+
+async def test_invalid_utf8_rejected_1007():
+    await expect_failure(ws.encode_frame(1, b"\xff\xfe"), "UTF-8", 1007)
+
+
+async def test_close_frame_answered_and_raised():
+    s = FakeStream(ws.encode_frame(8, b"\x03\xe9going away") + ws.encode_frame(1, b"never"))
+    c = ws.WS(s)
+    e = await expect_closed(c)
+    assert (e.code, e.reason) == (1001, "going away")
+    assert client_frames(s.tx) == [(1, 8, b"\x03\xe9")]
+    assert s.closed
+    e = await expect_closed(c)  # stays closed
+    assert e.code == 1001
+
+
+async def test_empty_close_answered_empty():
+    s = FakeStream(ws.encode_frame(8, b""))
+    e = await expect_closed(ws.WS(s))
+    assert e.code == 1005
+    assert client_frames(s.tx) == [(1, 8, b"")]
+
+
+async def test_eof_is_abnormal_close():
+    s = FakeStream(ws.encode_frame(1, b"Hello")[:4])
+    e = await expect_closed(ws.WS(s))
+    assert e.code == 1006 and s.closed and s.tx == b""
+
+
+async def expect_closed(c):
+    try:
+        await c.recv()
+    except ws.WSClosed as e:
+        return e
+    raise AssertionError("no WSClosed")
+
+
+async def test_close_sends_and_waits_for_answer():
+    s = FakeStream(ws.encode_frame(1, b"in flight") + ws.encode_frame(8, b"\x03\xe8"))
+    c = ws.WS(s)
+    await c.close()
+    assert client_frames(s.tx) == [(1, 8, b"\x03\xe8")]
+    assert s.pos == len(s.rx)  # it read up to the server's close frame
+    assert s.closed
+    tinytest.raises(ws.WSClosed, c.send, "x")
+
+
+class SlowStream(FakeStream):
+    # A peer that sends only what the test feeds it, when it feeds it.
+    def __init__(self):
+        super().__init__()
+        self.ev = asyncio.Event()
+
+    def feed(self, data):
+        self.rx += data
+        self.ev.set()
+
+    async def readinto(self, buf):
+        while self.pos >= len(self.rx):
+            self.ev.clear()
+            await self.ev.wait()
+        return await super().readinto(buf)
+
+    async def readexactly(self, n):
+        while self.pos + n > len(self.rx):
+            self.ev.clear()
+            await self.ev.wait()
+        return await super().readexactly(n)
+
+
+async def test_close_while_another_task_is_in_recv():
+    s = SlowStream()
+    c = ws.WS(s)
+    reader = asyncio.create_task(c.recv())
+    await asyncio.sleep_ms(10)
+    closer = asyncio.create_task(c.close(1001))
+    await asyncio.sleep_ms(10)
+    assert client_frames(s.tx) == [(1, 8, b"\x03\xe9")]
+    assert not s.closed
+    s.feed(ws.encode_frame(8, b"\x03\xe9"))
+    done, e = await asyncio.gather(closer, reader, return_exceptions=True)
+    assert isinstance(e, ws.WSClosed) and e.code == 1001
+    assert client_frames(s.tx) == [(1, 8, b"\x03\xe9")]  # the answer is not answered again
+    assert s.closed
+
+
+async def test_recv_waits_for_data_then_pings_between():
+    fixed_key()
+    try:
+        s = SlowStream()
+        c = ws.WS(s)
+        reader = asyncio.create_task(c.recv())
+        s.feed(ws.encode_frame(9, b"Hello"))
+        await asyncio.sleep_ms(10)
+        assert s.tx == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
+        await c.send("Hello")  # a send while recv() waits
+        s.feed(ws.encode_frame(1, b"done"))
+        assert await reader == "done"
+        assert s.tx == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58 81 85 37 fa 21 3d 7f 9f 4d 51 58")
+    finally:
+        real_key()
+
+
+async def test_connect_rejects_unverified_wss():
+    e = tinytest.raises(ws.WSError, ws.connect, "wss://127.0.0.1:1/ocpp/CP1")
+    assert "wss needs a CA certificate" in str(e)
+
+
+tinytest.run(globals())

@@ -1,0 +1,675 @@
+"""The virtual board (DESIGN.md §6): plays the PCB, the EV, the cable and the meter, and runs the firmware in the
+MicroPython unix port as its MCU.
+
+    .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
+            [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
+
+Writes DIR/provision.json, starts the virtual Modbus meter (tools/virtual_meter.py) on a pty, a board link server on
+an ephemeral 127.0.0.1 port and the MCU:
+    .venv/bin/micropython -X heapsize=SIZE main.py --board 127.0.0.1:PORT --state DIR --uart PTY
+(env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). MCU output is echoed as "[mcu] ...". Exit code 3 is a
+reboot request (restart at once); any other exit restarts it after 1 s, as a watchdog would. Prints
+"SIM READY control=127.0.0.1:PORT" once the control socket accepts; SIGTERM/SIGINT stop everything, exit 0.
+
+Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {"ok":false,"error":...} on error):
+    {"cmd":"status"}  -> pilot (A-F seen by the board), duty (%), offered_a (what the EV decodes from the duty,
+                         0 without PWM), contactor (contacts closed), locked (lock position), energy_wh, power_w,
+                         powered (power switch on); extras: t (board ms), cp_mv [hi, lo], pp_ohms, plugged, ev,
+                         max_a, phases, current_a, pwm (permille, null when unpowered), contactor_cmd, lock_cmd,
+                         leds, faults (active kinds), mcu_pid, variant, meter
+    {"cmd":"plug","cable_a":13|20|32|63[,"pp_ohms":N|null]}   socket: cable in, EV connected (state B);
+                         pp_ohms forces an out-of-band coding. cable: the tethered 32 A cable goes into the car.
+    {"cmd":"unplug"}
+    {"cmd":"ev"[,"state":"A"|"B"|"C"|"D"][,"max_a":16][,"phases":1|3]}
+    {"cmd":"tag","id":"ABC123"}                             -> delivered: false when no MCU is listening
+    {"cmd":"fault","kind":"lock"|"meter"|"rcd"|"weld"|"diode"|"cp_short","on":true}
+    {"cmd":"power","on":false|true}                         off = SIGKILL the MCU (power cut), on = boot it again
+    {"cmd":"events","since":N} -> {"events":[{"seq","t","kind",...}],"next":M,"now":T}: board events with board
+                         time in monotonic ms (kinds: pilot, pwm, contactor, lock, lock_fb, led, reset, mcu, power,
+                         plug, unplug, ev, tag, fault); pass "next" as "since" to read on.
+
+Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
+    sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b} on connect and on every
+                change; {"tag":"UID"}
+    MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true}
+
+Physical model: CP high level A 12 V / B 9 V / C 6 V / D 3 V (IEC 61851-1 A.2, digest 4.1); low level -12 V while
+PWM runs (diode fault with an EV connected: 0 V); no PWM: both plateaus are the steady level; steady -12 V output
+(pwm 0): -12 V; cp_short or board unpowered: 0 V. The CP generator idles at +12 V while the MCU boots.
+PP: 13 A 1500, 20 A 680, 32 A 220, 63 A 100 ohm, unplugged open. The EV draws min(offered_a, max_a) per phase
+while the contacts are closed, it is in C/D and PWM is on; 230 V per phase; the meter advances every 100 ms.
+"""
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = str(ROOT / "build" / "unix")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PILOT_MV = {"A": 12000, "B": 9000, "C": 6000, "D": 3000}   # digest 4.1 plateau values
+PP_OHMS = {13: 1500, 20: 680, 32: 220, 63: 100}              # IEC 62196 / digest 4.5
+FAULTS = ("lock", "meter", "rcd", "weld", "diode", "cp_short")
+METERS = ("SDM630", "SDM120", "SDM72", "ABB_B23")
+MAINS_V = 230.0
+TICK_S = 0.1
+LOCK_TRAVEL_S = 0.1
+CRASH_RESTART_S = 1.0
+EXIT_REBOOT = 3
+TETHERED_CABLE_A = 32
+MAX_EVENTS = 20000
+
+
+class CommandError(Exception):
+    pass
+
+
+def ev_offered_a(permille):
+    """The current an EV decodes from the duty (digest 4.3, EV-side table); 0 when it may not charge."""
+    if permille is None or permille <= 0 or permille >= 1000:
+        return 0.0
+    d = permille / 10
+    if d < 8:            # < 3 % no charging, 3-7 % digital communication only, 7-8 % no charging
+        return 0.0
+    if d < 10:
+        return 6.0
+    if d <= 85:
+        return round(d * 0.6, 1)
+    if d <= 96:
+        return round((d - 64) * 2.5, 1)
+    if d <= 97:
+        return 80.0
+    return 0.0
+
+
+def pilot_letter(hi_mv):
+    """The state a board classifies from the high plateau (midpoints between the nominal levels)."""
+    for letter, floor in (("A", 10500), ("B", 7500), ("C", 4500), ("D", 1500), ("E", -1500)):
+        if hi_mv >= floor:
+            return letter
+    return "F"
+
+
+class Rig:
+    """Everything physical outside the MCU: CP/PP circuit, EV, lock, contactor."""
+
+    def __init__(self, variant, phases):
+        self.variant = variant
+        self.plugged = False
+        self.cable_a = TETHERED_CABLE_A
+        self.pp_override = False
+        self.pp_forced = None
+        self.ev_state = "B"
+        self.max_a = 32.0
+        self.phases = phases
+        self.faults = {k: False for k in FAULTS}
+        self.powered = False
+        self.pwm = None             # permille while powered; None = generator unpowered
+        self.contactor_cmd = False
+        self.contacts = False
+        self.lock_cmd = False
+        self.lock_pos = False
+        self.leds = {"green": False, "blue": False, "red": False}
+
+    def ev_connected(self):
+        return self.plugged and self.ev_state != "A"
+
+    def cp(self):
+        if self.pwm is None or self.faults["cp_short"]:
+            return 0, 0
+        if self.pwm == 0:
+            return -12000, -12000
+        level = PILOT_MV[self.ev_state] if self.plugged else PILOT_MV["A"]
+        if self.pwm >= 1000:
+            return level, level
+        if self.faults["diode"] and self.ev_connected():
+            return level, 0
+        return level, -12000
+
+    def pp(self):
+        if self.variant == "cable":
+            return PP_OHMS[TETHERED_CABLE_A]
+        if not self.plugged:
+            return None
+        return self.pp_forced if self.pp_override else PP_OHMS[self.cable_a]
+
+    def settle_contacts(self):
+        want = self.contactor_cmd and self.powered
+        if not (self.faults["weld"] and self.contacts):   # welded contacts stay closed once closed
+            self.contacts = want
+
+    def inputs(self):
+        return {"cp": list(self.cp()), "pp": self.pp(), "lock_fb": self.lock_pos,
+                "contactor_fb": self.contacts, "rcd": self.faults["rcd"]}
+
+    def offered_a(self):
+        return 0.0 if self.faults["cp_short"] else ev_offered_a(self.pwm)
+
+    def ev_current_a(self):
+        if not (self.contacts and self.plugged and self.ev_state in "CD"):
+            return 0.0
+        return min(self.offered_a(), self.max_a)
+
+    def phase_currents(self):
+        amps = self.ev_current_a()
+        return [amps if i < self.phases else 0.0 for i in range(3)]
+
+    def mcu_outputs_reset(self):
+        """GPIOs after a reset or power loss: relay coil off, generator idle, LEDs off; the lock stays put."""
+        self.pwm = 1000 if self.powered else None
+        self.contactor_cmd = False
+        for name in self.leds:
+            self.leds[name] = False
+        self.settle_contacts()
+
+
+class NullMeter:
+    """Stands in when tools/virtual_meter.py is missing: a silent pty and local energy integration."""
+
+    def __init__(self, model, unit=1):
+        self.energy_wh = 0.0
+        self.power_w = 0.0
+        self._fds = ()
+
+    async def start(self):
+        self._fds = os.openpty()
+        return os.ttyname(self._fds[1])
+
+    async def stop(self):
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = ()
+
+    def set_load(self, voltage_v, current_a):
+        self.power_w = sum(v * i for v, i in zip(voltage_v, current_a))
+
+    def advance(self, dt_s):
+        self.energy_wh += self.power_w * dt_s / 3600.0
+
+    def set_fault(self, on):
+        pass
+
+
+def make_meter(model):
+    try:
+        import virtual_meter
+    except ImportError as e:
+        print("[sim] tools/virtual_meter.py not usable (%s): the meter bus stays silent" % e, flush=True)
+        return NullMeter(model)
+    return virtual_meter.VirtualMeter(model, unit=1)
+
+
+def die_with_parent():
+    """Runs in the MCU child before exec: if the sim dies without cleaning up, the kernel kills the MCU too."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def micropython_binary():
+    local = Path(sys.executable).with_name("micropython")
+    return str(local if local.exists() else ROOT / ".venv" / "bin" / "micropython")
+
+
+def write_provision(args):
+    prov = {"CentralSystemUrl": args.csms, "ChargeBoxId": args.id}
+    if args.password is not None:
+        prov["Password"] = args.password
+    if args.cafile:
+        prov["CentralSystemCa"] = Path(args.cafile).read_text()
+    prov["MeterModel"] = args.meter
+    prov["Variant"] = args.variant
+    state = Path(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+    tmp = state / "provision.json.tmp"
+    tmp.write_text(json.dumps(prov, indent=1) + "\n")
+    os.replace(tmp, state / "provision.json")
+
+
+def say(text):
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+class Sim:
+    def __init__(self, args):
+        self.args = args
+        self.rig = Rig(args.variant, 1 if args.meter == "SDM120" else 3)
+        self.meter = None
+        self.t0 = time.monotonic()
+        self.events = collections.deque(maxlen=MAX_EVENTS)
+        self.seq = 0
+        self.board_port = None
+        self.board_w = None
+        self.pushed = None
+        self.last_cp = None
+        self.proc = None
+        self.power_on = True
+        self.power_evt = asyncio.Event()
+        self.reset_requested = False
+        self.stopping = False
+        self.lock_gen = 0
+        self.servers = []
+        self.clients = set()
+        self.tasks = []
+
+    # ---- bookkeeping ----
+
+    def now_ms(self):
+        return int((time.monotonic() - self.t0) * 1000)
+
+    def event(self, kind, **fields):
+        ev = {"seq": self.seq, "t": self.now_ms(), "kind": kind}
+        ev.update(fields)
+        self.events.append(ev)
+        self.seq += 1
+
+    def update(self):
+        """Re-derive everything after any change: contacts, pilot events, inputs pushed to the MCU, meter load."""
+        rig = self.rig
+        rig.settle_contacts()
+        cp = rig.cp()
+        if cp != self.last_cp:
+            self.last_cp = cp
+            self.event("pilot", pilot=pilot_letter(cp[0]), hi_mv=cp[0], lo_mv=cp[1])
+        inputs = rig.inputs()
+        if self.board_w is not None and inputs != self.pushed:
+            self.pushed = inputs
+            self.board_w.write((json.dumps(inputs) + "\n").encode())
+        if self.meter is not None:
+            self.meter.set_load([MAINS_V] * 3, rig.phase_currents())
+
+    # ---- lifecycle ----
+
+    async def start(self):
+        write_provision(self.args)
+        self.meter = make_meter(self.args.meter)
+        self.uart_path = await self.meter.start()
+        board = await asyncio.start_server(self.on_board, "127.0.0.1", 0)
+        self.board_port = board.sockets[0].getsockname()[1]
+        self.servers.append(board)
+        control = await asyncio.start_server(self.on_control, "127.0.0.1", self.args.control)
+        self.servers.append(control)
+        self.control_port = control.sockets[0].getsockname()[1]
+        self.update()
+        self.tasks.append(asyncio.create_task(self.physics()))
+        self.tasks.append(asyncio.create_task(self.supervise()))
+        say("SIM READY control=127.0.0.1:%d" % self.control_port)
+
+    async def stop(self):
+        self.stopping = True
+        self.power_evt.set()
+        await self.kill_mcu()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for server in self.servers:
+            server.close()
+        for writer in list(self.clients):
+            writer.close()
+        if self.meter is not None:
+            await self.meter.stop()
+
+    async def physics(self):
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            self.meter.set_load([MAINS_V] * 3, self.rig.phase_currents())
+            self.meter.advance(now - last)
+            last = now
+
+    # ---- the MCU process ----
+
+    def mcu_command(self):
+        # The firmware runs precompiled, as flashed on a board: compiling it on a 110 KB heap would not fit.
+        script = os.environ.get("SIM_MCU_SCRIPT") or os.path.join(BUILD_DIR, "main.py")
+        return [micropython_binary(), "-X", "heapsize=" + self.args.heap, script,
+                "--board", "127.0.0.1:%d" % self.board_port, "--state", str(self.args.state),
+                "--uart", self.uart_path]
+
+    async def spawn_mcu(self):
+        # Own session: a Ctrl-C meant for the sim must not reach the MCU (the sim decides when it dies).
+        path = ROOT if os.environ.get("SIM_MCU_SCRIPT") else BUILD_DIR
+        env = dict(os.environ, MICROPYPATH=".frozen:%s" % path, PYTHONUNBUFFERED="1")
+        return await asyncio.create_subprocess_exec(
+            *self.mcu_command(), cwd=str(ROOT), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, limit=1 << 20,
+            preexec_fn=die_with_parent, start_new_session=True)
+
+    async def supervise(self):
+        while not self.stopping:
+            if not self.power_on:
+                self.power_evt.clear()
+                await self.power_evt.wait()
+                continue
+            rc = await self.run_mcu()
+            if self.stopping:
+                break
+            if not self.power_on:
+                continue
+            if rc == EXIT_REBOOT or self.reset_requested:
+                say("[sim] MCU reboot")
+                continue
+            say("[sim] MCU exited with %d" % rc)
+            await asyncio.sleep(CRASH_RESTART_S)
+
+    async def run_mcu(self):
+        self.reset_requested = False
+        self.rig.powered = True
+        self.rig.mcu_outputs_reset()
+        self.update()
+        proc = await self.spawn_mcu()
+        self.proc = proc
+        self.event("mcu", state="start", pid=proc.pid)
+        forward = asyncio.create_task(self.forward(proc.stdout))
+        try:
+            rc = await proc.wait()
+        finally:
+            if proc.returncode is None:    # cancelled while running: never leave an MCU behind
+                proc.kill()
+        try:
+            await asyncio.wait_for(forward, 2)
+        except asyncio.TimeoutError:
+            pass
+        self.proc = None
+        self.drop_board()
+        self.rig.powered = self.power_on and not self.stopping
+        self.rig.mcu_outputs_reset()
+        self.event("mcu", state="exit", rc=rc)
+        self.update()
+        return rc
+
+    async def forward(self, stream):
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:
+                line = await stream.read(1 << 16)
+            if not line:
+                return
+            say("[mcu] " + line.decode(errors="replace").rstrip("\r\n"))
+
+    async def kill_mcu(self):
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        while self.proc is proc:      # let run_mcu finish its bookkeeping
+            await asyncio.sleep(0.005)
+
+    # ---- board link ----
+
+    def drop_board(self):
+        if self.board_w is not None:
+            self.board_w.close()
+        self.board_w = None
+        self.pushed = None
+
+    async def on_board(self, reader, writer):
+        if self.proc is None:
+            writer.close()
+            return
+        # The newest connection is the board; an older one of the same MCU stays open but is ignored (closing
+        # it would tell that hal.unix.Board the power is gone).
+        self.board_w = writer
+        self.pushed = None
+        self.update()
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                if writer is self.board_w:
+                    self.on_output(line)
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            if writer is self.board_w:
+                self.drop_board()
+            else:
+                writer.close()
+
+    def on_output(self, line):
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            say("[sim] bad board line from the MCU: %r" % line)
+            return
+        rig = self.rig
+        if "pwm" in msg:
+            rig.pwm = int(msg["pwm"])
+            self.event("pwm", permille=rig.pwm)
+        if "contactor" in msg:
+            rig.contactor_cmd = bool(msg["contactor"])
+            self.event("contactor", on=rig.contactor_cmd)
+        if "lock" in msg:
+            rig.lock_cmd = bool(msg["lock"])
+            self.event("lock", on=rig.lock_cmd)
+            self.move_lock()
+        if "led" in msg and msg["led"] in rig.leds:
+            rig.leds[msg["led"]] = bool(msg.get("on"))
+            self.event("led", name=msg["led"], on=rig.leds[msg["led"]])
+        if msg.get("reset"):
+            self.reset_requested = True
+            self.event("reset")
+            if self.proc is not None:
+                try:
+                    self.proc.kill()     # completes a reset() called from a thread other than the main one
+                except ProcessLookupError:
+                    pass
+        self.update()
+
+    def move_lock(self):
+        self.lock_gen += 1
+        gen = self.lock_gen
+        asyncio.get_running_loop().call_later(LOCK_TRAVEL_S, self.lock_arrived, gen)
+
+    def lock_arrived(self, gen):
+        rig = self.rig
+        if gen != self.lock_gen or rig.faults["lock"] or rig.lock_pos == rig.lock_cmd:
+            return
+        rig.lock_pos = rig.lock_cmd
+        self.event("lock_fb", on=rig.lock_pos)
+        self.update()
+
+    # ---- control socket ----
+
+    async def on_control(self, reader, writer):
+        self.clients.add(writer)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                reply = await self.handle(line)
+                writer.write((json.dumps(reply) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            self.clients.discard(writer)
+            writer.close()
+
+    async def handle(self, line):
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            return {"ok": False, "error": "bad JSON: %s" % e}
+        if not isinstance(req, dict):
+            return {"ok": False, "error": "a request is a JSON object with a \"cmd\" field"}
+        fn = COMMANDS.get(req.get("cmd"))
+        if fn is None:
+            return {"ok": False, "error": "unknown command %r (known: %s)" % (req.get("cmd"), ", ".join(COMMANDS))}
+        try:
+            reply = await fn(self, req)
+        except CommandError as e:
+            return {"ok": False, "error": str(e)}
+        self.update()
+        out = {"ok": True}
+        out.update(reply or {})
+        return out
+
+    async def cmd_status(self, req):
+        rig = self.rig
+        hi, lo = rig.cp()
+        return {"pilot": pilot_letter(hi), "duty": 0.0 if rig.pwm is None else rig.pwm / 10,
+                "offered_a": rig.offered_a(), "contactor": rig.contacts, "locked": rig.lock_pos,
+                "energy_wh": self.meter.energy_wh, "power_w": self.meter.power_w, "powered": self.power_on,
+                "t": self.now_ms(), "cp_mv": [hi, lo], "pp_ohms": rig.pp(), "plugged": rig.plugged,
+                "ev": rig.ev_state, "max_a": rig.max_a, "phases": rig.phases, "current_a": rig.phase_currents(),
+                "pwm": rig.pwm, "contactor_cmd": rig.contactor_cmd, "lock_cmd": rig.lock_cmd,
+                "leds": dict(rig.leds), "rcd": rig.faults["rcd"],
+                "faults": [k for k in FAULTS if rig.faults[k]],
+                "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter}
+
+    async def cmd_plug(self, req):
+        rig = self.rig
+        if rig.variant == "socket":
+            cable = req.get("cable_a", 32)
+            if cable not in PP_OHMS:
+                raise CommandError("cable_a must be one of 13, 20, 32, 63 (got %r)" % (cable,))
+            rig.cable_a = cable
+            rig.pp_override = "pp_ohms" in req
+            rig.pp_forced = req.get("pp_ohms")
+            if rig.pp_forced is not None and not isinstance(rig.pp_forced, int):
+                raise CommandError("pp_ohms must be an integer or null")
+        if not rig.plugged:
+            rig.ev_state = "B"
+        rig.plugged = True
+        self.event("plug", cable_a=rig.cable_a)
+
+    async def cmd_unplug(self, req):
+        self.rig.plugged = False
+        self.event("unplug")
+
+    async def cmd_ev(self, req):
+        rig = self.rig
+        state, max_a, phases = req.get("state"), req.get("max_a"), req.get("phases")
+        if state is not None and state not in PILOT_MV:
+            raise CommandError("ev state must be A, B, C or D (got %r)" % (state,))
+        if max_a is not None and (not isinstance(max_a, (int, float)) or max_a < 0):
+            raise CommandError("max_a must be a number >= 0")
+        if phases is not None and phases not in (1, 3):
+            raise CommandError("phases must be 1 or 3")
+        if state is not None:
+            rig.ev_state = state
+        if max_a is not None:
+            rig.max_a = float(max_a)
+        if phases is not None:
+            rig.phases = phases
+        self.event("ev", state=rig.ev_state, max_a=rig.max_a, phases=rig.phases)
+
+    async def cmd_tag(self, req):
+        tag = req.get("id")
+        if not isinstance(tag, str) or not tag:
+            raise CommandError("tag needs a non-empty string id")
+        delivered = self.board_w is not None
+        if delivered:
+            self.board_w.write((json.dumps({"tag": tag}) + "\n").encode())
+        self.event("tag", id=tag, delivered=delivered)
+        return {"delivered": delivered}
+
+    async def cmd_fault(self, req):
+        kind, on = req.get("kind"), bool(req.get("on", True))
+        if kind not in FAULTS:
+            raise CommandError("fault kind must be one of %s (got %r)" % (", ".join(FAULTS), kind))
+        rig = self.rig
+        rig.faults[kind] = on
+        if kind == "meter":
+            self.meter.set_fault(on)
+        if kind == "weld" and not on:
+            rig.contacts = rig.contactor_cmd and rig.powered
+        if kind == "lock" and not on:
+            self.move_lock()
+        self.event("fault", fault=kind, on=on)
+
+    async def cmd_power(self, req):
+        if not isinstance(req.get("on"), bool):
+            raise CommandError("power needs \"on\": true or false")
+        if req["on"] == self.power_on:
+            return {"changed": False}
+        self.power_on = req["on"]
+        self.event("power", on=self.power_on)
+        if self.power_on:
+            self.power_evt.set()
+        else:
+            await self.kill_mcu()
+            self.rig.powered = False
+            self.rig.mcu_outputs_reset()
+        return {"changed": True}
+
+    async def cmd_events(self, req):
+        since = req.get("since", 0)
+        if not isinstance(since, int):
+            raise CommandError("since must be an integer (the \"next\" of the previous reply)")
+        return {"events": [e for e in self.events if e["seq"] >= since], "next": self.seq, "now": self.now_ms()}
+
+
+COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_unplug, "ev": Sim.cmd_ev,
+            "tag": Sim.cmd_tag, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Virtual charge-point board running the firmware (DESIGN.md §6).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--csms", required=True, help="Central System URL (ws:// or wss://) for provision.json")
+    p.add_argument("--id", required=True, help="ChargeBoxId")
+    p.add_argument("--state", required=True, help="directory holding the MCU's flash")
+    p.add_argument("--control", required=True, type=int, help="control socket port on 127.0.0.1 (0 = any)")
+    p.add_argument("--password", help="HTTP Basic password (security profile 1/2)")
+    p.add_argument("--cafile", help="PEM file with the CA that signed the CSMS certificate")
+    p.add_argument("--heap", default="110wK", help="MicroPython heap size (default 110wK)")
+    p.add_argument("--meter", default="SDM630", choices=METERS)
+    p.add_argument("--variant", default="socket", choices=("socket", "cable"))
+    return p.parse_args(argv)
+
+
+async def amain(args):
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sim = Sim(args)
+    try:
+        await sim.start()
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cafile and not Path(args.cafile).is_file():
+        sys.exit("sim: --cafile %s does not exist" % args.cafile)
+    if not os.environ.get("SIM_MCU_SCRIPT"):
+        sys.path.insert(0, str(ROOT / "tools"))
+        import build
+        build.build(BUILD_DIR)
+    try:
+        asyncio.run(amain(args))
+    except OSError as e:
+        sys.exit("sim: %s" % e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
