@@ -5,6 +5,8 @@ import gc
 from firmware import config, log, store
 from firmware.evse import Evse
 from firmware.meter import Meter
+from firmware.ocpp import localauth
+from firmware.ocpp.auth import Auth
 from firmware.ocpp.connector import Connector, CONNECTOR
 from firmware.ocpp.core import Core
 from firmware.ocpp.session import Session
@@ -35,9 +37,14 @@ class App:
         self.evse.operative = avail.get("operative", True)
         self.session = Session(cfg, self._boot_fields())
         self.txq = TxQueue(self.session, cfg, state)
-        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, state)
+        self.auth = Auth(cfg, state)
+        self.smart = None
+        self.reservations = None
+        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
         self.scheduled_operative = None  # ChangeAvailability waiting for the transaction to end
         self.core = Core(self)
+        localauth.register(self.session, self.auth)
+        self.session.handle("ClearCache", localauth.CLEAR_CACHE, localauth.clear_cache_handler(self.auth))
         self.session.on_accepted = self._on_accepted
         self._booted = False
 
@@ -80,7 +87,7 @@ class App:
             self.evse.operative = operative
             store.write_json(self._avail_path, {"operative": operative})
             asyncio.create_task(self._status_connector0())
-        self.connector.wake()
+        self.connector.tick()
 
     async def reboot(self, kind):
         reason = "HardReset" if kind == "Hard" else "SoftReset"
@@ -91,6 +98,8 @@ class App:
                 break
             await asyncio.sleep_ms(100)
         log.info(_TAG, "%s reset" % kind)
+        await asyncio.sleep_ms(200)  # let the Reset answer leave before the link goes down
+        await self.session_restart()
         self.board.reset()
 
     async def session_restart(self):
@@ -122,8 +131,10 @@ class App:
             await asyncio.sleep_ms(100)
 
     async def main(self):
-        log.info(_TAG, "firmware %s starting, free heap %d" % (VERSION, gc.mem_free()))
+        gc.collect()
+        log.info(_TAG, "firmware %s starting, heap %d used, %d free" % (VERSION, gc.mem_alloc(), gc.mem_free()))
         await self.meter.poll()
+        self.connector.recover()
         tasks = (self.evse.run(), self._poll_meter(), self.session.run(), self.txq.run(),
                  self.connector.run(), self.connector.report_status(), self._poll_inputs())
         for t in tasks:
@@ -131,6 +142,7 @@ class App:
         while True:
             await asyncio.sleep(60)
             gc.collect()
+            log.debug(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
 
 
 def run(board):

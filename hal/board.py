@@ -54,6 +54,16 @@ class Board:
         # -> True while the residual current device reports a trip.
         raise NotImplementedError
 
+    def local_limit_da(self):
+        # -> int local current limit in 0.1 A from a load-management input (house energy manager, DIP switch),
+        # or None when there is none. The arbiter takes the minimum of it and every other limit; 0 = stop.
+        raise NotImplementedError
+
+    def take_block_ms(self):
+        # -> int ms the firmware's loop must stall on purpose, once (a test hook: tools/sim.py "mcu" command
+        # on the virtual board); always 0 on real hardware.
+        raise NotImplementedError
+
     def poll_tag(self):
         # -> next RFID UID presented (hex string), or None when none is waiting. Never blocks.
         raise NotImplementedError
@@ -84,6 +94,7 @@ class Board:
 # Every name a board must provide; tests compare implementations against it.
 METHODS = (
     "set_pwm", "set_contactor", "set_lock", "set_led", "read_cp", "read_pp_ohms", "lock_feedback",
-    "contactor_feedback", "rcd_tripped", "poll_tag", "open_uart", "start_watch", "wdt_feed", "reset", "ticks_ms",
+    "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "open_uart",
+    "start_watch", "wdt_feed", "reset", "ticks_ms",
 )
 LEDS = ("green", "blue", "red")

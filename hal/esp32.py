@@ -157,6 +157,14 @@ class Board:
     def rcd_tripped(self):
         return self._rcd.value() == 1
 
+    def local_limit_da(self):
+        # No load-management input is wired on this PCB.
+        return None
+
+    def take_block_ms(self):
+        # The loop-stall test hook exists only on the virtual board.
+        return 0
+
     def push_tag(self, uid):
         # Called by the RFID reader driver (none is wired yet); keeps the newest cards.
         if len(self._tags) >= 8:

@@ -5,10 +5,13 @@
 # Link to the sim: one TCP connection, JSON objects one per line ("\n"), both ways.
 #   sim -> MCU (inputs, pushed whenever one changes; the first line arrives right after connect and is complete):
 #     {"cp": [hi_mv, lo_mv], "pp": ohms|null, "lock_fb": bool, "contactor_fb": bool, "rcd": bool}
+#       optional in that line: "limit_da": int|null   the load-management input (a local current limit)
 #     {"tag": "04A1B2C3"}                     an RFID card was presented
+#     {"block_ms": N}                         test hook: take_block_ms() hands N to the firmware once
 #   MCU -> sim (outputs, sent only when they change):
 #     {"pwm": permille}  {"contactor": bool}  {"lock": bool}  {"led": "green"|"blue"|"red", "on": bool}
 #     {"reset": true}                         sent by reset() just before the process exits with code 3
+#     {"blocking": N}                         take_block_ms() handed out N (the sim timestamps it)
 # A reader thread stores the inputs in plain attributes, so reads are instant and never wait for the asyncio loop
 # (DESIGN.md §2). Outputs are sent by whichever thread calls them, under one lock. If the link drops, the board
 # has lost power: the process kills itself, as the MCU would die with it.
@@ -58,6 +61,8 @@ class Board:
         self._lock_fb = False
         self._contactor_fb = False
         self._rcd = False
+        self._limit_da = None
+        self._block_ms = 0
         self._ready = False
         self._tags = []
         self._rx = _thread.allocate_lock()
@@ -118,6 +123,11 @@ class Board:
             self._contactor_fb = bool(msg["contactor_fb"])
         if "rcd" in msg:
             self._rcd = bool(msg["rcd"])
+        if "limit_da" in msg:
+            v = msg["limit_da"]
+            self._limit_da = None if v is None else int(v)
+        if "block_ms" in msg:
+            self._block_ms = int(msg["block_ms"])
         if "tag" in msg:
             with self._rx:
                 if len(self._tags) >= _MAX_TAGS:
@@ -143,6 +153,20 @@ class Board:
 
     def rcd_tripped(self):
         return self._rcd
+
+    def local_limit_da(self):
+        return self._limit_da
+
+    def take_block_ms(self):
+        n = self._block_ms
+        if n:
+            self._block_ms = 0
+            with self._tx:
+                try:
+                    self._sock.send(b'{"blocking":%d}\n' % n)
+                except OSError:
+                    pass
+        return n
 
     def poll_tag(self):
         with self._rx:

@@ -15,7 +15,8 @@ Control requests (one JSON object per line, one reply line each):
                                              | {"ok":false,"error":"CALLERROR <code> <desc>","reply":[4,...]}
                                              | {"ok":false,"error":"..."} (timeout, disconnect, invalid result)
     {"cmd":"raw","cp":ID,"text":"...","timeout":10} -> {"ok":true,"reply":frame|null} (null: no answer)
-    {"cmd":"set","boot_status":..,"interval":..,"tags":[..],"auth":{ID:PW|null},"start_status":..|null}
+    {"cmd":"set","boot_status":..,"interval":..,"tags":[..],"auth":{ID:PW|null},"start_status":..|null,
+     "tag_status":{TAG:"Blocked"|"Expired"|..},"parents":{TAG:PARENT}}
     {"cmd":"disconnect","cp":ID}
 CALLERRORs we send use the OCPP 1.6 spellings (FormationViolation, OccurenceConstraintViolation).
 Passwords (--auth, "set") are text, "hex:<hex>" for raw bytes, and 32-40 hex digits are taken as the raw bytes
@@ -166,10 +167,20 @@ class Settings:
         self.tags = set(t for t in args.tags.split(",") if t)
         self.auth = dict(parse_auth(a) for a in args.auth)
         self.start_status = None   # None: Accepted for known tags, Invalid otherwise
+        self.tag_statuses = {}     # idTag -> status other than Accepted/Invalid (Blocked, Expired, ...)
+        self.parents = {}          # idTag -> parentIdTag (the group a card belongs to)
         self.tx_ids = itertools.count(1)
 
     def tag_status(self, id_tag):
+        if id_tag in self.tag_statuses:
+            return self.tag_statuses[id_tag]
         return "Accepted" if id_tag in self.tags else "Invalid"
+
+    def id_tag_info(self, id_tag, status=None):
+        info = {"status": status or self.tag_status(id_tag)}
+        if id_tag in self.parents:
+            info["parent_id_tag"] = self.parents[id_tag]
+        return info
 
     def update(self, req):
         if "boot_status" in req:
@@ -180,6 +191,8 @@ class Settings:
             self.tags = set(req["tags"])
         if "start_status" in req:
             self.start_status = req["start_status"]
+        self.tag_statuses.update(req.get("tag_status") or {})
+        self.parents.update(req.get("parents") or {})
         for cp_id, pw in (req.get("auth") or {}).items():
             if pw is None:
                 self.auth.pop(cp_id, None)
@@ -284,19 +297,19 @@ class DemoChargePoint(ChargePoint):
 
     @on(Action.authorize)
     def on_authorize(self, id_tag, **_):
-        return call_result.Authorize(id_tag_info={"status": self.settings.tag_status(id_tag)})
+        return call_result.Authorize(id_tag_info=self.settings.id_tag_info(id_tag))
 
     @on(Action.start_transaction)
     def on_start(self, id_tag, **_):
-        status = self.settings.start_status or self.settings.tag_status(id_tag)
         return call_result.StartTransaction(transaction_id=next(self.settings.tx_ids),
-                                            id_tag_info={"status": status})
+                                            id_tag_info=self.settings.id_tag_info(id_tag,
+                                                                                  self.settings.start_status))
 
     @on(Action.stop_transaction)
     def on_stop(self, id_tag=None, **_):
         if id_tag is None:
             return call_result.StopTransaction()
-        return call_result.StopTransaction(id_tag_info={"status": self.settings.tag_status(id_tag)})
+        return call_result.StopTransaction(id_tag_info=self.settings.id_tag_info(id_tag))
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id, **_):

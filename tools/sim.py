@@ -20,24 +20,30 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
     {"cmd":"plug","cable_a":13|20|32|63[,"pp_ohms":N|null]}   socket: cable in, EV connected (state B);
                          pp_ohms forces an out-of-band coding. cable: the tethered 32 A cable goes into the car.
     {"cmd":"unplug"}
-    {"cmd":"ev"[,"state":"A"|"B"|"C"|"D"][,"max_a":16][,"phases":1|3]}
+    {"cmd":"ev"[,"state":"A"|"B"|"C"|"D"][,"max_a":16][,"phases":1|3][,"ignore_pwm":false|true]}
+                         ignore_pwm: a misbehaving EV that draws max_a whatever the duty says (overcurrent tests)
     {"cmd":"tag","id":"ABC123"}                             -> delivered: false when no MCU is listening
     {"cmd":"fault","kind":"lock"|"meter"|"rcd"|"weld"|"diode"|"cp_short","on":true}
     {"cmd":"power","on":false|true}                         off = SIGKILL the MCU (power cut), on = boot it again
+    {"cmd":"limit","a":N|null}  the board's load-management input (a local current limit in A, 0.1 A steps;
+                         null = none), read by the firmware as board.local_limit_da()
+    {"cmd":"mcu","block_ms":N}  test hook: the firmware's asyncio loop stalls N ms on purpose (it reads
+                         board.take_block_ms()); -> delivered. The MCU's "blocking" ack is the event "block"
     {"cmd":"events","since":N} -> {"events":[{"seq","t","kind",...}],"next":M,"now":T}: board events with board
                          time in monotonic ms (kinds: pilot, pwm, contactor, lock, lock_fb, led, reset, mcu, power,
-                         plug, unplug, ev, tag, fault); pass "next" as "since" to read on.
+                         plug, unplug, ev, tag, fault, limit, block); pass "next" as "since" to read on.
 
 Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
-    sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b} on connect and on every
-                change; {"tag":"UID"}
-    MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true}
+    sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b,"limit_da":n|null} on
+                connect and on every change; {"tag":"UID"}; {"block_ms":N}
+    MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true} {"blocking":N}
 
 Physical model: CP high level A 12 V / B 9 V / C 6 V / D 3 V (IEC 61851-1 A.2, digest 4.1); low level -12 V while
 PWM runs (diode fault with an EV connected: 0 V); no PWM: both plateaus are the steady level; steady -12 V output
 (pwm 0): -12 V; cp_short or board unpowered: 0 V. The CP generator idles at +12 V while the MCU boots.
 PP: 13 A 1500, 20 A 680, 32 A 220, 63 A 100 ohm, unplugged open. The EV draws min(offered_a, max_a) per phase
-while the contacts are closed, it is in C/D and PWM is on; 230 V per phase; the meter advances every 100 ms.
+while the contacts are closed, it is in C/D and PWM is on (with ignore_pwm: max_a whatever the PWM says); 230 V
+per phase; the meter advances every 100 ms.
 """
 
 import argparse
@@ -108,6 +114,8 @@ class Rig:
         self.pp_forced = None
         self.ev_state = "B"
         self.max_a = 32.0
+        self.ignore_pwm = False
+        self.limit_da = None        # load-management input
         self.phases = phases
         self.faults = {k: False for k in FAULTS}
         self.powered = False
@@ -147,7 +155,7 @@ class Rig:
 
     def inputs(self):
         return {"cp": list(self.cp()), "pp": self.pp(), "lock_fb": self.lock_pos,
-                "contactor_fb": self.contacts, "rcd": self.faults["rcd"]}
+                "contactor_fb": self.contacts, "rcd": self.faults["rcd"], "limit_da": self.limit_da}
 
     def offered_a(self):
         return 0.0 if self.faults["cp_short"] else ev_offered_a(self.pwm)
@@ -155,6 +163,8 @@ class Rig:
     def ev_current_a(self):
         if not (self.contacts and self.plugged and self.ev_state in "CD"):
             return 0.0
+        if self.ignore_pwm:
+            return self.max_a
         return min(self.offered_a(), self.max_a)
 
     def phase_currents(self):
@@ -466,6 +476,8 @@ class Sim:
         if "led" in msg and msg["led"] in rig.leds:
             rig.leds[msg["led"]] = bool(msg.get("on"))
             self.event("led", name=msg["led"], on=rig.leds[msg["led"]])
+        if "blocking" in msg:
+            self.event("block", ms=int(msg["blocking"]))
         if msg.get("reset"):
             self.reset_requested = True
             self.event("reset")
@@ -537,7 +549,8 @@ class Sim:
                 "t": self.now_ms(), "cp_mv": [hi, lo], "pp_ohms": rig.pp(), "plugged": rig.plugged,
                 "ev": rig.ev_state, "max_a": rig.max_a, "phases": rig.phases, "current_a": rig.phase_currents(),
                 "pwm": rig.pwm, "contactor_cmd": rig.contactor_cmd, "lock_cmd": rig.lock_cmd,
-                "leds": dict(rig.leds), "rcd": rig.faults["rcd"],
+                "leds": dict(rig.leds), "rcd": rig.faults["rcd"], "ignore_pwm": rig.ignore_pwm,
+                "limit_a": None if rig.limit_da is None else rig.limit_da / 10,
                 "faults": [k for k in FAULTS if rig.faults[k]],
                 "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter}
 
@@ -570,13 +583,18 @@ class Sim:
             raise CommandError("max_a must be a number >= 0")
         if phases is not None and phases not in (1, 3):
             raise CommandError("phases must be 1 or 3")
+        ignore = req.get("ignore_pwm")
+        if ignore is not None and not isinstance(ignore, bool):
+            raise CommandError("ignore_pwm must be true or false")
+        if ignore is not None:
+            rig.ignore_pwm = ignore
         if state is not None:
             rig.ev_state = state
         if max_a is not None:
             rig.max_a = float(max_a)
         if phases is not None:
             rig.phases = phases
-        self.event("ev", state=rig.ev_state, max_a=rig.max_a, phases=rig.phases)
+        self.event("ev", state=rig.ev_state, max_a=rig.max_a, phases=rig.phases, ignore_pwm=rig.ignore_pwm)
 
     async def cmd_tag(self, req):
         tag = req.get("id")
@@ -617,6 +635,23 @@ class Sim:
             self.rig.mcu_outputs_reset()
         return {"changed": True}
 
+    async def cmd_limit(self, req):
+        a = req.get("a", "missing")
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 80):
+            raise CommandError("limit needs \"a\": a current 0..80 A or null (no local limit)")
+        self.rig.limit_da = None if a is None else int(round(a * 10))
+        self.event("limit", a=a)
+
+    async def cmd_mcu(self, req):
+        ms = req.get("block_ms")
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 < ms <= 60000:
+            raise CommandError("mcu needs \"block_ms\": 1..60000")
+        delivered = self.board_w is not None
+        if delivered:
+            self.board_w.write((json.dumps({"block_ms": ms}) + "\n").encode())
+        self.event("mcu", state="block", ms=ms, delivered=delivered)
+        return {"delivered": delivered}
+
     async def cmd_events(self, req):
         since = req.get("since", 0)
         if not isinstance(since, int):
@@ -625,7 +660,8 @@ class Sim:
 
 
 COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_unplug, "ev": Sim.cmd_ev,
-            "tag": Sim.cmd_tag, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events}
+            "tag": Sim.cmd_tag, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events,
+            "limit": Sim.cmd_limit, "mcu": Sim.cmd_mcu}
 
 
 def parse_args(argv=None):

@@ -1,50 +1,63 @@
-# Connector 1 as OCPP sees it: the charge-session lifecycle (tag / plug / start / meter / stop) and the
-# status machine of OCPP 1.6 §4.9 (digest §2.8). It reaches the hardware only through the EVSE and meter
-# models (DESIGN.md §1): it sets evse.allow / want_lock and reads pilot, plug and energy.
+# Connector 1 as OCPP sees it: the charge-session lifecycle (tag / plug / authorise / start / meter / stop) and
+# the status machine of OCPP 1.6 §4.9 (digest §2.8). It reaches the hardware only through the EVSE and meter
+# models (DESIGN.md §1): it sets evse.allow / want_lock / limit_da and reads pilot, plug and energy.
 import asyncio
 import time
+from micropython import const
 
 from firmware import clock, log, pilot, store
 from firmware.ocpp import metering, rpc
+from firmware.ocpp.auth import is_valid
+from firmware.ocpp.metering import BEGIN, PERIODIC, CLOCK, END
 from firmware.ocpp.session import Offline
 from firmware.ocpp.txqueue import START, STOP, METER
 
 _TAG = "conn"
-CONNECTOR = 1
+CONNECTOR = const(1)
+_TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
 
 
 class Connector:
-    def __init__(self, session, txq, evse, meter, cfg, state_dir):
+    def __init__(self, session, txq, evse, meter, cfg, auth, state_dir):
         self.session = session
         self.txq = txq
         self.evse = evse
         self.meter = meter
         self.cfg = cfg
+        self.auth = auth
+        self.smart = None  # SmartCharging, when installed: feeds evse.limit_da
+        self.reservations = None  # Reservations, when installed
         self._tx_path = state_dir + "/tx.json"
-        self.tx = store.read_json(self._tx_path, None)  # the running transaction, persisted for power loss
+        # The running transaction, persisted so a power cut can be closed at the next boot:
+        # l local id, tag, parent, wh0 meterStart, t0 start epoch, wh/t last stored reading, inv (not accepted
+        # by the Central System), res reservation id, td samples for transactionData.
+        self.tx = store.read_json(self._tx_path, None)
         self.pending_tag = None  # authorised tag waiting for the EV (ConnectionTimeOut)
         self._pending_parent = None
+        self._pending_res = None
         self._pending_until = 0
         self.finishing = False
         self.stopping = None  # the task that sends StopTransaction after the last meter reading
         self.status = None  # current OCPP status
+        self._status_since = time.ticks_ms()
         self.reported = None  # last status the Central System acknowledged
         self._status_evt = asyncio.Event()
         self._next_sample_ms = 0
+        self._next_aligned = 0
         self._authorizing = False
-        txq.on_start_conf = self._on_start_conf
-        if self.tx:
-            self._recover_after_power_loss()
+        txq.on_conf = self._on_conf
 
     # ---- boot ----
-    def _recover_after_power_loss(self):
-        # A transaction open at boot was cut by a power loss: close it with the last stored reading
-        # (OCPP 1.6 §4.8 / digest §2.2 PowerLoss).
+    def recover(self):
+        """A transaction still open at boot was cut by a power loss: close it with the meter's reading (the
+        contactor dropped with the power, so the register has not moved since), else the last stored one."""
         tx = self.tx
-        wh = max(tx.get("wh", tx["wh0"]), tx["wh0"])
-        log.warn(_TAG, "closing transaction %d after power loss at %d Wh" % (tx["l"], wh))
+        if tx is None:
+            return
         self.tx = None
-        self._push_stop(tx, "PowerLoss", wh, tx.get("t", clock.now()), None)
+        wh = max(tx["wh"], self.meter.energy_wh) if self.meter.ok else tx["wh"]
+        log.warn(_TAG, "closing transaction %d after power loss at %d Wh" % (tx["l"], wh))
+        self._push_stop(tx, "PowerLoss", wh, tx["t"], None)
 
     # ---- user input ----
     def present_tag(self, tag):
@@ -59,73 +72,97 @@ class Connector:
             return
         if self.pending_tag == tag:
             self.pending_tag = None  # a second swipe cancels the pending start
-            self.wake()
+            self.tick()
             return
-        asyncio.create_task(self._authorize_start(tag))
+        asyncio.create_task(self.authorize_start(tag))
 
     async def _authorize(self, tag):
-        """idTagInfo for tag, or None when it could not be checked."""
-        self._authorizing = True
-        try:
-            conf = await self.session.call("Authorize", {"idTag": tag})
-            return conf.get("idTagInfo") or {}
-        except Offline:
-            if self.cfg.get("AllowOfflineTxForUnknownId"):
-                return {"status": "Accepted"}
-            return None
-        except (rpc.CallError, asyncio.TimeoutError) as e:
-            log.warn(_TAG, "Authorize failed: %r" % (e,))
-            return None
-        finally:
-            self._authorizing = False
+        """idTagInfo for tag in the order list -> cache -> Central System (digest §2.10); None when it cannot
+        be decided (offline and not allowed locally)."""
+        cfg = self.cfg
+        auth = self.auth
+        local = auth.lookup(tag)
+        session = self.session
+        if local is not None and session.registered and session.online and cfg.get("LocalPreAuthorize") \
+                and is_valid(local):
+            return local
+        if session.registered and session.online:
+            self._authorizing = True
+            try:
+                conf = await session.call("Authorize", {"idTag": tag})
+                info = conf.get("idTagInfo") or {"status": "Invalid"}
+                auth.remember(tag, info)
+                return info
+            except (Offline, rpc.CallError, asyncio.TimeoutError) as e:
+                log.warn(_TAG, "Authorize failed (%r): deciding offline" % (e,))
+            finally:
+                self._authorizing = False
+        if local is not None:
+            return local if cfg.get("LocalAuthorizeOffline") else None
+        if cfg.get("AllowOfflineTxForUnknownId"):
+            return {"status": "Accepted"}
+        return None
 
-    async def _authorize_start(self, tag):
-        if not self.evse.operative or self.evse.fault:
+    async def authorize_start(self, tag):
+        evse = self.evse
+        if not evse.operative or evse.fault:
             log.info(_TAG, "tag %s ignored: connector not available" % tag)
-            return
+            return False
         info = await self._authorize(tag)
-        status = info.get("status") if info else None
-        if status != "Accepted":
-            log.info(_TAG, "tag %s not authorised (%s)" % (tag, status))
-            return
+        if not info or not is_valid(info):
+            log.info(_TAG, "tag %s not authorised (%s)" % (tag, info and info.get("status")))
+            return False
+        res = self.reservations
+        res_id = None
+        if res is not None:
+            ok, res_id = res.admits(CONNECTOR, tag, info.get("parentIdTag"))
+            if not ok:
+                log.info(_TAG, "tag %s refused: connector reserved for another id" % tag)
+                return False
         log.info(_TAG, "tag %s authorised" % tag)
-        self.pending_tag = tag
-        self._pending_parent = info.get("parentIdTag")
-        self._pending_until = time.ticks_add(time.ticks_ms(), self.cfg.get("ConnectionTimeOut") * 1000)
-        self.wake()
+        self.arm(tag, info.get("parentIdTag"), res_id)
+        return True
 
     async def _authorize_stop(self, tag):
         info = await self._authorize(tag)
         tx = self.tx
-        if tx and info and info.get("status") == "Accepted":
+        if tx and info and is_valid(info):
             parent = info.get("parentIdTag")
-            if parent and parent == tx.get("parent"):
+            if parent and parent == tx.get("parent"):  # same group (OCPP 1.6 §3.5.2, OCTT TC_069)
                 self.stop("Local", tag)
                 return
         log.info(_TAG, "tag %s may not stop this transaction" % tag)
 
-    def remote_start(self, tag):
+    def arm(self, tag, parent=None, reservation_id=None):
+        """An authorised start waits for the EV up to ConnectionTimeOut (RemoteStart uses this too)."""
         self.pending_tag = tag
-        self._pending_parent = None
+        self._pending_parent = parent
+        self._pending_res = reservation_id
         self._pending_until = time.ticks_add(time.ticks_ms(), self.cfg.get("ConnectionTimeOut") * 1000)
-        self.wake()
+        self.tick()
 
     # ---- transactions ----
     def _start(self):
         tag = self.pending_tag
         self.pending_tag = None
         lid = self.txq.new_local_id()
-        wh0 = self.meter.energy_wh
         now = clock.now()
-        self.tx = {"l": lid, "tag": tag, "parent": self._pending_parent, "wh0": wh0, "wh": wh0, "t": now}
-        store.write_json(self._tx_path, self.tx)
-        self.txq.push(START, lid, {"connectorId": CONNECTOR, "idTag": tag, "meterStart": wh0,
-                                   "timestamp": clock.iso(now)})
+        snap = metering.snapshot(self.meter, self.evse)
+        wh0 = snap[0]
+        tx = {"l": lid, "tag": tag, "parent": self._pending_parent, "wh0": wh0, "t0": now, "wh": wh0, "t": now,
+              "inv": False, "td": []}
+        self._keep_sample(tx, now, BEGIN, snap)
+        payload = {"connectorId": CONNECTOR, "idTag": tag, "meterStart": wh0, "timestamp": clock.iso(now)}
+        if self._pending_res is not None:
+            payload["reservationId"] = self._pending_res
+            self.reservations.consumed(self._pending_res)
+        self.tx = tx
+        store.write_json(self._tx_path, tx)  # before the message: a Start must never lack its Stop
+        self.txq.push(START, lid, payload)
         log.info(_TAG, "transaction %d started for %s at %d Wh" % (lid, tag, wh0))
-        self.evse.allow = True
         self.evse.want_lock = True
         self._next_sample_ms = time.ticks_add(time.ticks_ms(), self.cfg.get("MeterValueSampleInterval") * 1000)
-        self.evse.update()
+        self._apply_allow()
 
     def stop(self, reason, tag=None):
         """Ends the running transaction: energy stops at once, the StopTransaction follows a fresh meter
@@ -136,11 +173,13 @@ class Connector:
         self.tx = None
         self.evse.allow = False
         self.evse.update()  # the contactor opens now, before any message goes out
-        self.finishing = self.evse.ev_connected
+        self.finishing = self._plug_present()
         if reason != "EVDisconnected" or self.cfg.get("UnlockConnectorOnEVSideDisconnect"):
             self.evse.want_lock = False
+        if self.smart is not None:
+            self.smart.tx_ended(CONNECTOR)
         self.stopping = asyncio.create_task(self._stop_after_reading(tx, reason, clock.now(), tag))
-        self.wake()
+        self.tick()
         return True
 
     async def _stop_after_reading(self, tx, reason, when, tag):
@@ -152,38 +191,123 @@ class Connector:
         payload = {"transactionId": 0, "meterStop": wh, "timestamp": clock.iso(when), "reason": reason}
         if tag:
             payload["idTag"] = tag
+        data = self._transaction_data(tx, wh, when)
+        if data:
+            payload["transactionData"] = data
         self.txq.push(STOP, tx["l"], payload)
         log.info(_TAG, "transaction %d stopped (%s) at %d Wh" % (tx["l"], reason, wh))
         store.remove(self._tx_path)  # only now: a power cut before this point ends it as PowerLoss
 
-    def _on_start_conf(self, lid, conf):
-        info = (conf or {}).get("idTagInfo") or {}
-        tx = self.tx
-        if tx is None or tx["l"] != lid or info.get("status", "Accepted") == "Accepted":
+    def _transaction_data(self, tx, wh, when):
+        sampled = self.cfg.get("StopTxnSampledData")
+        aligned = self.cfg.get("StopTxnAlignedData")
+        if not sampled and not aligned:
+            return None
+        end = metering.snapshot(self.meter, self.evse)
+        end[0] = wh
+        self._keep_sample(tx, when, END, end)
+        out = []
+        for t, ctx, snap in tx["td"]:
+            keys = aligned if ctx == CLOCK else sampled
+            if keys:
+                out.append({"timestamp": clock.iso(t), "sampledValue": metering.values_from(snap, keys, ctx)})
+        return out
+
+    def _keep_sample(self, tx, t, ctx, snap):
+        keys = self.cfg.get("StopTxnAlignedData" if ctx == CLOCK else "StopTxnSampledData")
+        if not keys:
             return
-        log.warn(_TAG, "transaction %d not accepted: %s" % (lid, info.get("status")))
+        td = tx["td"]
+        if len(td) >= _TX_DATA_MAX:
+            td.pop(1)  # keep Transaction.Begin and the most recent samples
+        td.append([t, ctx, snap])
+
+    def _on_conf(self, action, lid, conf):
+        info = (conf or {}).get("idTagInfo")
+        tx = self.tx
+        if action == START:
+            if info and tx and tx["l"] == lid:
+                self.auth.remember(tx["tag"], info)
+                tx["parent"] = info.get("parentIdTag") or tx.get("parent")
+                if not is_valid(info):
+                    self._deauthorized(tx, info)
+        elif action == STOP and info:
+            pass  # the tag of a Stop is not known here; Authorize keeps the cache fresh
+
+    def _deauthorized(self, tx, info):
+        log.warn(_TAG, "transaction %d not accepted: %s" % (tx["l"], info.get("status")))
         if self.cfg.get("StopTransactionOnInvalidId"):
             self.stop("DeAuthorized")
-        else:
-            self.evse.allow = False  # keep the transaction, stop the energy (SuspendedEVSE)
+            return
+        tx["inv"] = True  # keep the transaction, stop the energy (SuspendedEVSE), MaxEnergyOnInvalidId aside
+        store.write_json(self._tx_path, tx)
+        self._apply_allow()
+
+    def _apply_allow(self):
+        tx = self.tx
+        allow = tx is not None
+        if allow and tx["inv"]:
+            allow = self.meter.energy_wh - tx["wh0"] < self.cfg.get("MaxEnergyOnInvalidId")
+        if allow != self.evse.allow:
+            self.evse.allow = allow
             self.evse.update()
 
     def transaction_id(self):
         return self.txq.tx_id(self.tx["l"]) if self.tx else None
 
-    # ---- periodic work ----
-    def _sample(self, now):
+    # ---- meter values ----
+    def _sample(self, now_ms):
         interval = self.cfg.get("MeterValueSampleInterval")
-        if not interval or time.ticks_diff(now, self._next_sample_ms) < 0:
+        if not interval or time.ticks_diff(now_ms, self._next_sample_ms) < 0:
             return
-        self._next_sample_ms = time.ticks_add(now, interval * 1000)
-        tx = self.tx
-        mv = metering.meter_value(self.meter, self.evse, self.cfg.get("MeterValuesSampledData"), "Sample.Periodic")
-        self.txq.push(METER, tx["l"], {"connectorId": CONNECTOR, "transactionId": 0, "meterValue": [mv]})
-        tx["wh"] = self.meter.energy_wh
-        tx["t"] = clock.now()
-        store.write_json(self._tx_path, tx)
+        self._next_sample_ms = time.ticks_add(now_ms, interval * 1000)
+        self._send_values(PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
 
+    def _aligned(self):
+        # Clock-aligned data (OCPP 1.6 §4.7): at every multiple of ClockAlignedDataInterval after midnight UTC.
+        interval = self.cfg.get("ClockAlignedDataInterval")
+        if not interval or not clock.synced:
+            return
+        now = clock.now()
+        if self._next_aligned == 0 or self._next_aligned > now + interval:
+            self._next_aligned = (now // interval + 1) * interval
+        if now < self._next_aligned:
+            return
+        slot = self._next_aligned
+        self._next_aligned = (now // interval + 1) * interval
+        self._send_values(CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
+
+    def _send_values(self, ctx, keys, t):
+        snap = metering.snapshot(self.meter, self.evse)
+        tx = self.tx
+        mv = {"timestamp": clock.iso(t), "sampledValue": metering.values_from(snap, keys, ctx)}
+        if tx is not None:
+            self.txq.push(METER, tx["l"], {"connectorId": CONNECTOR, "transactionId": 0, "meterValue": [mv]})
+            tx["wh"] = snap[0]
+            tx["t"] = t
+            self._keep_sample(tx, t, ctx, snap)
+            store.write_json(self._tx_path, tx)
+        elif mv["sampledValue"] and self.session.registered and self.session.online:
+            # Not transaction-related: volatile, and skipped while offline.
+            asyncio.create_task(self._send_volatile({"connectorId": CONNECTOR, "meterValue": [mv]}))
+
+    async def _send_volatile(self, payload):
+        try:
+            await self.session.call("MeterValues", payload)
+        except Exception as e:
+            log.warn(_TAG, "MeterValues failed: %r" % (e,))
+
+    async def send_triggered_values(self):
+        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger."""
+        snap = metering.snapshot(self.meter, self.evse)
+        payload = {"connectorId": CONNECTOR, "meterValue": [{"timestamp": clock.iso(), "sampledValue":
+                   metering.values_from(snap, self.cfg.get("MeterValuesSampledData"), metering.TRIGGER)}]}
+        tid = self.transaction_id()
+        if tid is not None:
+            payload["transactionId"] = tid
+        await self._send_volatile(payload)
+
+    # ---- periodic work ----
     def tick(self):
         now = time.ticks_ms()
         evse = self.evse
@@ -194,16 +318,29 @@ class Connector:
                 elif time.ticks_diff(now, self._pending_until) >= 0:
                     log.info(_TAG, "no EV within ConnectionTimeOut, start cancelled")
                     self.pending_tag = None
+            elif self.cfg.get("FreeVendEnabled") and evse.ev_connected and evse.plugged and not self.finishing \
+                    and evse.operative and not evse.fault:
+                self.arm(self.cfg.get("FreeVendIdTag"))  # free vend: every plug-in charges (digest §2.8 A3)
+                return
             if self.finishing and not self._plug_present():
                 self.finishing = False
+        elif not self._plug_present():
+            self.stop("EVDisconnected")
+        elif evse.state == pilot.A and self.cfg.get("StopTransactionOnEVSideDisconnect"):
+            self.stop("EVDisconnected")
         else:
-            if not self._plug_present():
-                self.stop("EVDisconnected")
-            elif evse.state == pilot.A and self.cfg.get("StopTransactionOnEVSideDisconnect"):
-                self.stop("EVDisconnected")
-            else:
-                self._sample(now)
+            if self.tx["inv"]:
+                self._apply_allow()
+            self._sample(now)
+        self._aligned()
+        if self.smart is not None:
+            evse.limit_da = self.smart_limit()
         self._update_status()
+
+    def smart_limit(self):
+        tx = self.tx
+        volts = self.meter.voltage_v[0] if self.meter.ok and self.meter.voltage_v[0] > 50 else 230.0
+        return self.smart.limit_da(CONNECTOR, clock.now(), tx and tx["t0"], self.transaction_id(), volts)
 
     def _plug_present(self):
         # Socket: the cable in the socket keeps the connector busy; fixed cable: the car.
@@ -226,6 +363,8 @@ class Connector:
             return "Finishing"
         if self.pending_tag is not None or evse.ev_connected:
             return "Preparing"
+        if self.reservations is not None and self.reservations.active(CONNECTOR):
+            return "Reserved"
         return "Available"
 
     def _update_status(self):
@@ -233,26 +372,36 @@ class Connector:
         if status != self.status:
             log.info(_TAG, "status %s -> %s" % (self.status, status))
             self.status = status
+            self._status_since = time.ticks_ms()
             self._status_evt.set()
-
-    def wake(self):
-        self.tick()
 
     def error_code(self):
         return self.evse.fault or "NoError"
 
+    def status_payload(self):
+        p = {"connectorId": CONNECTOR, "errorCode": self.error_code(), "status": self.status,
+             "timestamp": clock.iso()}
+        info = getattr(self.evse, "fault_info", None)
+        if info and self.evse.fault:
+            p["info"] = info[:50]
+        return p
+
     async def report_status(self):
-        """Sends StatusNotification whenever the status differs from what the Central System last saw;
-        after a reconnect this reports only the current status (OCPP 1.6 §4.9)."""
+        """Sends StatusNotification whenever the status differs from what the Central System last saw, once it
+        has lasted MinimumStatusDuration; after a reconnect only the current status goes out (OCPP 1.6 §4.9)."""
+        session = self.session
         while True:
             await self._status_evt.wait()
             self._status_evt.clear()
-            while self.session.registered and self.session.online and self.status != self.reported:
+            while session.registered and session.online and self.status != self.reported:
+                wait = self.cfg.get("MinimumStatusDuration") * 1000 - time.ticks_diff(time.ticks_ms(),
+                                                                                      self._status_since)
+                if wait > 0:
+                    await asyncio.sleep_ms(wait)
+                    continue
                 status = self.status
                 try:
-                    await self.session.call("StatusNotification", {
-                        "connectorId": CONNECTOR, "errorCode": self.error_code(), "status": status,
-                        "timestamp": clock.iso()})
+                    await session.call("StatusNotification", self.status_payload())
                     self.reported = status
                 except Exception as e:
                     log.warn(_TAG, "StatusNotification failed: %r" % (e,))
@@ -262,7 +411,7 @@ class Connector:
         self._status_evt.set()
 
     def resend_status(self):
-        """After BootNotification Accepted: the Central System must see the current status again."""
+        """After BootNotification Accepted (or a trigger): the Central System must see the current status."""
         self.reported = None
         self._status_evt.set()
 

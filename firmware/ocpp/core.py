@@ -68,9 +68,16 @@ class Core:
                 or not app.evse.operative or app.evse.fault):
             return {"status": "Rejected"}
         tag = p["idTag"]
+        profile = p.get("chargingProfile")
+        if profile is not None and app.smart is not None and not app.smart.validate_tx_profile(profile):
+            return {"status": "Rejected"}  # OCTT TC_060: only a TxProfile without transactionId
+        if app.reservations is not None and not app.reservations.admits(CONNECTOR, tag, None)[0]:
+            return {"status": "Rejected"}
+        if profile is not None and app.smart is not None:
+            app.smart.install_remote_start_profile(profile)
         if app.cfg.get("AuthorizeRemoteTxRequests"):
-            return {"status": "Accepted"}, lambda: conn._authorize_start(tag)
-        conn.remote_start(tag)
+            return {"status": "Accepted"}, lambda: conn.authorize_start(tag)
+        conn.arm(tag)
         return {"status": "Accepted"}
 
     def remote_stop(self, p):

@@ -24,8 +24,7 @@ class TxQueue:
         # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
         self.ids = store.read_json(self._ids_path, None) or {"n": 0}
         self._wake = asyncio.Event()
-        self.on_start_conf = None  # fn(local_id, conf)
-        self.on_sent = None  # fn(action, local_id) after a message is delivered or dropped
+        self.on_conf = None  # fn(action, local_id, conf or None) after a message is delivered or dropped
 
     def new_local_id(self):
         self.ids["n"] += 1
@@ -105,7 +104,5 @@ class TxQueue:
             del self.ids[key]
             self._save_ids()
         self.journal.pop(seq)
-        if action == START and self.on_start_conf:
-            self.on_start_conf(int(key), conf)
-        if self.on_sent:
-            self.on_sent(action, int(key))
+        if self.on_conf:
+            self.on_conf(action, int(key), conf)

@@ -3,6 +3,8 @@
 #   plugged (CP 3..9 V) with a cable (PP) -> PWM 16 A (267 permille), lock, green LED; CP 12 V -> PWM off, unlock
 #   CP 3..6 V while offering              -> contactor closed (main thread)
 #   anything else                         -> contactor opened by the start_watch thread (10 ms)
+# It also prints the load-management input ("PROBE LIMIT <da|None>" on a change) and "PROBE BLOCK <ms>"
+# when board.take_block_ms() hands out a loop stall (the sim's "mcu" command), which it then performs.
 # Tags are commands: RESET (board.reset()), THREADRESET (reset() from a thread), EXIT<n> (sys.exit(n)),
 # BUSY<ms> (spin the main thread without yielding), METER (one Modbus read via board.open_uart), others are echoed.
 import sys
@@ -75,6 +77,7 @@ def step(inputs):
 
 board.start_watch(10, watch)
 last = None
+last_limit = None
 while True:
     inputs = (board.read_cp(), board.read_pp_ohms(), board.lock_feedback(), board.contactor_feedback(),
               board.rcd_tripped())
@@ -82,6 +85,14 @@ while True:
         last = inputs
         print("PROBE IN", json.dumps({"cp": inputs[0], "pp": inputs[1], "lock_fb": inputs[2],
                                       "contactor_fb": inputs[3], "rcd": inputs[4]}))
+    limit = board.local_limit_da()
+    if limit != last_limit:
+        last_limit = limit
+        print("PROBE LIMIT", limit)
+    block = board.take_block_ms()
+    if block:
+        print("PROBE BLOCK", block)
+        time.sleep_ms(block)
     step(inputs)
     tag = board.poll_tag()
     if tag:

@@ -298,6 +298,34 @@ def test_faults(sim):
     sim.until(lambda st: st["locked"] is False)
 
 
+def test_limit_block_and_ignore_pwm_commands(sim):
+    mark = sim.mark()
+    assert sim.ctl(cmd="limit", a=6)["ok"]
+    sim.wait_line(r'PROBE LIMIT 60$', after=mark)
+    assert sim.status()["limit_a"] == 6.0
+    assert sim.ctl(cmd="limit", a=None)["ok"]
+    sim.wait_line(r'PROBE LIMIT None$', after=mark)
+    for bad in ({"a": -1}, {"a": 81}, {"a": "6"}, {}):
+        assert not sim.ctl(cmd="limit", **bad)["ok"], bad
+    since = sim.ctl(cmd="events", since=0)["next"]
+    assert sim.ctl(cmd="mcu", block_ms=300)["delivered"]
+    sim.wait_line(r"PROBE BLOCK 300", after=mark)
+    block = first(sim.events(since), "block", ms=300)
+    assert block["t"] >= first(sim.events(since), "mcu", state="block")["t"]
+    for bad in ({"block_ms": 0}, {"block_ms": "5"}, {"block_ms": True}, {}):
+        assert not sim.ctl(cmd="mcu", **bad)["ok"], bad
+    # An EV that ignores the duty draws its max_a; a normal one follows the 16 A the probe offers.
+    plug_and_charge(sim)
+    assert sim.ctl(cmd="ev", max_a=25)["ok"]
+    assert sim.status()["current_a"][0] == 16.0
+    assert sim.ctl(cmd="ev", ignore_pwm=True)["ok"]
+    st = sim.status()
+    assert st["current_a"][0] == 25.0 and st["ignore_pwm"] is True
+    assert not sim.ctl(cmd="ev", ignore_pwm="yes")["ok"]
+    assert sim.ctl(cmd="ev", ignore_pwm=False)["ok"]
+    assert sim.status()["current_a"][0] == 16.0
+
+
 def test_meter_poll_over_the_pty_and_meter_fault(sim):
     if not (ROOT / "tools" / "virtual_meter.py").exists() or not (ROOT / "lib" / "modbus.py").exists():
         pytest.skip("virtual meter or lib/modbus.py not written yet")

@@ -24,14 +24,14 @@ def _by(values, measurand):
 
 
 def test_energy_is_an_integer_string_in_wh():
-    (e,) = _by(metering.sampled_values(FakeMeter(), FakeEvse(), ALL, "Sample.Periodic"),
+    (e,) = _by(metering.sampled_values(FakeMeter(), FakeEvse(), ALL, metering.PERIODIC),
                "Energy.Active.Import.Register")
     assert e == {"value": "1234567", "context": "Sample.Periodic", "format": "Raw",
                  "measurand": "Energy.Active.Import.Register", "location": "Outlet", "unit": "Wh"}
 
 
 def test_per_phase_current_and_voltage():
-    values = metering.sampled_values(FakeMeter(), FakeEvse(), ALL, "Sample.Periodic")
+    values = metering.sampled_values(FakeMeter(), FakeEvse(), ALL, metering.PERIODIC)
     assert [(v["phase"], v["value"], v["unit"]) for v in _by(values, "Current.Import")] == \
         [("L1", "16.0", "A"), ("L2", "16.0", "A"), ("L3", "0.0", "A")]
     assert [(v["phase"], v["value"]) for v in _by(values, "Voltage")] == \
@@ -41,31 +41,31 @@ def test_per_phase_current_and_voltage():
 
 
 def test_offered_current_and_power():
-    values = metering.sampled_values(FakeMeter(), FakeEvse(), ALL, "Trigger")
+    values = metering.sampled_values(FakeMeter(), FakeEvse(), ALL, metering.TRIGGER)
     (c,) = _by(values, "Current.Offered")
     assert c["value"] == "16.3" and c["unit"] == "A" and c["context"] == "Trigger"
     (w,) = _by(values, "Power.Offered")
     assert w["value"] == str(163 * 230 * 3 // 10)
     evse = FakeEvse()
     evse.pwm = 1000  # no PWM: nothing is offered whatever the arbiter says
-    assert _by(metering.sampled_values(FakeMeter(), evse, "Current.Offered", "Trigger"),
+    assert _by(metering.sampled_values(FakeMeter(), evse, "Current.Offered", metering.TRIGGER),
                "Current.Offered")[0]["value"] == "0.0"
 
 
 def test_phase_suffix_selects_one_phase():
-    values = metering.sampled_values(FakeMeter(), FakeEvse(), "Voltage.L2,Current.Import.L3", "Sample.Clock")
+    values = metering.sampled_values(FakeMeter(), FakeEvse(), "Voltage.L2,Current.Import.L3", metering.CLOCK)
     assert [(v["measurand"], v["phase"]) for v in values] == [("Voltage", "L2-N"), ("Current.Import", "L3")]
 
 
 def test_single_phase_meter_reports_l1_only():
     m = FakeMeter()
     m.model = "SDM120"
-    values = metering.sampled_values(m, FakeEvse(), "Current.Import,Voltage", "Sample.Periodic")
+    values = metering.sampled_values(m, FakeEvse(), "Current.Import,Voltage", metering.PERIODIC)
     assert [v["phase"] for v in values] == ["L1", "L1-N"]
 
 
 def test_meter_value_has_timestamp():
-    mv = metering.meter_value(FakeMeter(), FakeEvse(), "Energy.Active.Import.Register", "Sample.Clock", 0)
+    mv = metering.meter_value(FakeMeter(), FakeEvse(), "Energy.Active.Import.Register", metering.CLOCK, 0)
     assert mv["timestamp"] == "1970-01-01T00:00:00Z" and len(mv["sampledValue"]) == 1
 
 
