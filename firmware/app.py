@@ -38,15 +38,51 @@ class App:
         self.session = Session(cfg, self._boot_fields())
         self.txq = TxQueue(self.session, cfg, state)
         self.auth = Auth(cfg, state)
+        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
+        self.firmware_status = "Idle"  # FirmwareStatusNotification state for TriggerMessage
+        # Optional profiles load on first use (or at boot when flash holds their data): their code is a large
+        # part of the heap, and many installations never use them (DESIGN.md §5).
         self.smart = None
         self.reservations = None
-        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
+        session = self.session
+        session.lazy(("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"), self.load_smart)
+        session.lazy(("ReserveNow", "CancelReservation"), self.load_reservations)
+        session.lazy(("TriggerMessage",), self._load_trigger)
+        session.lazy(("GetLocalListVersion", "SendLocalList"), lambda: localauth.register(session, self.auth))
+        if store.exists(state + "/profiles.json"):
+            self.load_smart()
+        if store.exists(state + "/reservation.json"):
+            self.load_reservations()
         self.scheduled_operative = None  # ChangeAvailability waiting for the transaction to end
         self.core = Core(self)
-        localauth.register(self.session, self.auth)
         self.session.handle("ClearCache", localauth.CLEAR_CACHE, localauth.clear_cache_handler(self.auth))
         self.session.on_accepted = self._on_accepted
         self._booted = False
+
+    def load_smart(self):
+        if self.smart is None:
+            from firmware.ocpp import smartcharging
+            self.smart = smartcharging.SmartCharging(self.cfg, self.board.state_dir)
+            self.connector.smart = self.smart
+            self.smart.on_change = self.connector.tick  # a new limit reaches the PWM at once
+            smartcharging.register(self.session, self.smart, self._tx_info)
+        return self.smart
+
+    def load_reservations(self):
+        if self.reservations is None:
+            from firmware.ocpp import reservation
+            self.reservations = reservation.Reservations(self.cfg, self.board.state_dir, self.connector)
+            self.connector.reservations = self.reservations
+            reservation.register(self.session, self.reservations)
+
+    def _load_trigger(self):
+        from firmware.ocpp import trigger
+        trigger.register(self)
+
+    def _tx_info(self):
+        conn = self.connector
+        tx = conn.tx
+        return conn.transaction_id(), tx and tx["t0"], self.meter.voltage_v[0]
 
     def _boot_fields(self):
         ident = self.cfg.get("ChargeBoxId")
@@ -58,13 +94,13 @@ class App:
         # status that changed while offline (OCPP 1.6 §4.9), which report_status notices by itself.
         if not self._booted:
             self._booted = True
-            asyncio.create_task(self._status_connector0())
+            asyncio.create_task(self.status_connector0())
             self.connector.resend_status()
         else:
             self.connector.kick_status()
         self.txq.kick()
 
-    async def _status_connector0(self):
+    async def status_connector0(self):
         from firmware import clock
         status = "Available" if self.evse.operative else "Unavailable"
         try:
@@ -86,7 +122,7 @@ class App:
         if self.evse.operative != operative:
             self.evse.operative = operative
             store.write_json(self._avail_path, {"operative": operative})
-            asyncio.create_task(self._status_connector0())
+            asyncio.create_task(self.status_connector0())
         self.connector.tick()
 
     async def reboot(self, kind):

@@ -1,7 +1,7 @@
-# The configuration registry: OCPP keys and installer (device) settings, one table (config_keys.KEYS).
+# The configuration registry: OCPP keys and installer (device) settings, one table (firmware/config_keys.py).
 #
-# RAM: only values that differ from their default are held (a small dict keyed by the table's own name
-# strings) and only those are written to config.json. Clamps (HeartbeatInterval, MeterValueSampleInterval)
+# RAM: only values that differ from their default are held (a small dict keyed by the keys' canonical
+# names) and only those are written to config.json. Clamps (HeartbeatInterval, MeterValueSampleInterval)
 # apply on use: the value the Central System sent is stored and shown by GetConfiguration, so a Change then
 # Get round trip reads back what was written; get() returns the effective, clamped value.
 import json
@@ -38,11 +38,6 @@ def _parse_int(text):
     return int(text)
 
 
-def _parse_bool(text):
-    t = text.lower()
-    return True if t == "true" else False if t == "false" else None
-
-
 def _item_ok(item, flags, allowed):
     if flags & K.CONN:
         dot = item.find(".")
@@ -55,7 +50,7 @@ def _item_ok(item, flags, allowed):
         return True
     if flags & K.PHASE:
         dot = item.rfind(".")
-        return dot > 0 and item[dot + 1:] in K.PHASES and item[:dot] in K.PHASED
+        return dot > 0 and item[dot + 1:] in ("L1", "L2", "L3") and item[:dot] in K.PHASED
     return False
 
 
@@ -65,7 +60,7 @@ def _check_csl(e, text):
     items = [s.strip() for s in text.split(",")] if text.strip() else []
     if len(items) > hi:
         return None, "%d items, at most %d (%sMaxLength)" % (len(items), hi, e[0])
-    what = "measurand" if allowed is K.MEASURANDS else "value"
+    what = "measurand" if flags & K.PHASE else "value"
     for it in items:
         if not _item_ok(it, flags, allowed):
             return None, "unsupported %s '%s'" % (what, it)
@@ -73,16 +68,11 @@ def _check_csl(e, text):
 
 
 def _check_str(e, v):
-    if not isinstance(v, str):
-        return "expected text"
     if not e[3] <= len(v) <= e[4]:
         return "length %d, must be %d-%d" % (len(v), e[3], e[4])
     if e[5] is not None and v not in e[5]:
         return "'%s' is not one of %s" % (v, "|".join(e[5]))
-    return _check_device_str(e[0], v)
-
-
-def _check_device_str(name, v):
+    name = e[0]
     if name == "CentralSystemUrl" and v and not (v.startswith("ws://") or v.startswith("wss://")):
         return "must start with ws:// or wss://"
     if name == "ChargeBoxId":
@@ -112,7 +102,10 @@ def _parse(e, v):
             return None, "%d is above the maximum %d" % (n, e[4])
         return n, None
     if t == K.BOOL:
-        b = v if isinstance(v, bool) else (_parse_bool(v) if isinstance(v, str) else None)
+        b = v if isinstance(v, bool) else None
+        if isinstance(v, str):
+            t = v.lower()
+            b = True if t == "true" else False if t == "false" else None
         if b is None:
             return None, "'%s' is not true or false" % (v,)
         return b, None
@@ -124,19 +117,12 @@ def _parse(e, v):
     return (None, reason) if reason else (v, None)
 
 
-def _text(e, v):
-    t = e[1] & K.TYPE
-    if t == K.BOOL:
-        return "true" if v else "false"
-    return str(v) if t == K.INT else v
-
-
 class Config:
     def __init__(self, state_dir, keys=None):
-        self._keys = keys or K.KEYS
+        self._keys = keys  # None: the compact table of config_keys
         self._path = store.join(state_dir, "config.json")
         self._vals = {}
-        self._ix = {}
+        self._got = {}  # name as asked -> effective value: get() sits on hot paths, the table is text
         self._watchers = []
         self._prov = None
         self.provision_report = []  # "Name: reason" for provision.json entries that were not applied
@@ -144,36 +130,38 @@ class Config:
         self._provision(store.join(state_dir, "provision.json"))
 
     # ---- lookup -----------------------------------------------------------------------------------
-    def _find(self, name):
-        i = self._ix.get(name)
-        if i is not None:
-            return i
+    def _entry(self, name):
+        """(name, flags, default, lo, hi, extra) of a key in any spelling; None when unknown."""
         keys = self._keys
-        n = len(name)
-        low = None
-        for i in range(len(keys)):
-            k = keys[i][0]
-            if len(k) == n:
-                if low is None:
-                    low = name.lower()
-                if k.lower() == low:
-                    if len(self._ix) < 2 * len(keys):  # bounded: a CSMS may send any spelling
-                        self._ix[name] = i
-                    return i
-        return -1
+        if keys is None:
+            i = K.find(name)
+            return K.entry(i) if i >= 0 else None
+        low = name.lower()
+        for e in keys:
+            if len(e[0]) == len(name) and e[0].lower() == low:
+                return e
+        return None
+
+    def _all(self):
+        keys = self._keys
+        return (K.entry(i) for i in K.offsets()) if keys is None else keys
 
     def _raw(self, e):
         return self._vals.get(e[0], e[2])
 
     def get(self, name):
-        i = self._find(name)
-        if i < 0:
+        v = self._got.get(name)
+        if v is not None:
+            return v
+        e = self._entry(name)
+        if e is None:
             raise KeyError(name)
-        e = self._keys[i]
         v = self._raw(e)
         floor = e[5]
         if e[1] & K.TYPE == K.INT and floor and v < floor and not (v == 0 and e[1] & K.ZERO_OFF):
             v = floor
+        if len(self._got) < 64:  # bounded: a caller may build names
+            self._got[name] = v
         return v
 
     def get_list(self, name):
@@ -193,10 +181,9 @@ class Config:
     # ---- OCPP -------------------------------------------------------------------------------------
     def set(self, name, text):
         """ChangeConfiguration: (status, reason); reason is None when the value was taken."""
-        i = self._find(name)
-        if i < 0 or self._keys[i][1] & K.DEVICE:
+        e = self._entry(name)
+        if e is None or e[1] & K.DEVICE:
             return NOT_SUPPORTED, "unknown key %s" % name
-        e = self._keys[i]
         if not e[1] & K.WRITE:
             return REJECTED, "%s is read-only" % e[0]
         if not isinstance(text, str):
@@ -213,7 +200,7 @@ class Config:
             return REJECTED, "AuthorizationKey: expected 32-40 hex digits or 16-20 characters"
         if text.startswith("hex:"):
             text = "hex:" + hexlify(text.encode()).decode()  # plaintext that password_bytes would misread
-        e = self._keys[self._find("Password")]
+        e = self._entry("Password")
         return self._commit(((e, text),), "AuthorizationKey")
 
     def ocpp_items(self, keys=None):
@@ -224,28 +211,29 @@ class Config:
         found = []
         unknown = []
         for k in keys:
-            i = self._find(k)
-            if i < 0 or self._keys[i][1] & K.DEVICE:
+            e = self._entry(k)
+            if e is None or e[1] & K.DEVICE:
                 unknown.append(k)
-            elif self._keys[i][1] & K.READ:
-                found.append(self._item(self._keys[i]))
+            elif e[1] & K.READ:
+                found.append(self._item(e))
         return found, unknown
 
     def _iter_items(self):
-        for e in self._keys:
+        for e in self._all():
             if e[1] & K.READ and not e[1] & K.DEVICE:
                 yield self._item(e)
 
     def _item(self, e):
-        return e[0], not e[1] & K.WRITE, _text(e, self._raw(e))
+        v = self._raw(e)
+        t = e[1] & K.TYPE
+        return e[0], not e[1] & K.WRITE, ("true" if v else "false") if t == K.BOOL else str(v) if t == K.INT else v
 
     # ---- device settings --------------------------------------------------------------------------
     def set_device(self, name, value):
         """Installer setting, typed or text: (status, reason) like set()."""
-        i = self._find(name)
-        if i < 0 or not self._keys[i][1] & K.DEVICE:
+        e = self._entry(name)
+        if e is None or not e[1] & K.DEVICE:
             return NOT_SUPPORTED, "%s is not a device setting" % name
-        e = self._keys[i]
         v, reason = _parse(e, value)
         if reason:
             return REJECTED, "%s: %s" % (e[0], reason)
@@ -279,6 +267,7 @@ class Config:
         return ACCEPTED, None
 
     def _put(self, e, v):
+        self._got.clear()
         if v == e[2] and type(v) is type(e[2]):
             self._vals.pop(e[0], None)
         else:
@@ -298,10 +287,9 @@ class Config:
             if k == _PROV:
                 self._prov = v
                 continue
-            i = self._find(k)
-            if i < 0:
+            e = self._entry(k)
+            if e is None:
                 continue  # a key an older firmware knew
-            e = self._keys[i]
             v, reason = _parse(e, v)
             if reason is None:  # bounds may have tightened since it was stored
                 self._put(e, v)
@@ -324,11 +312,10 @@ class Config:
             return
         changes = []
         for k, v in obj.items():
-            i = self._find(k)
-            if i < 0 or not self._keys[i][1] & K.DEVICE:
+            e = self._entry(k)
+            if e is None or not e[1] & K.DEVICE:
                 self.provision_report.append("%s: not a device setting" % k)
                 continue
-            e = self._keys[i]
             v, reason = _parse(e, v)
             if reason:
                 self.provision_report.append("%s: %s" % (e[0], reason))

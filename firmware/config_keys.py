@@ -1,11 +1,20 @@
-# The configuration key table, as data. One tuple per key: (name, flags, default, lo, hi, extra)
+# The configuration key table, as data: one line per key in the string _T, decoded on demand by entry().
+#
+# A line is "Name Tflags default lo hi extra"; lo, hi and extra may be left off (0, 0, and 0 for INT / none).
+#   T      I = INT, B = BOOL, S = STR, L = CSL (comma-separated list)
+#   flags  r READ, w WRITE, d DEVICE, b REBOOT, z ZERO_OFF, c CONN, p PHASE, s SECRET (meanings below)
+#   default  BOOL 0/1; "-" is the empty string, "~" is None (no default)
 #   INT   lo..hi accepted; extra = effective minimum (ABB clamp: a smaller value is stored but this is used),
 #         0 for none; with ZERO_OFF a 0 stays 0 (it means "off") and is not clamped.
-#   BOOL  lo, hi, extra unused.
-#   STR   lo..hi = length bounds; extra = tuple of allowed values or None.
-#   CSL   hi = max items (the <Key>MaxLength companion shows the same constant); extra = allowed items or None.
+#   STR   lo..hi = length bounds; extra = the name of a set in _SETS holding the allowed values, or none.
+#   CSL   hi = max items (the <Key>MaxLength companion shows the same constant); extra = allowed items or none.
 # Defaults follow the reference charger (seed-abb-terra-ac.md) where it names one, else digest §3.2 "impl.".
-# Order is the GetConfiguration order. Tuples of constants: on a board with frozen modules they live in flash.
+# Order is the GetConfiguration order.
+#
+# Why a string: as ~60 tuples of 6 the table cost ~14 KB of heap once loaded from .mpy (a tuple and a string
+# object per key); as one string it costs its length. Entries are decoded only when a key is looked up, and
+# firmware.config caches the effective values it hands out. KEYS (the tuples) is still there for tools and
+# tests, built when asked for.
 from micropython import const
 
 INT = const(0)
@@ -26,7 +35,8 @@ R = READ
 RW = READ | WRITE
 W = WRITE
 
-# Device capacities (DESIGN §3 "named constants so a bigger board can raise them").
+# Device capacities (DESIGN §3 "named constants so a bigger board can raise them"). The table below spells the
+# same numbers out (tests/mpy/test_config.py checks that they agree).
 LOCAL_LIST_MAX = const(16)
 SEND_LOCAL_LIST_MAX = const(8)
 SCHEDULE_MAX_PERIODS = const(3)
@@ -36,91 +46,165 @@ MEASURANDS_MAX = const(8)
 NUMBER_OF_CONNECTORS = const(1)
 GET_CONFIG_MAX_KEYS = const(80)  # >= the visible keys (tests check), so one GetConfiguration returns all
 
-# What the meter model and the EVSE can report. Adding one here needs the metering code to produce it.
-MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage",
-              "Current.Offered", "Power.Offered")
-PHASED = ("Power.Active.Import", "Current.Import", "Voltage")
-PHASES = ("L1", "L2", "L3")
-PROFILES = ("Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation", "SmartCharging",
-            "RemoteTrigger")
-ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR")
-RATE_UNITS = ("Current", "Power")
-METER_MODELS = ("SDM630", "SDM120", "SDM72", "ABB_B23")
-VARIANTS = ("socket", "cable")
-
-_MV_DEFAULT = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,Current.Offered"
-_DAY = const(86400)
-
-KEYS = (
-    # ---- Core ---------------------------------------------------------------------------------------
-    ("AllowOfflineTxForUnknownId", BOOL | RW, False, 0, 0, None),
-    ("AuthorizationCacheEnabled", BOOL | RW, True, 0, 0, None),
-    ("AuthorizeRemoteTxRequests", BOOL | RW, False, 0, 0, None),
-    ("BlinkRepeat", INT | RW, 3, 0, 100, 0),
-    ("ClockAlignedDataInterval", INT | RW, 0, 0, _DAY, 0),
-    ("ConnectionTimeOut", INT | RW, 120, 1, 3600, 0),
-    ("ConnectorPhaseRotation", CSL | RW | CONN, "0.Unknown,1.Unknown", 0, NUMBER_OF_CONNECTORS + 1, ROTATIONS),
-    ("ConnectorPhaseRotationMaxLength", INT | R, NUMBER_OF_CONNECTORS + 1, 0, 0, 0),
-    ("GetConfigurationMaxKeys", INT | R, GET_CONFIG_MAX_KEYS, 0, 0, 0),
-    # ABB: below 10 accepted but 10 used (0 too: a heartbeat is never switched off).
-    ("HeartbeatInterval", INT | RW, 120, 0, _DAY, 10),
-    ("LightIntensity", INT | RW, 100, 0, 100, 0),
-    ("LocalAuthorizeOffline", BOOL | RW, True, 0, 0, None),
-    ("LocalPreAuthorize", BOOL | RW, False, 0, 0, None),
-    ("MaxEnergyOnInvalidId", INT | RW, 0, 0, 1000000, 0),
-    ("MeterValuesAlignedData", CSL | RW | PHASE, "Energy.Active.Import.Register", 0, MEASURANDS_MAX, MEASURANDS),
-    ("MeterValuesAlignedDataMaxLength", INT | R, MEASURANDS_MAX, 0, 0, 0),
-    ("MeterValuesSampledData", CSL | RW | PHASE, _MV_DEFAULT, 0, MEASURANDS_MAX, MEASURANDS),
-    ("MeterValuesSampledDataMaxLength", INT | R, MEASURANDS_MAX, 0, 0, 0),
-    # ABB: 0 or 4-65534; 1-3 accepted but 4 used.
-    ("MeterValueSampleInterval", INT | RW | ZERO_OFF, 30, 0, 65534, 4),
-    ("MinimumStatusDuration", INT | RW, 0, 0, 3600, 0),
-    ("NumberOfConnectors", INT | R, NUMBER_OF_CONNECTORS, 0, 0, 0),
-    ("ResetRetries", INT | RW, 0, 0, 10, 0),
-    ("StopTransactionOnEVSideDisconnect", BOOL | RW, True, 0, 0, None),
-    ("StopTransactionOnInvalidId", BOOL | RW, True, 0, 0, None),
-    ("StopTxnAlignedData", CSL | RW | PHASE, "", 0, MEASURANDS_MAX, MEASURANDS),
-    ("StopTxnAlignedDataMaxLength", INT | R, MEASURANDS_MAX, 0, 0, 0),
-    ("StopTxnSampledData", CSL | RW | PHASE, "", 0, MEASURANDS_MAX, MEASURANDS),
-    ("StopTxnSampledDataMaxLength", INT | R, MEASURANDS_MAX, 0, 0, 0),
-    ("SupportedFeatureProfiles", CSL | R, ",".join(PROFILES), 0, len(PROFILES), PROFILES),
-    ("SupportedFeatureProfilesMaxLength", INT | R, len(PROFILES), 0, 0, 0),
-    # ABB retries forever; a bound keeps a poisoned message from blocking the queue (digest §3.2 impl.).
-    ("TransactionMessageAttempts", INT | RW, 3, 1, 100, 0),
-    ("TransactionMessageRetryInterval", INT | RW, 60, 1, 3600, 0),
-    ("UnlockConnectorOnEVSideDisconnect", BOOL | RW, True, 0, 0, None),
-    # On by default: a ping deadline is what finds a dead link (DESIGN §7). Negative -> Rejected (lo = 0).
-    ("WebSocketPingInterval", INT | RW, 60, 0, _DAY, 0),
-    # ---- LocalAuthListManagement --------------------------------------------------------------------
-    ("LocalAuthListEnabled", BOOL | RW, True, 0, 0, None),
-    ("LocalAuthListMaxLength", INT | R, LOCAL_LIST_MAX, 0, 0, 0),
-    ("SendLocalListMaxLength", INT | R, SEND_LOCAL_LIST_MAX, 0, 0, 0),
-    # ---- Reservation --------------------------------------------------------------------------------
-    ("ReserveConnectorZeroSupported", BOOL | R, True, 0, 0, None),
-    # ---- SmartCharging ------------------------------------------------------------------------------
-    ("ChargeProfileMaxStackLevel", INT | R, STACK_LEVEL_MAX, 0, 0, 0),
-    ("ChargingScheduleAllowedChargingRateUnit", CSL | R, "Current,Power", 0, 2, RATE_UNITS),
-    ("ChargingScheduleMaxPeriods", INT | R, SCHEDULE_MAX_PERIODS, 0, 0, 0),
-    ("ConnectorSwitch3to1PhaseSupported", BOOL | R, False, 0, 0, None),
-    ("MaxChargingProfilesInstalled", INT | R, PROFILES_MAX, 0, 0, 0),
-    # ---- Security whitepaper: the Basic-auth password, write-only (digest §1.7, §7 Q4) ---------------
-    ("AuthorizationKey", STR | W | SECRET, None, 16, 40, None),
-    # ---- Vendor keys (shown by GetConfiguration, changeable) ----------------------------------------
-    ("ResponseTimeout", INT | RW, 30, 5, 300, 0),          # s to wait for a CALLRESULT
-    ("ReconnectBackoffMin", INT | RW, 5, 1, 3600, 0),      # s, first reconnect wait (doubles, with jitter)
-    ("ReconnectBackoffMax", INT | RW, 300, 1, _DAY, 0),    # s, cap of the reconnect wait
-    ("SendBootOnReconnect", BOOL | RW, False, 0, 0, None),  # digest §7 Q2: default boot only
-    # Free vend: charge without authorisation, transactions under this idTag (DESIGN §2 "free-vend mode").
-    ("FreeVendEnabled", BOOL | RW, False, 0, 0, None),
-    ("FreeVendIdTag", STR | RW, "FreeVend", 1, 20, None),
-    # ---- Device settings (installer; provision.json; hidden from OCPP) ------------------------------
-    ("CentralSystemUrl", STR | DEVICE, "", 0, 512, None),
-    ("ChargeBoxId", STR | DEVICE, "", 0, 48, None),
-    ("Password", STR | DEVICE | SECRET, "", 0, 64, None),
-    ("CentralSystemCa", STR | DEVICE, "", 0, 8192, None),  # PEM; kept in config.json (one root is ~2 KB)
-    ("MeterModel", STR | DEVICE | REBOOT, "SDM630", 0, 16, METER_MODELS),
-    ("MeterUnit", INT | DEVICE | REBOOT, 1, 1, 247, 0),     # Modbus address range
-    ("Variant", STR | DEVICE | REBOOT, "socket", 0, 8, VARIANTS),
-    ("MaxCurrent", INT | DEVICE, 32, 6, 80, 0),             # installation limit, A (IEC 61851 PWM range)
-    ("Pins", STR | DEVICE | REBOOT, "", 0, 1024, None),     # JSON object: board pin map
+# Named value sets, one per line: "NAME item,item,...". Read as tuples through this module's attributes
+# (config_keys.MEASURANDS) or as a table line's extra. MEASURANDS is what the meter model and the EVSE can
+# report: adding one here needs the metering code to produce it. PHASED measurands take a PHASES suffix.
+_SETS = (
+    "\nMEASURANDS Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,Current.Offered,"
+    "Power.Offered\n"
+    "PHASED Power.Active.Import,Current.Import,Voltage\n"
+    "PHASES L1,L2,L3\n"
+    "PROFILES Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger\n"
+    "ROTATIONS NotApplicable,Unknown,RST,RTS,SRT,STR,TRS,TSR\n"
+    "RATE_UNITS Current,Power\n"
+    "METER_MODELS SDM630,SDM120,SDM72,ABB_B23\n"
+    "VARIANTS socket,cable\n"
 )
+
+# Adjacent literals: the compiler joins them into one constant, so the comments cost nothing.
+_T = (
+    "\n"
+    # ---- Core ---------------------------------------------------------------------------------------
+    "AllowOfflineTxForUnknownId Brw 0\n"
+    "AuthorizationCacheEnabled Brw 1\n"
+    "AuthorizeRemoteTxRequests Brw 0\n"
+    "BlinkRepeat Irw 3 0 100\n"
+    "ClockAlignedDataInterval Irw 0 0 86400\n"
+    "ConnectionTimeOut Irw 120 1 3600\n"
+    "ConnectorPhaseRotation Lrwc 0.Unknown,1.Unknown 0 2 ROTATIONS\n"  # hi = NUMBER_OF_CONNECTORS + 1
+    "ConnectorPhaseRotationMaxLength Ir 2\n"
+    "GetConfigurationMaxKeys Ir 80\n"
+    # ABB: below 10 accepted but 10 used (0 too: a heartbeat is never switched off).
+    "HeartbeatInterval Irw 120 0 86400 10\n"
+    "LightIntensity Irw 100 0 100\n"
+    "LocalAuthorizeOffline Brw 1\n"
+    "LocalPreAuthorize Brw 0\n"
+    "MaxEnergyOnInvalidId Irw 0 0 1000000\n"
+    "MeterValuesAlignedData Lrwp Energy.Active.Import.Register 0 8 MEASURANDS\n"
+    "MeterValuesAlignedDataMaxLength Ir 8\n"
+    "MeterValuesSampledData Lrwp "
+    "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,Current.Offered 0 8 MEASURANDS\n"
+    "MeterValuesSampledDataMaxLength Ir 8\n"
+    # ABB: 0 or 4-65534; 1-3 accepted but 4 used.
+    "MeterValueSampleInterval Irwz 30 0 65534 4\n"
+    "MinimumStatusDuration Irw 0 0 3600\n"
+    "NumberOfConnectors Ir 1\n"
+    "ResetRetries Irw 0 0 10\n"
+    "StopTransactionOnEVSideDisconnect Brw 1\n"
+    "StopTransactionOnInvalidId Brw 1\n"
+    "StopTxnAlignedData Lrwp - 0 8 MEASURANDS\n"
+    "StopTxnAlignedDataMaxLength Ir 8\n"
+    "StopTxnSampledData Lrwp - 0 8 MEASURANDS\n"
+    "StopTxnSampledDataMaxLength Ir 8\n"
+    "SupportedFeatureProfiles Lr "
+    "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger 0 6 PROFILES\n"
+    "SupportedFeatureProfilesMaxLength Ir 6\n"
+    # ABB retries forever; a bound keeps a poisoned message from blocking the queue (digest §3.2 impl.).
+    "TransactionMessageAttempts Irw 3 1 100\n"
+    "TransactionMessageRetryInterval Irw 60 1 3600\n"
+    "UnlockConnectorOnEVSideDisconnect Brw 1\n"
+    # On by default: a ping deadline is what finds a dead link (DESIGN §7). Negative -> Rejected (lo = 0).
+    "WebSocketPingInterval Irw 60 0 86400\n"
+    # ---- LocalAuthListManagement --------------------------------------------------------------------
+    "LocalAuthListEnabled Brw 1\n"
+    "LocalAuthListMaxLength Ir 16\n"
+    "SendLocalListMaxLength Ir 8\n"
+    # ---- Reservation --------------------------------------------------------------------------------
+    "ReserveConnectorZeroSupported Br 1\n"
+    # ---- SmartCharging ------------------------------------------------------------------------------
+    "ChargeProfileMaxStackLevel Ir 8\n"
+    "ChargingScheduleAllowedChargingRateUnit Lr Current,Power 0 2 RATE_UNITS\n"
+    "ChargingScheduleMaxPeriods Ir 3\n"
+    "ConnectorSwitch3to1PhaseSupported Br 0\n"
+    "MaxChargingProfilesInstalled Ir 8\n"
+    # ---- Security whitepaper: the Basic-auth password, write-only (digest §1.7, §7 Q4) ---------------
+    "AuthorizationKey Sws ~ 16 40\n"
+    # ---- Vendor keys (shown by GetConfiguration, changeable) ----------------------------------------
+    "ResponseTimeout Irw 30 5 300\n"        # s to wait for a CALLRESULT
+    "ReconnectBackoffMin Irw 5 1 3600\n"    # s, first reconnect wait (doubles, with jitter)
+    "ReconnectBackoffMax Irw 300 1 86400\n"  # s, cap of the reconnect wait
+    "SendBootOnReconnect Brw 0\n"           # digest §7 Q2: default boot only
+    # Free vend: charge without authorisation, transactions under this idTag (DESIGN §2 "free-vend mode").
+    "FreeVendEnabled Brw 0\n"
+    "FreeVendIdTag Srw FreeVend 1 20\n"
+    # ---- Device settings (installer; provision.json; hidden from OCPP) ------------------------------
+    "CentralSystemUrl Sd - 0 512\n"
+    "ChargeBoxId Sd - 0 48\n"
+    "Password Sds - 0 64\n"
+    "CentralSystemCa Sd - 0 8192\n"       # PEM; kept in config.json (one root is ~2 KB)
+    "MeterModel Sdb SDM630 0 16 METER_MODELS\n"
+    "MeterUnit Idb 1 1 247\n"              # Modbus address range
+    "Variant Sdb socket 0 8 VARIANTS\n"
+    "MaxCurrent Id 32 6 80\n"              # installation limit, A (IEC 61851 PWM range)
+    "Pins Sdb - 0 1024\n"                  # JSON object: board pin map
+)
+
+
+def find(name):
+    """Offset of the key's line in the table (exact spelling first, then any case), -1 when unknown."""
+    if not name or " " in name or "\n" in name:
+        return -1
+    t = _T
+    i = t.find("\n" + name + " ")
+    if i >= 0:
+        return i + 1
+    n = len(name)
+    low = name.lower()
+    i = 1
+    while i < len(t):
+        j = t.find(" ", i)
+        if j - i == n and t[i:j].lower() == low:
+            return i
+        i = t.find("\n", j) + 1
+    return -1
+
+
+def offsets():
+    """The line offsets of every key, in table order."""
+    t = _T
+    i = 1
+    while i < len(t):
+        yield i
+        i = t.find("\n", i) + 1
+
+
+def entry(i):
+    """(name, flags, default, lo, hi, extra) of the line at offset i."""
+    f = _T[i:_T.find("\n", i)].split(" ")
+    spec = f[1]
+    t = "IBSL".find(spec[0])
+    flags = t
+    for c in spec[1:]:
+        flags |= 4 << "rwdbzcps".find(c)
+    d = f[2]
+    if t == INT:
+        d = int(d)
+    elif t == BOOL:
+        d = d == "1"
+    else:
+        d = None if d == "~" else "" if d == "-" else d
+    n = len(f)
+    x = f[5] if n > 5 else None
+    if t == INT:
+        x = int(x) if x else 0
+    elif x:
+        x = _set(x)
+    return f[0], flags, d, int(f[3]) if n > 3 else 0, int(f[4]) if n > 4 else 0, x
+
+
+def _set(name):
+    i = _SETS.find("\n" + name + " ") if name else -1
+    if i < 0:
+        return None
+    i += len(name) + 2
+    return tuple(_SETS[i:_SETS.find("\n", i)].split(","))
+
+
+def __getattr__(name):
+    # KEYS as tuples only when something asks for it (tests, tools, a caller's own table): ~14 KB while held.
+    if name == "KEYS":
+        return tuple(entry(i) for i in offsets())
+    v = _set(name)
+    if v is None:
+        raise AttributeError(name)
+    return v

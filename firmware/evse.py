@@ -40,11 +40,10 @@ F_METER = const(7)
 F_OVERCURRENT = const(8)
 _CODES = (None, "GroundFailure", "PowerSwitchFailure", "OtherError", "OtherError", "OtherError",
           "ConnectorLockFailure", "PowerMeterFailure", "OverCurrentFailure")
-# StatusNotification.info (<= 50 chars); the vendorErrorCode is "EVSE-<code>".
+# StatusNotification.info (<= 50 chars); fault_code doubles as a vendorErrorCode.
 _INFO = (None, "RCD tripped", "contactor welded", "CP shorted to PE (state E)", "CP at -12 V (state F)",
          "EV diode check failed", "connector lock did not engage", "energy meter not answering",
          "EV drew more than offered")
-_VENDOR = (None, "EVSE-1", "EVSE-2", "EVSE-3", "EVSE-4", "EVSE-5", "EVSE-6", "EVSE-7", "EVSE-8")
 NO_FAULT = None
 
 
@@ -170,18 +169,8 @@ class Evse:
         return _INFO[self._wf or self._sf]
 
     @property
-    def fault_vendor(self):
-        """StatusNotification.vendorErrorCode of the latched fault, None without one."""
-        return _VENDOR[self._wf or self._sf]
-
-    @property
     def lock_failed(self):
         return self._sf == F_LOCK
-
-    @property
-    def suspended_evse(self):
-        """A session wants energy but the EVSE does not offer any (limit, pause, refused D)."""
-        return self.allow and self.pwm == 1000
 
     @property
     def ev_connected(self):

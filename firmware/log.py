@@ -11,7 +11,7 @@ level = INFO
 
 def log(lvl, tag, msg):
     if lvl >= level:
-        print("%d %s %s: %s" % (time.ticks_ms() % 10000000, ("D", "I", "W", "E")[lvl // 10 - 1], tag, msg))
+        print("%d %s %s: %s" % (time.ticks_ms() % 10000000, "DIWE"[lvl // 10 - 1], tag, msg))
 
 
 def info(tag, msg):

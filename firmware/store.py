@@ -5,6 +5,7 @@
 # its metadata on close, FatFs flushes its cache), and the unix port's close() hands the data to the kernel,
 # which is enough for the simulation (SIGKILL is the power cut there, not a kernel crash). So every write here
 # ends with flush() + close() before a rename makes it live.
+import io
 import os
 import json
 import struct
@@ -52,21 +53,44 @@ def _rename(src, dst):
         os.rename(src, dst)
 
 
-def _write_file(path, chunks):
-    global bytes_written
-    f = open(path, "wb")
-    try:
-        for c in chunks:
-            f.write(c)
-            bytes_written += len(c)
-        f.flush()
-    finally:
-        f.close()
+class _Out(io.IOBase):
+    # The file json.dump streams into, counting bytes and the CRC on the way: a document is never held
+    # whole in RAM (the 2 KB CA certificate in config.json would need two contiguous copies otherwise).
+    def __init__(self, f):
+        self.f = f
+        self.crc = 0
+
+    def write(self, b):
+        global bytes_written
+        self.crc = crc32(b, self.crc)
+        bytes_written += len(b)
+        return self.f.write(b)
 
 
 def write_atomic(path, data):
+    _write(path, data, None)
+
+
+def _write(path, data, obj):
+    # data: bytes or an iterable of chunks; or, with obj, obj as CRC-framed JSON (data unused).
+    global bytes_written
     tmp = path + ".tmp"
-    _write_file(tmp, (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+    f = open(tmp, "wb")
+    try:
+        if obj is None:
+            for c in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(c)
+                bytes_written += len(c)
+        else:
+            f.write(b"00000000\n")  # placeholder: the CRC is known once the body is out
+            out = _Out(f)
+            json.dump(obj, out)
+            f.seek(0)
+            f.write(b"%08x" % (out.crc & 0xFFFFFFFF))
+            bytes_written += 9
+        f.flush()
+    finally:
+        f.close()
     _rename(tmp, path)
 
 
@@ -79,8 +103,7 @@ def read(path):
 
 
 def write_json(path, obj):
-    body = json.dumps(obj).encode()
-    write_atomic(path, (b"%08x\n" % (crc32(body) & 0xFFFFFFFF), body))
+    _write(path, None, obj)
 
 
 def _parse_json(raw):
@@ -95,7 +118,7 @@ def _parse_json(raw):
     if crc32(body) & 0xFFFFFFFF != crc:
         return False, None
     try:
-        return True, json.loads(bytes(body))
+        return True, json.loads(body)  # straight from the buffer: no second copy
     except ValueError:
         return False, None
 
@@ -142,7 +165,7 @@ class Journal:
             good = None
         if good is None:
             self._torn = True  # unreadable now: repair before the next append, not blindly here
-        elif good < self._size():
+        elif good < (os.stat(path)[6] if exists(path) else 0):
             self._torn = True
             self._rewrite_quiet()
 
@@ -201,12 +224,6 @@ class Journal:
         self._rewrite()
 
     # ---- internals --------------------------------------------------------------------------------
-    def _size(self):
-        try:
-            return os.stat(self.path)[6]
-        except OSError:
-            return 0
-
     def _index(self, seq):
         try:
             return self._seqs.index(seq)
@@ -287,7 +304,16 @@ class Journal:
                 seq = struct.unpack_from("<I", body, 1)[0]
                 n = len(body)
                 if kind == _K_DATA:
-                    self._scan_data(seq, off, n)
+                    i = self._index(seq)
+                    if i >= 0:  # a replace: newest copy wins, position unchanged
+                        offs[i] = off
+                        lens[i] = n
+                    elif seq >= self._next:
+                        seqs.append(seq)
+                        offs.append(off)
+                        lens.append(n)
+                        self._next = seq + 1
+                    # else: a replace of a record popped meanwhile; dead
                 elif kind == _K_POP:
                     i = self._index(seq)
                     if i >= 0:
@@ -302,18 +328,6 @@ class Journal:
                 off += _HDR + n
         self._end = off
         return off
-
-    def _scan_data(self, seq, off, n):
-        i = self._index(seq)
-        if i >= 0:  # a replace: newest copy wins, position unchanged
-            self._offs[i] = off
-            self._lens[i] = n
-        elif seq >= self._next:
-            self._seqs.append(seq)
-            self._offs.append(off)
-            self._lens.append(n)
-            self._next = seq + 1
-        # else: a replace of a record popped meanwhile; dead
 
     def _maybe_compact(self):
         dead = self.dead_bytes()
@@ -340,9 +354,15 @@ class Journal:
                 for i in range(len(self._seqs)):
                     src.seek(self._offs[i])
                     n = _HDR + self._lens[i]
-                    self._copy(src, dst, n)
                     offs.append(off)
                     off += n
+                    # Records were CRC-checked at scan or append, so a plain copy keeps them valid.
+                    while n > 0:
+                        chunk = src.read(min(n, _COPY))
+                        if not chunk:
+                            raise OSError("journal shrank during compaction")
+                        dst.write(chunk)
+                        n -= len(chunk)
                 head = struct.pack("<BI", _K_BASE, self._next)
                 dst.write(struct.pack("<HI", _BODY_MIN, crc32(head) & 0xFFFFFFFF))
                 dst.write(head)
@@ -356,12 +376,3 @@ class Journal:
         self._offs = offs
         self._end = off
         self._torn = False
-
-    def _copy(self, src, dst, n):
-        # Records were CRC-checked at scan or append, so a plain copy keeps them valid.
-        while n > 0:
-            chunk = src.read(min(n, _COPY))
-            if not chunk:
-                raise OSError("journal shrank during compaction")
-            dst.write(chunk)
-            n -= len(chunk)

@@ -13,17 +13,9 @@ _MAX_REGS = const(125)
 _EXC_LEN = const(5)  # unit, fc|0x80, code, crc lo, crc hi
 _FLUSH_MAX = const(512)  # a babbling line must not hold a request back forever
 
-_EXC_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "slave device failure",
-    5: "acknowledge",
-    6: "slave device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
+# Exception codes 1-11 (Modbus Application Protocol V1.1b3 §7), one string: a dict of strings costs ~1 KB.
+_EXC_NAMES = ("|illegal function|illegal data address|illegal data value|slave device failure|acknowledge"
+              "|slave device busy||memory parity error||gateway path unavailable|gateway target failed to respond")
 
 
 class ModbusError(Exception):
@@ -38,7 +30,8 @@ class ModbusException(ModbusError):
     # The slave answered with an exception reply: retrying will not help, so this is never retried.
     def __init__(self, code):
         self.code = code
-        super().__init__("exception %d (%s)" % (code, _EXC_NAMES.get(code, "unknown")))
+        names = _EXC_NAMES.split("|")
+        super().__init__("exception %d (%s)" % (code, 0 < code < len(names) and names[code] or "unknown"))
 
 
 def _build_table():
@@ -52,6 +45,7 @@ def _build_table():
 
 
 _TABLE = _build_table()
+del _build_table  # used once: its code is freed
 
 
 def crc16(buf):

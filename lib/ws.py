@@ -25,6 +25,7 @@ _BAD_DATA = const(1007)
 _TOO_BIG = const(1009)
 
 _CLOSE_WAIT_MS = const(1000)
+_CHUNK = const(512)  # outgoing payloads are masked through a buffer this big (a multiple of 4: key alignment)
 _MAX_HEADERS = const(40)  # bounds the handshake so a hostile server cannot stall us forever
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
@@ -163,33 +164,13 @@ async def read_frame(stream, hdr, max_frame):
     return b0 >> 7, op, payload
 
 
-def _decode(op, data):
-    if op == _BINARY:
-        return bytes(data)
-    try:
-        return str(data, "utf-8")
-    except UnicodeError:
-        raise _Fail(_BAD_DATA, "text message is not UTF-8")
-
-
-def _parse_close(data):
-    if not data:
-        return _NO_STATUS, ""
-    if len(data) < 2:
-        raise _Fail(_PROTOCOL_ERROR, "bad close frame")
-    try:
-        reason = str(data[2:], "utf-8")
-    except UnicodeError:
-        reason = ""
-    return (data[0] << 8) | data[1], reason
-
-
 class WS:
     def __init__(self, stream, max_frame=16384):
         self._s = stream
         self._max = max_frame
         self._rhdr = bytearray(8)
         self._whdr = bytearray(14)
+        self._wbuf = bytearray(_CHUNK)
         self._wlock = asyncio.Lock()
         self._done = asyncio.Event()
         self._closing = False  # our close frame is out
@@ -198,44 +179,50 @@ class WS:
         self.last_rx_ms = time.ticks_ms()
 
     async def _write(self, op, payload):
-        # payload: a fresh bytearray we may mask in place
+        # payload: str or any buffer, left as it is. It goes out masked in chunks through one small buffer, so
+        # sending a message never needs a second copy of it in RAM (a large block the heap may not have).
         key = os.urandom(4)
-        apply_mask(payload, key)
+        src = memoryview(payload)
+        n = len(src)
+        buf = self._wbuf
         async with self._wlock:
-            h = _put_header(self._whdr, op, len(payload), key, True)
+            s = self._s
             try:
-                self._s.write(memoryview(self._whdr)[:h])
-                self._s.write(payload)
-                await self._s.drain()
+                s.write(memoryview(self._whdr)[:_put_header(self._whdr, op, n, key, True)])
+                i = 0
+                while True:
+                    k = min(n - i, _CHUNK)
+                    mv = memoryview(buf)[:k]
+                    mv[:] = src[i:i + k]
+                    apply_mask(mv, key)
+                    s.write(mv)
+                    await s.drain()  # empties the stream's buffer before ours is reused
+                    i += k
+                    if i >= n:
+                        break
             except (OSError, ValueError) as e:  # mbedTLS reports some failures as ValueError
                 await self._shut(_ABNORMAL, "connection lost: %s" % e)
                 raise WSClosed(_ABNORMAL, "connection lost: %s" % e)
 
-    def _check_open(self):
+    def _check(self, sending):
         if self._closed:
             raise WSClosed(self._closed[0], self._closed[1])
-
-    def _check_sendable(self):
-        self._check_open()
-        if self._closing:  # RFC 6455 §5.5.1: no data after our close frame
+        if sending and self._closing:  # RFC 6455 §5.5.1: no data after our close frame
             raise WSClosed(_NORMAL, "closing")
 
     async def send(self, msg):
         """One text frame for str, one binary frame for bytes."""
-        self._check_sendable()
-        if isinstance(msg, str):
-            await self._write(_TEXT, bytearray(msg, "utf-8"))
-        else:
-            await self._write(_BINARY, bytearray(msg))
+        self._check(True)
+        await self._write(_TEXT if isinstance(msg, str) else _BINARY, msg)
 
     async def ping(self, payload=b""):
-        self._check_sendable()
-        await self._write(_PING, bytearray(payload))
+        self._check(True)
+        await self._write(_PING, payload)
 
     async def recv(self):
         """Next message: str (text) or bytes (binary). Answers pings; raises WSClosed when the link ends.
         Only one task may call it at a time; cancelling it mid-frame leaves the link unusable."""
-        self._check_open()
+        self._check(False)
         self._reading = True
         try:
             return await self._recv()
@@ -267,19 +254,33 @@ class WS:
             elif msg is not None:
                 raise _Fail(_PROTOCOL_ERROR, "new message inside a fragmented one")
             elif fin:
-                return _decode(op, data)
+                msg = data
+                mop = op
             else:
                 msg = bytearray(data)
                 mop = op
             if fin:
-                return _decode(mop, msg)
+                if mop == _BINARY:
+                    return bytes(msg)
+                try:
+                    return str(msg, "utf-8")
+                except UnicodeError:
+                    raise _Fail(_BAD_DATA, "text message is not UTF-8")
 
     async def _control(self, op, data):
         if op == _PING:
             if not self._closing:
-                await self._write(_PONG, bytearray(data))
+                await self._write(_PONG, data)
         elif op == _CLOSE:
-            code, reason = _parse_close(data)
+            code, reason = _NO_STATUS, ""
+            if data:
+                if len(data) < 2:
+                    raise _Fail(_PROTOCOL_ERROR, "bad close frame")
+                code = (data[0] << 8) | data[1]
+                try:
+                    reason = str(data[2:], "utf-8")
+                except UnicodeError:
+                    pass
             if not self._closing:
                 self._closing = True
                 await self._send_close(code if code != _NO_STATUS else None)
@@ -288,12 +289,9 @@ class WS:
         # an unsolicited pong only proves the link is alive (last_rx_ms)
 
     async def _send_close(self, code):
-        payload = bytearray(2) if code else bytearray(0)
-        if code:
-            payload[0] = code >> 8
-            payload[1] = code & 0xFF
         try:
-            await asyncio.wait_for_ms(self._write(_CLOSE, payload), _CLOSE_WAIT_MS)
+            await asyncio.wait_for_ms(self._write(_CLOSE, bytes((code >> 8, code & 0xFF)) if code else b""),
+                                      _CLOSE_WAIT_MS)
         except Exception:  # the peer may be gone already; closing goes on regardless
             pass
 
@@ -432,16 +430,26 @@ async def handshake(stream, host, path, protocol, auth=None, key=None):
         req += "Authorization: %s\r\n" % auth
     stream.write((req + "\r\n").encode())
     await stream.drain()
-    _check_status(await stream.readline())
-    got = {}
-    for _ in range(_MAX_HEADERS):
+    got = None  # the headers we check, once the status line said 101
+    for _ in range(_MAX_HEADERS + 1):
         line = await stream.readline()
         if not line:
             raise WSError("connection closed during handshake")
-        line = line.strip()
-        if not line:
+        try:
+            text = str(line, "utf-8").strip()
+        except UnicodeError:  # would otherwise pass for a TLS error (both are ValueError)
+            raise WSError("handshake response is not text: %r" % line[:40])
+        if got is None:
+            parts = text.split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+                raise WSError("not an HTTP response: %r" % line[:40])
+            if parts[1] != "101":
+                raise WSError("HTTP %s %s" % (parts[1], parts[2] if len(parts) > 2 else ""))
+            got = {}
+            continue
+        if not text:
             break
-        name, sep, value = _text(line).partition(":")
+        name, _, value = text.partition(":")
         name = name.strip().lower()
         if name in ("upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"):
             got[name] = value.strip()
@@ -455,80 +463,45 @@ async def handshake(stream, host, path, protocol, auth=None, key=None):
         raise WSError("server did not accept subprotocol %s" % protocol)
 
 
-def _text(line):
-    try:
-        return str(line, "utf-8")
-    except UnicodeError:  # would otherwise pass for a TLS error (both are ValueError)
-        raise WSError("handshake response is not text: %r" % line[:40])
-
-
-def _check_status(line):
-    if not line:
-        raise WSError("connection closed during handshake")
-    parts = _text(line).strip().split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise WSError("not an HTTP response: %r" % line[:40])
-    if parts[1] != "101":
-        raise WSError("HTTP %s %s" % (parts[1], parts[2] if len(parts) > 2 else ""))
-
-
 # ---- connect ----
-
-def _tls_context(cadata):
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
-    try:
-        ctx.load_verify_locations(cadata=pem_to_der(cadata))
-    except (ValueError, OSError) as e:
-        raise WSError("bad CA certificate: %s" % e)
-    return ctx
-
-
-def _errno(e):
-    return e.errno if isinstance(e, OSError) else None
-
-
-def _connect_error(e, tls, where):
-    if _errno(e) == errno.ECONNREFUSED:
-        return WSError("connection refused (%s)" % where)
-    if tls:
-        # mbedTLS reports a failed handshake at the first read or write after open_connection
-        return WSError("TLS verification failed: %s" % " ".join(str(e).split()))  # mbedTLS pads with newlines
-    return WSError("connection failed (%s): %s" % (where, e))
-
-
-async def _close_quiet(stream):
-    try:
-        stream.close()
-        await stream.wait_closed()
-    except Exception:
-        pass
-
 
 async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
     where = "%s:%d" % (host, port)
-    ctx = _tls_context(cadata) if tls else None
+    kw = {}
+    if tls:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
+        try:
+            ctx.load_verify_locations(cadata=pem_to_der(cadata))
+        except (ValueError, OSError) as e:
+            raise WSError("bad CA certificate: %s" % e)
+        kw = {"ssl": ctx, "server_hostname": host}
+    stream = None
     try:
-        if tls:
-            stream, _ = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
-        else:
-            stream, _ = await asyncio.open_connection(host, port)
-    except OSError as e:
+        stream, _ = await asyncio.open_connection(host, port, **kw)
+        await handshake(stream, host if port == (443 if tls else 80) else where, path, protocol, auth)
+    except BaseException as e:  # WSError, or the timeout cancelling us, pass through once the stream is shut
+        if stream is not None:
+            try:
+                stream.close()
+                await stream.wait_closed()
+            except Exception:
+                pass
+        if not isinstance(e, (OSError, ValueError) if stream else OSError):
+            raise
+        a = e.args
         # unix: "[addrinfo error -2]"; ESP32 (lwIP): errno -202
-        if e.args and (isinstance(e.args[0], str) and "addrinfo" in e.args[0] or e.args[0] == -202):
+        if not stream and a and (isinstance(a[0], str) and "addrinfo" in a[0] or a[0] == -202):
             raise WSError("cannot resolve host %s" % host)
-        raise _connect_error(e, False, where)
-    host_hdr = host if port == (443 if tls else 80) else where
-    try:
-        await handshake(stream, host_hdr, path, protocol, auth)
-    except (OSError, ValueError) as e:
-        await _close_quiet(stream)
-        raise _connect_error(e, tls, where)
-    except BaseException:  # WSError, or the timeout cancelling us
-        await _close_quiet(stream)
-        raise
+        if isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
+            raise WSError("connection refused (%s)" % where)
+        if tls and stream:
+            # mbedTLS reports a failed handshake at the first read or write after open_connection; it pads
+            # its messages with newlines
+            raise WSError("TLS verification failed: %s" % " ".join(str(e).split()))
+        raise WSError("connection failed (%s): %s" % (where, e))
     return WS(stream, max_frame)
 
 

@@ -73,13 +73,26 @@ def _row_ok(r):
             and (r[2] is None or isinstance(r[2], int)) and (r[3] is None or isinstance(r[3], str)))
 
 
-def _load(path, what):
-    """The saved object, or None; a file that exists but does not check out is logged (store keeps a .bad)."""
+def _load(path, ok):
+    """The saved object when ok(obj) accepts it, else None; a file that exists but does not check out is
+    logged (store keeps a .bad when its CRC fails)."""
     had = store.exists(path)
     obj = store.read_json(path)
-    if obj is None and had:
-        log.warn(_TAG, "%s file corrupt, starting with an empty %s" % (what, what))
-    return obj
+    if obj is not None and ok(obj):
+        return obj
+    if had:
+        log.warn(_TAG, "%s corrupt or malformed, starting empty" % path)
+    return None
+
+
+def _list_ok(obj):
+    rows = obj.get("e") if isinstance(obj, dict) else None
+    v = obj.get("v") if isinstance(obj, dict) else None
+    return isinstance(rows, list) and isinstance(v, int) and v >= 0 and all(_row_ok(r) for r in rows)
+
+
+def _cache_ok(rows):
+    return isinstance(rows, list) and all(_row_ok(r) for r in rows)
 
 
 class Auth:
@@ -90,31 +103,14 @@ class Auth:
         self._list = {}     # TAG -> (status index, expiry, parent)
         self._version = 0   # 0 whenever the list is empty (digest §7 Q5)
         self._cache = []    # [TAG, status index, expiry, parent], least recently updated first
-        self._load_list()
-        self._load_cache()
-
-    # ---- loading --------------------------------------------------------------------------------------
-    def _load_list(self):
-        obj = _load(self._list_path, "local list")
-        if obj is None:
-            return
-        rows = obj.get("e") if isinstance(obj, dict) else None
-        v = obj.get("v") if isinstance(obj, dict) else None
-        if not isinstance(rows, list) or not isinstance(v, int) or v < 0 or not all(_row_ok(r) for r in rows):
-            log.warn(_TAG, "local list file malformed, starting with an empty list")
-            return
-        for r in rows:
-            self._list[r[0]] = (r[1], r[2], r[3])
-        self._version = v if self._list else 0
-
-    def _load_cache(self):
-        rows = _load(self._cache_path, "cache")
-        if rows is None:
-            return
-        if not isinstance(rows, list) or not all(_row_ok(r) for r in rows):
-            log.warn(_TAG, "cache file malformed, starting with an empty cache")
-            return
-        self._cache = rows[-CACHE_MAX:]
+        obj = _load(self._list_path, _list_ok)
+        if obj:
+            for r in obj["e"]:
+                self._list[r[0]] = (r[1], r[2], r[3])
+            self._version = obj["v"] if self._list else 0
+        rows = _load(self._cache_path, _cache_ok)
+        if rows:
+            self._cache = rows[-CACHE_MAX:]
 
     # ---- Local Authorization List -----------------------------------------------------------------------
     def supported(self):

@@ -2,6 +2,7 @@
 # the status machine of OCPP 1.6 §4.9 (digest §2.8). It reaches the hardware only through the EVSE and meter
 # models (DESIGN.md §1): it sets evse.allow / want_lock / limit_da and reads pilot, plug and energy.
 import asyncio
+import json
 import time
 from micropython import const
 
@@ -52,12 +53,26 @@ class Connector:
         """A transaction still open at boot was cut by a power loss: close it with the meter's reading (the
         contactor dropped with the power, so the register has not moved since), else the last stored one."""
         tx = self.tx
-        if tx is None:
-            return
-        self.tx = None
-        wh = max(tx["wh"], self.meter.energy_wh) if self.meter.ok else tx["wh"]
-        log.warn(_TAG, "closing transaction %d after power loss at %d Wh" % (tx["l"], wh))
-        self._push_stop(tx, "PowerLoss", wh, tx["t"], None)
+        if tx is not None:
+            self.tx = None
+            wh = max(tx["wh"], self.meter.energy_wh) if self.meter.ok else tx["wh"]
+            log.warn(_TAG, "closing transaction %d after power loss at %d Wh" % (tx["l"], wh))
+            self._push_stop(tx, "PowerLoss", wh, tx["t"], None)
+        for lid in self._orphans():
+            # Its state file was lost (corrupt flash): the Central System still gets exactly one Stop.
+            log.warn(_TAG, "closing transaction %d whose state was lost" % lid)
+            self._push_stop({"l": lid, "td": []}, "PowerLoss", self.meter.energy_wh, clock.now(), None)
+
+    def _orphans(self):
+        """Local ids started (queued or acknowledged) but neither stopped nor queued for a Stop."""
+        started = set(int(k) for k in self.txq.ids if k != "n")
+        for _, data in self.txq.journal.records():
+            action, lid, _ = json.loads(data)
+            if action == START:
+                started.add(lid)
+            elif action == STOP:
+                started.discard(lid)
+        return started
 
     # ---- user input ----
     def present_tag(self, tag):
@@ -226,6 +241,8 @@ class Connector:
         info = (conf or {}).get("idTagInfo")
         tx = self.tx
         if action == START:
+            if conf and tx and tx["l"] == lid and self.smart is not None and "transactionId" in conf:
+                self.smart.bind_pending(conf["transactionId"])  # a RemoteStart TxProfile gets its id
             if info and tx and tx["l"] == lid:
                 self.auth.remember(tx["tag"], info)
                 tx["parent"] = info.get("parentIdTag") or tx.get("parent")
@@ -318,6 +335,8 @@ class Connector:
                 elif time.ticks_diff(now, self._pending_until) >= 0:
                     log.info(_TAG, "no EV within ConnectionTimeOut, start cancelled")
                     self.pending_tag = None
+                    if self.smart is not None:
+                        self.smart.drop_pending()  # its RemoteStart profile must not govern a later session
             elif self.cfg.get("FreeVendEnabled") and evse.ev_connected and evse.plugged and not self.finishing \
                     and evse.operative and not evse.fault:
                 self.arm(self.cfg.get("FreeVendIdTag"))  # free vend: every plug-in charges (digest §2.8 A3)
@@ -333,6 +352,8 @@ class Connector:
                 self._apply_allow()
             self._sample(now)
         self._aligned()
+        if self.reservations is not None:
+            self.reservations.check(evse.operative, evse.fault is not None)
         if self.smart is not None:
             evse.limit_da = self.smart_limit()
         self._update_status()
@@ -381,9 +402,10 @@ class Connector:
     def status_payload(self):
         p = {"connectorId": CONNECTOR, "errorCode": self.error_code(), "status": self.status,
              "timestamp": clock.iso()}
-        info = getattr(self.evse, "fault_info", None)
-        if info and self.evse.fault:
-            p["info"] = info[:50]
+        evse = self.evse
+        if evse.fault:
+            p["info"] = evse.fault_info[:50]
+            p["vendorErrorCode"] = "EVSE-%d" % evse.fault_code
         return p
 
     async def report_status(self):
@@ -406,6 +428,14 @@ class Connector:
                 except Exception as e:
                     log.warn(_TAG, "StatusNotification failed: %r" % (e,))
                     await asyncio.sleep_ms(2000)
+
+    async def send_status_now(self):
+        """TriggerMessage(StatusNotification): the current status, even if the Central System has it."""
+        try:
+            await self.session.call("StatusNotification", self.status_payload())
+            self.reported = self.status
+        except Exception as e:
+            log.warn(_TAG, "StatusNotification failed: %r" % (e,))
 
     def kick_status(self):
         self._status_evt.set()

@@ -31,6 +31,7 @@ class Session:
         self.cfg = cfg
         self.boot_fields = boot_fields
         self.handlers = {}  # action -> (spec, fn); fn(payload) -> response or (response, after_coro_fn)
+        self._lazy = {}  # action -> loader that registers the handlers of a profile loaded on first use
         self.ws = None
         self.registered = False  # BootNotification Accepted since this boot
         self.boot_status = None  # last BootNotification status: Accepted | Pending | Rejected
@@ -52,6 +53,10 @@ class Session:
 
     def handle(self, action, spec, fn):
         self.handlers[action] = (spec, fn)
+
+    def lazy(self, actions, loader):
+        for action in actions:
+            self._lazy[action] = loader
 
     def trigger_boot(self):
         self._boot_now.set()
@@ -129,6 +134,12 @@ class Session:
             return  # OCPP 1.6 §4.2: a rejected CP answers nothing until the retry interval
         after = None
         entry = self.handlers.get(action)
+        if entry is None and action in self._lazy:
+            loader = self._lazy[action]
+            for name in [a for a in self._lazy if self._lazy[a] is loader]:
+                del self._lazy[name]
+            loader()
+            entry = self.handlers.get(action)
         try:
             if entry is None:
                 if action in _ACTIONS_16:
@@ -221,17 +232,8 @@ class Session:
                 continue
             except Offline:
                 return False
-            status = conf.get("status")
-            self.boot_status = status
-            t = clock.parse_iso(conf.get("currentTime") or "")
-            if t is not None:
-                clock.set_now(t)
-            interval = conf.get("interval")
-            interval = interval if isinstance(interval, int) and interval > 0 else 0
-            log.info(_TAG, "BootNotification %s, interval %d" % (status, interval))
+            status, interval = self._boot_conf(conf)
             if status == "Accepted":
-                if interval:
-                    self.cfg.set("HeartbeatInterval", str(interval))
                 self.registered = True
                 return True
             self._boot_now.clear()
@@ -243,6 +245,30 @@ class Session:
             if status == "Rejected":
                 self.boot_status = None  # answer the Central System again once the interval is over
         return False
+
+    def _boot_conf(self, conf):
+        status = conf.get("status")
+        self.boot_status = status
+        t = clock.parse_iso(conf.get("currentTime") or "")
+        if t is not None:
+            clock.set_now(t)
+        interval = conf.get("interval")
+        interval = interval if isinstance(interval, int) and interval > 0 else 0
+        log.info(_TAG, "BootNotification %s, interval %d" % (status, interval))
+        if status == "Accepted" and interval:
+            self.cfg.set("HeartbeatInterval", str(interval))
+        return status, interval
+
+    async def send_boot(self):
+        """TriggerMessage(BootNotification): cuts a Pending/Rejected wait short, or re-registers."""
+        if not self.registered:
+            self._boot_now.set()
+            return
+        try:
+            self._boot_conf(await self.call("BootNotification", self.boot_fields))
+        except Exception as e:
+            log.warn(_TAG, "BootNotification failed: %r" % (e,))
+        self.boot_status = "Accepted"  # a registered charger stays registered whatever this answer said
 
     async def _wait_down(self, ms):
         try:

@@ -321,6 +321,42 @@ def test_ram_footprint():
     _rmtree(d)
 
 
+def test_compact_table_agrees_with_named_constants():
+    d = _fresh()
+    c = Config(d)
+    assert c.get("LocalAuthListMaxLength") == K.LOCAL_LIST_MAX
+    assert c.get("SendLocalListMaxLength") == K.SEND_LOCAL_LIST_MAX
+    assert c.get("ChargingScheduleMaxPeriods") == K.SCHEDULE_MAX_PERIODS
+    assert c.get("NumberOfConnectors") == K.NUMBER_OF_CONNECTORS
+    assert c.get("ConnectorPhaseRotationMaxLength") == K.NUMBER_OF_CONNECTORS + 1
+    assert c.get("GetConfigurationMaxKeys") == K.GET_CONFIG_MAX_KEYS
+    assert c.get("SupportedFeatureProfiles") == ",".join(K.PROFILES)
+    assert c.get("SupportedFeatureProfilesMaxLength") == len(K.PROFILES)
+    keys = K.KEYS
+    names = [e[0] for e in keys]
+    assert len(names) == len(set(names))
+    for e in keys:
+        assert K.entry(K.find(e[0])) == e and K.find(e[0].upper()) == K.find(e[0])
+        t = e[1] & K.TYPE
+        assert type(e[2]) is (int, bool, str, str)[t] or e[2] is None and e[1] & K.SECRET, e
+        if e[1] & K.PHASE:
+            assert e[5] == K.MEASURANDS
+    assert K.PHASES == ("L1", "L2", "L3") and "Voltage" in K.PHASED and K.VARIANTS == ("socket", "cable")
+    assert K.find("HeartbeatInterval Irw") == -1 and K.find("") == -1 and K.find("Heartbeat") == -1
+    _rmtree(d)
+
+
+def test_get_cache_follows_changes():
+    d = _fresh()
+    c = Config(d)
+    assert c.get("HeartbeatInterval") == 120 and c.get("heartbeatINTERVAL") == 120
+    assert c.set("HeartbeatInterval", "300")[0] == ACCEPTED
+    assert c.get("HeartbeatInterval") == 300 and c.get("heartbeatINTERVAL") == 300
+    assert c.set_device("MaxCurrent", 16)[0] == ACCEPTED and c.get("MaxCurrent") == 16
+    assert c.get("AuthorizationKey") is None
+    _rmtree(d)
+
+
 def test_zz_cleanup():  # sorted last
     for d in _made:
         _rmtree(d)

@@ -332,7 +332,7 @@ def test_state_d_refused_without_ventilation():
     run(b, m, e, 500)
     b.ev = "D"
     run(b, m, e, 2000)
-    assert not b.cmd and b.pwm == 1000 and e.offer_da == 0 and e.suspended_evse
+    assert not b.cmd and b.pwm == 1000 and e.offer_da == 0
     b, m, e = charging()
     b.ev = "D"  # from C2 to D: opens from the watch
     run(b, m, e, 20, update=False)

@@ -1,5 +1,6 @@
 # firmware.store on the MicroPython unix port: atomic files, CRC-checked JSON, the journal FIFO.
 import os
+import json
 import tinytest
 from firmware import store
 
@@ -273,6 +274,21 @@ def test_zz_cleanup():  # sorted last
         _rmtree(d)
     for d in _made:
         assert not store.exists(d)
+
+
+def test_json_file_format_is_crc_header_then_body():
+    # write_json streams the document (no copy of it in RAM); the file must be what a one-shot dumps gives.
+    from binascii import crc32
+    d = _fresh()
+    p = d + "/big.json"
+    obj = {"pem": "-----BEGIN CERTIFICATE-----\n" + "QUJD" * 600, "n": [1, 2.5, None, True], "t": "Grüße"}
+    before = store.bytes_written
+    store.write_json(p, obj)
+    raw = store.read(p)
+    body = json.dumps(obj).encode()
+    assert raw == b"%08x\n" % (crc32(body) & 0xFFFFFFFF) + body
+    assert store.bytes_written - before == len(raw)
+    assert store.read_json(p) == obj and not store.exists(p + ".tmp")
 
 
 tinytest.run(globals())

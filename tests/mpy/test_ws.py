@@ -440,4 +440,20 @@ async def test_connect_rejects_unverified_wss():
     assert "wss needs a CA certificate" in str(e)
 
 
+async def test_long_send_is_masked_in_chunks_byte_exact():
+    # send() masks through a small buffer instead of copying the message: the wire bytes must not change.
+    fixed_key()
+    try:
+        s = FakeStream()
+        c = ws.WS(s)
+        text = "".join("%04d " % i for i in range(600)) + "Grüße"  # > 3 KB, not a multiple of the chunk
+        await c.send(text)
+        await c.send(b"\x00\x01" * 700)
+        want = ws.encode_frame(1, text.encode(), KEY) + ws.encode_frame(2, b"\x00\x01" * 700, KEY)
+        assert bytes(s.tx) == bytes(want)
+        assert client_frames(s.tx) == [(1, 1, text.encode()), (1, 2, b"\x00\x01" * 700)]
+    finally:
+        real_key()
+
+
 tinytest.run(globals())

@@ -1,0 +1,43 @@
+# Remote Trigger profile (OCPP 1.6 §5.17, digest §2.7): the answer goes out first, then the requested message.
+from firmware.ocpp.connector import CONNECTOR
+from firmware.ocpp.rpc import STR, INT
+
+_TRIGGER = (("requestedMessage", STR, True, None), ("connectorId", INT, False, 0))
+_KNOWN = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification", "Heartbeat",
+          "MeterValues", "StatusNotification")
+
+
+def register(app):
+    session = app.session
+
+    def trigger(p):
+        what = p["requestedMessage"]
+        cid = p.get("connectorId")
+        if what not in _KNOWN:
+            return {"status": "NotImplemented"}
+        if cid is not None and cid > CONNECTOR:
+            return {"status": "Rejected"}  # OCTT TC_055: no such connector
+        return {"status": "Accepted"}, lambda: _send(app, what, cid)
+
+    session.handle("TriggerMessage", _TRIGGER, trigger)
+
+
+async def _send(app, what, cid):
+    session = app.session
+    if what == "BootNotification":
+        await session.send_boot()
+    elif what == "Heartbeat":
+        await session.heartbeat()
+    elif what == "MeterValues":
+        await app.connector.send_triggered_values()
+    elif what == "StatusNotification":
+        if cid is None or cid == 0:
+            await app.status_connector0()
+        if cid is None or cid == CONNECTOR:
+            await app.connector.send_status_now()
+    else:
+        # No upload or firmware update is running, so the only true answer is Idle (OCPP 1.6 §4.4, §4.5).
+        try:
+            await session.call(what, {"status": app.firmware_status if what[0] == "F" else "Idle"})
+        except Exception:
+            pass

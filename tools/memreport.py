@@ -1,0 +1,221 @@
+"""Heap cost of the firmware, module by module, on an ESP32-sized MicroPython heap.
+
+    .venv/bin/python tools/memreport.py [--heap 110wK] [--json]
+
+Builds the .mpy files with tools/build.py, then runs one MicroPython script in the unix port that imports the
+project modules in dependency order (the standard library first, as a baseline) and records
+gc.collect(); gc.mem_alloc() before and after each import. It then builds the application objects the way
+firmware/app.py does (a stub board stands in for the hardware) and records what each one keeps. measure()
+returns the figures as a dict for `make bench`; main() prints them as a table.
+
+The figures are for the build's word size: on this 64-bit host an object costs about twice what it costs on the
+ESP32, as `-X heapsize=110wK` scales the heap the same way.
+"""
+import argparse
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import build  # noqa: E402  (tools/build.py)
+
+MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
+OUT = "build/unix"
+# Board modules for other ports: they import hardware modules the unix port lacks.
+SKIP = ("hal.esp32",)
+# Loaded before the first project module, so a module's figure is its own cost only.
+STDLIB = ("gc", "sys", "micropython", "time", "os", "json", "struct", "binascii", "hashlib", "errno", "array",
+          "socket", "select", "termios", "_thread", "asyncio")
+
+# Runs inside MicroPython. Prints one JSON object per line so the CPython side can parse it.
+_SCRIPT = r"""
+import gc, sys, micropython
+gc.collect()
+_base = gc.mem_alloc()
+def _m():
+    gc.collect()
+    return gc.mem_alloc()
+for _n in %(stdlib)r:
+    try:
+        __import__(_n)
+    except ImportError:
+        pass
+_b = _m()
+print('{"kind":"base","name":"stdlib","bytes":%%d}' %% (_b - _base))
+micropython.qstr_info()
+for _n in %(modules)r:
+    _a = _m()
+    __import__(_n)
+    _b = _m()
+    print('{"kind":"mod","name":"%%s","bytes":%%d}' %% (_n, _b - _a))
+    micropython.qstr_info()  # parsed by the CPython side: qstrs interned so far
+
+class _Stream:
+    # What board.open_uart returns, as far as a constructor looks at it.
+    def write(self, b): pass
+    async def drain(self): pass
+    async def read(self, n): return b""
+
+class _Board:
+    state_dir = %(state)r
+    def open_uart(self, baud, parity, stop): return _Stream()
+    def ticks_ms(self):
+        import time
+        return time.ticks_ms()
+    def read_cp(self): return 12000, 12000
+    def read_pp_ohms(self): return None
+    def take_block_ms(self): return 0
+    def local_limit_da(self): return None
+    def poll_tag(self): return None
+    def __getattr__(self, name):
+        return lambda *a: None
+
+_objs = []
+def _step(name, fn):
+    _a = _m()
+    try:
+        _objs.append(fn())
+    except Exception as e:
+        print('{"kind":"err","name":"%%s","error":"%%s"}' %% (name, repr(e).replace('"', "'")))
+        return
+    _b = _m()
+    print('{"kind":"obj","name":"%%s","bytes":%%d}' %% (name, _b - _a))
+
+try:
+    from firmware.app import App
+    _step("App(board)", lambda: App(_Board()))
+except ImportError as e:
+    print('{"kind":"err","name":"App","error":"%%s"}' %% e)
+gc.collect()
+print('{"kind":"total","name":"after boot","bytes":%%d,"free":%%d}' %% (gc.mem_alloc() - _base, gc.mem_free()))
+"""
+
+
+def _imports(path, modname):
+    """Project modules that a source file imports at module level (not inside functions: those are lazy)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append(node.module)
+            out += ["%s.%s" % (node.module, a.name) for a in node.names]
+    return out
+
+
+def modules():
+    """Project modules in dependency order: each after everything it imports at load time."""
+    found = {}
+    for rel in build.sources():
+        name = rel[:-3].replace(os.sep, ".")
+        if name.endswith(".__init__"):
+            name = name[:-9]
+        if name not in SKIP:
+            found[name] = os.path.join(ROOT, rel)
+    order = []
+
+    def visit(name, stack=()):
+        if name in order or name not in found or name in stack:
+            return
+        parts = name.split(".")
+        for i in range(1, len(parts)):  # a package's __init__ loads before its modules
+            visit(".".join(parts[:i]), stack + (name,))
+        for dep in _imports(found[name], name):
+            visit(dep, stack + (name,))
+        order.append(name)
+
+    for name in sorted(found):
+        visit(name)
+    return order, found
+
+
+def _mpy_size(name):
+    base = os.path.join(ROOT, OUT, *name.split("."))
+    for p in (base + ".mpy", os.path.join(base, "__init__.mpy")):
+        if os.path.exists(p):
+            return os.path.getsize(p)
+    return 0
+
+
+def measure(heap="110wK"):
+    """{"stdlib": bytes, "modules": [(name, heap bytes, mpy bytes, new qstrs, qstr pool bytes)], "imports": total
+    heap bytes of the project modules, "mpy": total .mpy bytes, "qstrs", "qstr_bytes": their totals,
+    "objects": [(name, bytes)], "after_boot": bytes, "free": bytes}. The qstr pool bytes are included in the heap
+    bytes; they grow in doubling chunks, so one module can pay for the next ones' qstrs."""
+    build.build(OUT)
+    order, _ = modules()
+    with tempfile.TemporaryDirectory(prefix="memreport") as state:
+        script = os.path.join(state, "memreport_mpy.py")
+        with open(script, "w") as f:
+            f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": state})
+        env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, OUT))
+        r = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, script], cwd=state, env=env,
+                           capture_output=True, text=True, timeout=120)
+    res = {"heap": heap, "stdlib": 0, "modules": [], "objects": [], "errors": [], "after_boot": None, "free": None}
+    qstrs = None
+    for line in r.stdout.splitlines():
+        m = re.match(r"qstr pool: n_pool=\d+, n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", line)
+        if m:
+            q = tuple(int(x) for x in m.groups())
+            if qstrs is not None and res["modules"]:
+                name, b, mpy = res["modules"][-1][:3]
+                res["modules"][-1] = (name, b, mpy, q[0] - qstrs[0], q[2] - qstrs[2])
+            qstrs = q
+            continue
+        if not line.startswith("{"):
+            continue  # firmware log lines
+        d = json.loads(line)
+        if d["kind"] == "base":
+            res["stdlib"] = d["bytes"]
+        elif d["kind"] == "mod":
+            res["modules"].append((d["name"], d["bytes"], _mpy_size(d["name"]), 0, 0))
+        elif d["kind"] == "obj":
+            res["objects"].append((d["name"], d["bytes"]))
+        elif d["kind"] == "err":
+            res["errors"].append((d["name"], d["error"]))
+        elif d["kind"] == "total":
+            res["after_boot"], res["free"] = d["bytes"], d["free"]
+    if r.returncode != 0 or not res["modules"]:
+        raise RuntimeError("memreport script failed:\n" + r.stdout + r.stderr)
+    res["imports"] = sum(m[1] for m in res["modules"])
+    res["mpy"] = sum(m[2] for m in res["modules"])
+    res["qstrs"] = sum(m[3] for m in res["modules"])
+    res["qstr_bytes"] = sum(m[4] for m in res["modules"])
+    return res
+
+
+def table(res):
+    lines = ["%-32s %9s %9s %7s %9s" % ("module", "heap B", ".mpy B", "+qstrs", "qstr B")]
+    lines.append("%-32s %9d %9s" % ("(stdlib baseline)", res["stdlib"], ""))
+    for name, heap, mpy, nq, qb in res["modules"]:
+        lines.append("%-32s %9d %9d %7d %9d" % (name, heap, mpy, nq, qb))
+    lines.append("%-32s %9d %9d %7d %9d" % ("TOTAL project imports", res["imports"], res["mpy"], res["qstrs"],
+                                            res["qstr_bytes"]))
+    for name, b in res["objects"]:
+        lines.append("%-32s %9d" % ("+ " + name, b))
+    for name, err in res["errors"]:
+        lines.append("! %s: %s" % (name, err))
+    if res["after_boot"] is not None:
+        lines.append("%-32s %9d   (%d free, heap %s)" % ("after boot, total", res["after_boot"], res["free"],
+                                                         res["heap"]))
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--heap", default="110wK")
+    p.add_argument("--json", action="store_true", help="print the measure() dict as JSON")
+    args = p.parse_args()
+    res = measure(args.heap)
+    print(json.dumps(res, indent=1) if args.json else table(res))
+
+
+if __name__ == "__main__":
+    main()
