@@ -25,5 +25,11 @@ test: $(STAMP)
 sim: $(STAMP)
 	$(VENV)/bin/python tools/demo.py
 
+bench: $(STAMP)
+	$(VENV)/bin/python tools/bench.py
+
+torture: $(STAMP)
+	$(VENV)/bin/python tools/torture.py
+
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -162,9 +162,32 @@ class App:
             if tag:
                 log.info(_TAG, "tag presented: %s" % tag)
                 conn.present_tag(tag)
+            line = board.poll_console()
+            if line:
+                asyncio.create_task(self._console(line))
             if self.scheduled_operative is not None and conn.tx is None:
                 self._apply_availability(self.scheduled_operative)
             await asyncio.sleep_ms(100)
+
+    async def _console(self, line):
+        """Service console: `datatransfer VENDOR [MSGID [DATA]]` sends a DataTransfer to the Central System
+        (OCPP 1.6 §4.3, OCTT TC_064); `heap` prints the live heap."""
+        words = line.split(None, 3)
+        if words[0] == "datatransfer" and len(words) >= 2:
+            p = {"vendorId": words[1]}
+            if len(words) > 2:
+                p["messageId"] = words[2]
+            if len(words) > 3:
+                p["data"] = words[3]
+            try:
+                log.info(_TAG, "DataTransfer answer: %s" % (await self.session.call("DataTransfer", p)))
+            except Exception as e:
+                log.warn(_TAG, "DataTransfer failed: %r" % (e,))
+        elif words[0] == "heap":
+            gc.collect()
+            log.info(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
+        else:
+            log.warn(_TAG, "console: unknown command %r" % line)
 
     async def main(self):
         gc.collect()

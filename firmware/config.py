@@ -142,10 +142,6 @@ class Config:
                 return e
         return None
 
-    def _all(self):
-        keys = self._keys
-        return (K.entry(i) for i in K.offsets()) if keys is None else keys
-
     def _raw(self, e):
         return self._vals.get(e[0], e[2])
 
@@ -219,9 +215,23 @@ class Config:
         return found, unknown
 
     def _iter_items(self):
-        for e in self._all():
-            if e[1] & K.READ and not e[1] & K.DEVICE:
-                yield self._item(e)
+        if self._keys is not None:
+            for e in self._keys:
+                if e[1] & K.READ and not e[1] & K.DEVICE:
+                    yield self._item(e)
+            return
+        vals = self._vals
+        for name, flags, d in K.heads():
+            if flags & K.READ and not flags & K.DEVICE:
+                t = flags & K.TYPE
+                if name in vals:
+                    v = vals[name]
+                    d = ("true" if v else "false") if t == K.BOOL else str(v) if t == K.INT else v
+                elif t == K.BOOL:
+                    d = "true" if d == "1" else "false"
+                elif d == "-":
+                    d = ""
+                yield name, not flags & K.WRITE, d
 
     def _item(self, e):
         v = self._raw(e)

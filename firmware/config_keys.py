@@ -168,6 +168,28 @@ def offsets():
         i = t.find("\n", i) + 1
 
 
+def heads():
+    """(name, flags, default as its table text) of every key, in table order. GetConfiguration walks the whole
+    table while it builds its answer: this decodes only what an item keeps, without entry()'s lists and
+    tuples, so little garbage is left between the answer's dicts to fragment the heap its JSON text needs."""
+    t = _T
+    i = 1
+    while i < len(t):
+        j = t.find(" ", i)
+        e = t.find("\n", j)
+        k = t.find(" ", j + 1)
+        if k < 0 or k > e:
+            k = e
+        flags = "IBSL".find(t[j + 1])
+        for c in range(j + 2, k):
+            flags |= 4 << "rwdbzcps".find(t[c])
+        d = t.find(" ", k + 1)
+        if d < 0 or d > e:
+            d = e
+        yield t[i:j], flags, t[k + 1:d]
+        i = e + 1
+
+
 def entry(i):
     """(name, flags, default, lo, hi, extra) of the line at offset i."""
     f = _T[i:_T.find("\n", i)].split(" ")
@@ -208,3 +230,4 @@ def __getattr__(name):
     if v is None:
         raise AttributeError(name)
     return v
+

@@ -68,6 +68,10 @@ class Board:
         # -> next RFID UID presented (hex string), or None when none is waiting. Never blocks.
         raise NotImplementedError
 
+    def poll_console(self):
+        # -> next line typed on the service console (maintenance UART), or None. Never blocks.
+        raise NotImplementedError
+
     def open_uart(self, baud, parity, stop):
         # -> asyncio stream (read/readexactly/write/drain) on the RS485 bus, 8 data bits.
         # parity: None | "N" | "E" | "O" (machine.UART's 0 = even, 1 = odd are accepted too); stop: 1 | 2.
@@ -94,7 +98,7 @@ class Board:
 # Every name a board must provide; tests compare implementations against it.
 METHODS = (
     "set_pwm", "set_contactor", "set_lock", "set_led", "read_cp", "read_pp_ohms", "lock_feedback",
-    "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "open_uart",
+    "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "poll_console", "open_uart",
     "start_watch", "wdt_feed", "reset", "ticks_ms",
 )
 LEDS = ("green", "blue", "red")

@@ -174,6 +174,10 @@ class Board:
     def poll_tag(self):
         return self._tags.pop(0) if self._tags else None
 
+    def poll_console(self):
+        # The service console shares the REPL UART; a line-reading driver is not wired yet.
+        return None
+
     # ---- services ----
 
     def open_uart(self, baud, parity=None, stop=1):

@@ -65,6 +65,7 @@ class Board:
         self._block_ms = 0
         self._ready = False
         self._tags = []
+        self._console = []  # service-console lines (the maintenance UART of a real board)
         self._rx = _thread.allocate_lock()
         self._tx = _thread.allocate_lock()
         # last value sent per output; every key exists up front so no thread ever resizes this dict
@@ -128,6 +129,10 @@ class Board:
             self._limit_da = None if v is None else int(v)
         if "block_ms" in msg:
             self._block_ms = int(msg["block_ms"])
+        if "console" in msg:
+            with self._rx:
+                if len(self._console) < _MAX_TAGS:
+                    self._console.append(str(msg["console"]))
         if "tag" in msg:
             with self._rx:
                 if len(self._tags) >= _MAX_TAGS:
@@ -171,6 +176,10 @@ class Board:
     def poll_tag(self):
         with self._rx:
             return self._tags.pop(0) if self._tags else None
+
+    def poll_console(self):
+        with self._rx:
+            return self._console.pop(0) if self._console else None
 
     # ---- outputs (any thread) ----
 

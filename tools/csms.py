@@ -16,7 +16,7 @@ Control requests (one JSON object per line, one reply line each):
                                              | {"ok":false,"error":"..."} (timeout, disconnect, invalid result)
     {"cmd":"raw","cp":ID,"text":"...","timeout":10} -> {"ok":true,"reply":frame|null} (null: no answer)
     {"cmd":"set","boot_status":..,"interval":..,"tags":[..],"auth":{ID:PW|null},"start_status":..|null,
-     "tag_status":{TAG:"Blocked"|"Expired"|..},"parents":{TAG:PARENT}}
+     "tag_status":{TAG:"Blocked"|"Expired"|..},"parents":{TAG:PARENT},"fail":{ACTION:N}}
     {"cmd":"disconnect","cp":ID}
 CALLERRORs we send use the OCPP 1.6 spellings (FormationViolation, OccurenceConstraintViolation).
 Passwords (--auth, "set") are text, "hex:<hex>" for raw bytes, and 32-40 hex digits are taken as the raw bytes
@@ -39,6 +39,7 @@ import time
 import urllib.parse
 
 from ocpp.charge_point import camel_to_snake_case
+from ocpp.exceptions import InternalError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -169,6 +170,7 @@ class Settings:
         self.start_status = None   # None: Accepted for known tags, Invalid otherwise
         self.tag_statuses = {}     # idTag -> status other than Accepted/Invalid (Blocked, Expired, ...)
         self.parents = {}          # idTag -> parentIdTag (the group a card belongs to)
+        self.fail = {}             # action -> how many of its next CALLs to answer with a CALLERROR
         self.tx_ids = itertools.count(1)
 
     def tag_status(self, id_tag):
@@ -193,11 +195,18 @@ class Settings:
             self.start_status = req["start_status"]
         self.tag_statuses.update(req.get("tag_status") or {})
         self.parents.update(req.get("parents") or {})
+        self.fail.update(req.get("fail") or {})
         for cp_id, pw in (req.get("auth") or {}).items():
             if pw is None:
                 self.auth.pop(cp_id, None)
             else:
                 self.auth[cp_id] = password_bytes(pw)
+
+    def failing(self, action):
+        """Spends one planned failure of action (tests of TransactionMessageAttempts)."""
+        if self.fail.get(action, 0) > 0:
+            self.fail[action] -= 1
+            raise InternalError(description="planned failure (control: set fail)")
 
 
 def parse_auth(text):
@@ -301,24 +310,27 @@ class DemoChargePoint(ChargePoint):
 
     @on(Action.start_transaction)
     def on_start(self, id_tag, **_):
+        self.settings.failing("StartTransaction")
         return call_result.StartTransaction(transaction_id=next(self.settings.tx_ids),
                                             id_tag_info=self.settings.id_tag_info(id_tag,
                                                                                   self.settings.start_status))
 
     @on(Action.stop_transaction)
     def on_stop(self, id_tag=None, **_):
+        self.settings.failing("StopTransaction")
         if id_tag is None:
             return call_result.StopTransaction()
         return call_result.StopTransaction(id_tag_info=self.settings.id_tag_info(id_tag))
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id, **_):
-        if vendor_id == "org.openchargealliance":
+        if vendor_id in ("org.openchargealliance", "org.micropython.evse"):
             return call_result.DataTransfer(status="Accepted")
         return call_result.DataTransfer(status="UnknownVendorId")
 
     @on(Action.meter_values)
     def on_meter_values(self, **_):
+        self.settings.failing("MeterValues")
         return call_result.MeterValues()
 
     @on(Action.status_notification)

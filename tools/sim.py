@@ -23,6 +23,7 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
     {"cmd":"ev"[,"state":"A"|"B"|"C"|"D"][,"max_a":16][,"phases":1|3][,"ignore_pwm":false|true]}
                          ignore_pwm: a misbehaving EV that draws max_a whatever the duty says (overcurrent tests)
     {"cmd":"tag","id":"ABC123"}                             -> delivered: false when no MCU is listening
+    {"cmd":"console","line":"datatransfer VENDOR [MSGID [DATA]]"} a line typed on the service console
     {"cmd":"fault","kind":"lock"|"meter"|"rcd"|"weld"|"diode"|"cp_short","on":true}
     {"cmd":"power","on":false|true}                         off = SIGKILL the MCU (power cut), on = boot it again
     {"cmd":"limit","a":N|null}  the board's load-management input (a local current limit in A, 0.1 A steps;
@@ -606,6 +607,16 @@ class Sim:
         self.event("tag", id=tag, delivered=delivered)
         return {"delivered": delivered}
 
+    async def cmd_console(self, req):
+        line = req.get("line")
+        if not isinstance(line, str) or not line:
+            raise CommandError("console needs a non-empty string line")
+        delivered = self.board_w is not None
+        if delivered:
+            self.board_w.write((json.dumps({"console": line}) + "\n").encode())
+        self.event("console", line=line, delivered=delivered)
+        return {"delivered": delivered}
+
     async def cmd_fault(self, req):
         kind, on = req.get("kind"), bool(req.get("on", True))
         if kind not in FAULTS:
@@ -660,7 +671,7 @@ class Sim:
 
 
 COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_unplug, "ev": Sim.cmd_ev,
-            "tag": Sim.cmd_tag, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events,
+            "tag": Sim.cmd_tag, "console": Sim.cmd_console, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events,
             "limit": Sim.cmd_limit, "mcu": Sim.cmd_mcu}
 
 

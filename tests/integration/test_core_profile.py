@@ -332,3 +332,44 @@ def test_tc062_data_transfer(csms_factory, sim_factory):
         {"status": "UnknownVendorId"}
     assert csms.call(CP, "DataTransfer", {"vendorId": "org.micropython.evse", "messageId": "nope"}) == \
         {"status": "UnknownMessageId"}
+
+
+def test_tc064_data_transfer_to_the_central_system(csms_factory, sim_factory):
+    csms, sim = boot(csms_factory, sim_factory)
+    sim.cmd({"cmd": "console", "line": "datatransfer org.micropython.evse Diag hello world"})
+    p = csms.wait_for("DataTransfer", cp=CP)
+    assert p == {"vendorId": "org.micropython.evse", "messageId": "Diag", "data": "hello world"}
+    sim.wait_line(r"\[mcu\].*DataTransfer answer: .*Accepted")
+    sim.cmd({"cmd": "console", "line": "datatransfer com.nobody"})
+    sim.wait_line(r"\[mcu\].*DataTransfer answer: .*UnknownVendorId")
+
+
+def test_transaction_message_attempts_and_retry_interval(csms_factory, sim_factory):
+    csms, sim = boot(csms_factory, sim_factory, config={"TransactionMessageAttempts": 3,
+                                                        "TransactionMessageRetryInterval": 2})
+    csms.set(fail={"StartTransaction": 2})  # two CALLERRORs, then the third attempt goes through
+    start, tid = start_charging(csms, sim)
+    tries = [m["t"] for m in csms.messages(CP) if m["dir"] == "in" and m["msg"] and m["msg"][0] == 2
+             and m["msg"][2] == "StartTransaction"]
+    assert len(tries) == 3
+    assert 1.5 <= tries[1] - tries[0] <= 4 and 3.5 <= tries[2] - tries[1] <= 6  # interval x 1, then x 2
+    mark = len(csms.messages())
+    csms.set(fail={"MeterValues": 0, "StopTransaction": 3})  # the Stop fails every attempt: dropped
+    sim.cmd({"cmd": "unplug"})
+    wait_until(lambda: len(csms.calls("StopTransaction", since=mark)) == 3, 20, msg="3 Stop attempts")
+    sim.wait_line(r"\[mcu\].*giving up on StopTransaction")
+    time.sleep(3)
+    assert len(csms.calls("StopTransaction", since=mark)) == 3  # not a fourth time
+
+
+def test_websocket_ping_detects_a_dead_link(csms_factory, sim_factory):
+    import os
+    import signal
+    csms, sim = boot(csms_factory, sim_factory, config={"WebSocketPingInterval": 2})
+    os.kill(csms.proc.pid, signal.SIGSTOP)  # the server freezes: TCP stays up, nothing answers
+    try:
+        sim.wait_line(r"\[mcu\].*no traffic for \d+ ms, reconnecting", timeout=30)
+    finally:
+        os.kill(csms.proc.pid, signal.SIGCONT)
+    csms.wait_for("StatusNotification", cp=CP, count=1)  # and it comes back once the server does
+    wait_until(lambda: CP in csms.connected(), 40, msg="reconnected")

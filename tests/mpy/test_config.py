@@ -346,6 +346,17 @@ def test_compact_table_agrees_with_named_constants():
     _rmtree(d)
 
 
+def test_getconfiguration_walk_matches_the_decoded_table():
+    d = _fresh()
+    c = Config(d)
+    t = Config(d, K.KEYS)  # the same table as tuples: the generic path
+    assert list(c.ocpp_items()) == list(t.ocpp_items())
+    for k, v in (("HeartbeatInterval", "300"), ("LocalPreAuthorize", "true"), ("StopTxnSampledData", "Voltage")):
+        assert c.set(k, v)[0] == ACCEPTED
+    assert list(c.ocpp_items()) == list(Config(d, K.KEYS).ocpp_items())
+    _rmtree(d)
+
+
 def test_get_cache_follows_changes():
     d = _fresh()
     c = Config(d)
