@@ -1,6 +1,8 @@
 # Wires the charger together and owns the asyncio tasks. The only firmware module that is handed the board.
 import asyncio
 import gc
+import micropython
+import sys
 
 from firmware import config, log, store
 from firmware.evse import Evse
@@ -18,6 +20,7 @@ VENDOR = "MicroPython-EVSE"
 MODEL = "MPY-AC-1"
 _TAG = "app"
 _METER_POLL_MS = 1000
+_GC_EVERY = 4096  # bytes allocated between automatic collections
 # Factory serial settings per meter model (digest §6.2): baud, parity (None/0 even/1 odd), stop bits.
 _METER_SERIAL = {"SDM630": (9600, None, 1), "SDM120": (2400, None, 1), "SDM72": (9600, None, 1),
                  "ABB_B23": (9600, 0, 1)}
@@ -186,22 +189,39 @@ class App:
         elif words[0] == "heap":
             gc.collect()
             log.info(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
+            micropython.mem_info()  # the largest free block: fragmentation is what makes allocations fail
         else:
             log.warn(_TAG, "console: unknown command %r" % line)
 
     async def main(self):
         gc.collect()
+        # Collect after every few KB allocated rather than when the heap is full: between collections the
+        # allocator marches up the heap, so a long-lived object made late lands mid-heap and splits the free
+        # space; frequent small collections keep new objects low and the free space in one piece.
+        gc.threshold(_GC_EVERY)
         log.info(_TAG, "firmware %s starting, heap %d used, %d free" % (VERSION, gc.mem_alloc(), gc.mem_free()))
         await self.meter.poll()
         self.connector.recover()
-        tasks = (self.evse.run(), self._poll_meter(), self.session.run(), self.txq.run(),
-                 self.connector.run(), self.connector.report_status(), self._poll_inputs())
-        for t in tasks:
-            asyncio.create_task(t)
+        for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
+                   self.connector.report_status, self._poll_inputs):
+            asyncio.create_task(_supervised(fn))
         while True:
             await asyncio.sleep(60)
             gc.collect()
             log.debug(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
+
+
+async def _supervised(fn):
+    # A task that dies (a MemoryError on a fragmented heap, a bug) would silently stop its job for good:
+    # log it and start it again, as a watchdog would restart the whole board.
+    while True:
+        try:
+            await fn()
+        except Exception as e:
+            log.error(_TAG, "task %s failed: %r" % (fn.__name__, e))
+            sys.print_exception(e)
+            gc.collect()
+            await asyncio.sleep_ms(1000)
 
 
 def run(board):

@@ -54,6 +54,7 @@ def _energised_ok(st, vent):
 class Evse:
     def __init__(self, board, meter, cfg):
         self.board = board
+        self._watching = False
         self.meter = meter
         self.cfg = cfg
         self.cable_variant = cfg.get("Variant") == "cable"
@@ -151,7 +152,9 @@ class Evse:
             self._wf = code
 
     def start(self):
-        self.board.start_watch(_WATCH_MS, self.watch)
+        if not self._watching:  # one watch per boot, even if the loop task is restarted
+            self._watching = True
+            self.board.start_watch(_WATCH_MS, self.watch)
 
     # ---- what the OCPP layer reads ----
     @property

@@ -147,10 +147,13 @@ class Journal:
     atomic rewrite, so a power cut mid-append loses at most the record being written.
     """
 
-    def __init__(self, path, compact_at=4096):
+    def __init__(self, path, compact_at=4096, read_buf=None):
         self.path = path
         self.compact_at = compact_at
         self._hdr = bytearray(_HDR)
+        # Records up to read_buf bytes are read into one buffer taken now, while the heap is whole: peek() then
+        # returns a memoryview valid until the next read (firmware/jsonbuf.py says why).
+        self._rbuf = memoryview(read_buf) if read_buf is not None else None
         self._seqs = []
         self._offs = []
         self._lens = []
@@ -236,6 +239,7 @@ class Journal:
         if body_len > _BODY_MAX:
             raise ValueError("journal record too long")
         if self._torn:
+            data = bytes(data)  # the rewrite may read records through the buffer data points into
             self._rewrite()
         head = struct.pack("<BI", kind, seq)
         crc = crc32(data, crc32(head)) & 0xFFFFFFFF
@@ -282,8 +286,13 @@ class Journal:
         n, crc = struct.unpack("<HI", hdr)
         if n < _BODY_MIN or n > _BODY_MAX:
             return None
-        body = f.read(n)
-        if len(body) != n or crc32(body) & 0xFFFFFFFF != crc:
+        if self._rbuf is not None and n <= len(self._rbuf):
+            body = self._rbuf[:n]
+            got = f.readinto(body)
+        else:
+            body = f.read(n)
+            got = len(body)
+        if got != n or crc32(body) & 0xFFFFFFFF != crc:
             return None
         return body
 

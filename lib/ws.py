@@ -210,10 +210,10 @@ class WS:
         if sending and self._closing:  # RFC 6455 §5.5.1: no data after our close frame
             raise WSClosed(_NORMAL, "closing")
 
-    async def send(self, msg):
-        """One text frame for str, one binary frame for bytes."""
+    async def send(self, msg, text=False):
+        """One text frame for str (or for bytes-like UTF-8 when text is true), else one binary frame."""
         self._check(True)
-        await self._write(_TEXT if isinstance(msg, str) else _BINARY, msg)
+        await self._write(_TEXT if text or isinstance(msg, str) else _BINARY, msg)
 
     async def ping(self, payload=b""):
         self._check(True)
@@ -465,19 +465,30 @@ async def handshake(stream, host, path, protocol, auth=None, key=None):
 
 # ---- connect ----
 
-async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
-    where = "%s:%d" % (host, port)
-    kw = {}
-    if tls:
+_tls = [None, None]  # [CA DER, SSLContext] kept for every reconnect
+
+
+def tls_context(cadata):
+    """The verifying TLS context for a CA (PEM or DER). Built once and reused: the context object holds the
+    mbedTLS entropy and DRBG state, a few KB that a fragmented heap may no longer have in one piece."""
+    der = pem_to_der(cadata)
+    if _tls[0] != der:
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
         try:
-            ctx.load_verify_locations(cadata=pem_to_der(cadata))
+            ctx.load_verify_locations(cadata=der)
         except (ValueError, OSError) as e:
             raise WSError("bad CA certificate: %s" % e)
-        kw = {"ssl": ctx, "server_hostname": host}
+        _tls[0], _tls[1] = der, ctx
+    return _tls[1]
+
+async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
+    where = "%s:%d" % (host, port)
+    kw = {}
+    if tls:
+        kw = {"ssl": tls_context(cadata), "server_hostname": host}
     stream = None
     try:
         stream, _ = await asyncio.open_connection(host, port, **kw)

@@ -2,6 +2,7 @@
 # the status machine of OCPP 1.6 §4.9 (digest §2.8). It reaches the hardware only through the EVSE and meter
 # models (DESIGN.md §1): it sets evse.allow / want_lock / limit_da and reads pilot, plug and energy.
 import asyncio
+import gc
 import json
 import time
 from micropython import const
@@ -143,7 +144,7 @@ class Connector:
         tx = self.tx
         if tx and info and is_valid(info):
             parent = info.get("parentIdTag")
-            if parent and parent == tx.get("parent"):  # same group (OCPP 1.6 §3.5.2, OCTT TC_069)
+            if parent and parent.upper() == (tx.get("parent") or "").upper():  # same group (OCTT TC_069)
                 self.stop("Local", tag)
                 return
         log.info(_TAG, "tag %s may not stop this transaction" % tag)
@@ -206,10 +207,16 @@ class Connector:
         payload = {"transactionId": 0, "meterStop": wh, "timestamp": clock.iso(when), "reason": reason}
         if tag:
             payload["idTag"] = tag
-        data = self._transaction_data(tx, wh, when)
-        if data:
-            payload["transactionData"] = data
-        self.txq.push(STOP, tx["l"], payload)
+        try:
+            data = self._transaction_data(tx, wh, when)
+            if data:
+                payload["transactionData"] = data
+            self.txq.push(STOP, tx["l"], payload)
+        except MemoryError:
+            # The Stop matters more than its sample history: send it without transactionData.
+            payload.pop("transactionData", None)
+            gc.collect()
+            self.txq.push(STOP, tx["l"], payload)
         log.info(_TAG, "transaction %d stopped (%s) at %d Wh" % (tx["l"], reason, wh))
         store.remove(self._tx_path)  # only now: a power cut before this point ends it as PowerLoss
 

@@ -104,29 +104,33 @@ def validate(payload, spec):
         _check(name, payload[name], kind, limit)
 
 
-# What each JSON kind must be, indexed by kind (words of 10 characters or less are interned: no object each).
-_WHAT = (None, "a string", "an integer", "a boolean", "an object", "an array", "a string", "a number", "a string")
-
-
 def _check(name, value, kind, limit):
     if kind == STR or kind == ENUM or kind == TIME:
-        ok = isinstance(value, str)
+        if not isinstance(value, str):
+            raise CallError(TYPE, name + " must be a string")
+        if kind == STR and limit is not None and len(value) > limit:
+            raise CallError(TYPE, "%s longer than %d characters" % (name, limit))
+        if kind == ENUM and value not in limit:
+            raise CallError(PROPERTY, "%s: %s is not one of %s" % (name, value, ",".join(limit)))
+        if kind == TIME and _iso_ok(value) is False:
+            raise CallError(PROPERTY, name + " is not an ISO 8601 date-time")
     elif kind == INT:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CallError(TYPE, name + " must be an integer")
+        if limit is not None and value < limit:
+            raise CallError(PROPERTY, "%s must be >= %d" % (name, limit))
     elif kind == NUM:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (bool, dict, list)[kind - BOOL])
-    if not ok:
-        raise CallError(TYPE, "%s must be %s" % (name, _WHAT[kind]))
-    if kind == STR and limit is not None and len(value) > limit:
-        raise CallError(TYPE, "%s longer than %d characters" % (name, limit))
-    if kind == ENUM and value not in limit:
-        raise CallError(PROPERTY, "%s: %s is not one of %s" % (name, value, ",".join(limit)))
-    if kind == TIME and _iso_ok(value) is False:
-        raise CallError(PROPERTY, name + " is not an ISO 8601 date-time")
-    if kind == INT and limit is not None and value < limit:
-        raise CallError(PROPERTY, "%s must be >= %d" % (name, limit))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CallError(TYPE, name + " must be a number")
+    elif kind == BOOL:
+        if not isinstance(value, bool):
+            raise CallError(TYPE, name + " must be a boolean")
+    elif kind == OBJ:
+        if not isinstance(value, dict):
+            raise CallError(TYPE, name + " must be an object")
+    elif kind == LIST:
+        if not isinstance(value, list):
+            raise CallError(TYPE, name + " must be an array")
 
 
 def _iso_ok(text):

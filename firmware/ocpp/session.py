@@ -3,14 +3,17 @@
 # Reconnect policy lives here, the protocol in lib/ws.py (as umqtt.robust sits on umqtt.simple).
 import asyncio
 import os
+import sys
 import time
 
 from firmware import clock, log
+from firmware.jsonbuf import JsonBuf
 from firmware.ocpp import rpc
 from lib import ws as wslib
 
 _TAG = "ocpp"
 _REJECTED_RETRY_S = 60  # BootNotification interval 0 means "CP chooses" (digest §2.2)
+_OUT_BUF = 6144  # the largest outgoing frame encoded without a heap allocation (GetConfiguration ~5 KB)
 
 
 class Offline(Exception):
@@ -40,6 +43,14 @@ class Session:
         self._down = asyncio.Event()
         self._call_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
+        self._out = JsonBuf(_OUT_BUF)  # used only under _send_lock: one frame at a time
+        ca = cfg.get("CentralSystemCa")
+        self._cadata = wslib.pem_to_der(ca) if ca else None
+        if self._cadata and cfg.get("CentralSystemUrl").startswith("wss"):
+            try:
+                wslib.tls_context(self._cadata)  # built now, while the heap is whole, and reused
+            except wslib.WSError as e:
+                log.error(_TAG, str(e))
         self._reply = None
         self._reply_evt = asyncio.Event()
         self._wait_uid = None
@@ -77,7 +88,7 @@ class Session:
             self._reply_evt.clear()
             self._wait_uid = uid
             try:
-                await self._send(ws, rpc.encode_call(uid, action, payload))
+                await self._send(ws, [rpc.CALL, uid, action, payload])
                 self.last_send_ms = time.ticks_ms()
                 await asyncio.wait_for_ms(self._reply_evt.wait(), timeout_ms)
             finally:
@@ -89,22 +100,26 @@ class Session:
             raise rpc.CallError(reply[1], reply[2])
         return reply[1]
 
-    async def _send(self, ws, text):
-        log.debug(_TAG, "-> " + text)
+    async def _send(self, ws, frame):
         async with self._send_lock:
-            await ws.send(text)
+            data = self._out.dump(frame)
+            if log.level <= log.DEBUG:  # formatting a copy of every frame is not free
+                log.debug(_TAG, "-> %s" % bytes(data))
+            await ws.send(data, True)
 
     # ---- incoming frames -----------------------------------------------------------------------------
     async def _reader(self, ws):
         try:
             while True:
                 text = await ws.recv()
-                log.debug(_TAG, "<- " + str(text))
+                if log.level <= log.DEBUG:
+                    log.debug(_TAG, "<- " + str(text))
                 await self._on_frame(ws, text)
         except wslib.WSError as e:
             log.warn(_TAG, "connection lost: %s" % e)
         except Exception as e:  # a bug must not leave a dead socket looking alive
             log.error(_TAG, "reader failed: %r" % e)
+            sys.print_exception(e)
         finally:
             self._down.set()
             if self._wait_uid is not None:
@@ -116,7 +131,7 @@ class Session:
             frame = rpc.decode(text)
         except rpc.CallError as e:
             # No usable id: answer with "-1" so the peer at least sees why (docs/decisions.md).
-            await self._send(ws, rpc.encode_error(e.uid or "-1", e.code, e.description))
+            await self._send(ws, [rpc.ERROR, e.uid or "-1", e.code, e.description, {}])
             return
         if frame is None:
             return
@@ -151,12 +166,12 @@ class Session:
                 response = await response
             if isinstance(response, tuple):
                 response, after = response
-            reply = rpc.encode_result(uid, response)
+            reply = [rpc.RESULT, uid, response]
         except rpc.CallError as e:
-            reply = rpc.encode_error(uid, e.code, e.description)
+            reply = [rpc.ERROR, uid, e.code, e.description, {}]
         except Exception as e:
             log.error(_TAG, "%s handler failed: %r" % (action, e))
-            reply = rpc.encode_error(uid, rpc.INTERNAL, "%s failed" % action)
+            reply = [rpc.ERROR, uid, rpc.INTERNAL, "%s failed" % action, {}]
         await self._send(ws, reply)
         if after is not None:
             asyncio.create_task(after())  # e.g. TriggerMessage: the answer goes out first
@@ -200,10 +215,8 @@ class Session:
 
     async def _connect(self):
         cfg = self.cfg
-        ca = cfg.get("CentralSystemCa")
-        cadata = wslib.pem_to_der(ca) if ca else None
         return await wslib.connect(self.url(), protocol="ocpp1.6", user=cfg.get("ChargeBoxId"),
-                                   password=cfg.password_bytes(), cadata=cadata)
+                                   password=cfg.password_bytes(), cadata=self._cadata)
 
     def _backoff_ms(self, failures):
         # Exponential back-off with jitter so a fleet does not reconnect in lock-step (digest §1.5).

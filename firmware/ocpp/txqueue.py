@@ -6,10 +6,12 @@ import asyncio
 import json
 
 from firmware import log, store
+from firmware.jsonbuf import JsonBuf
 from firmware.ocpp import rpc
 from firmware.ocpp.session import Offline
 
 _TAG = "txq"
+_RECORD_BUF = 4096  # the largest queued record encoded without a heap allocation
 START = "StartTransaction"
 STOP = "StopTransaction"
 METER = "MeterValues"
@@ -19,7 +21,10 @@ class TxQueue:
     def __init__(self, session, cfg, state_dir):
         self.session = session
         self.cfg = cfg
-        self.journal = store.Journal(state_dir + "/txqueue.jnl")
+        # One buffer both encodes records and reads them back: push() and the head read in run() never await
+        # between filling it and using it.
+        self._enc = JsonBuf(_RECORD_BUF)
+        self.journal = store.Journal(state_dir + "/txqueue.jnl", read_buf=self._enc.buf)
         self._ids_path = state_dir + "/txids.json"
         # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
         self.ids = store.read_json(self._ids_path, None) or {"n": 0}
@@ -35,7 +40,9 @@ class TxQueue:
         return self.ids.get(str(local_id))
 
     def push(self, action, local_id, payload):
-        self.journal.append(json.dumps([action, local_id, payload]).encode())
+        # Encoded into a buffer taken at boot: a StopTransaction with transactionData can be kilobytes long,
+        # and the heap is fragmented by then (firmware/jsonbuf.py). Nothing awaits between dump and append.
+        self.journal.append(self._enc.dump([action, local_id, payload]))
         self._wake.set()
 
     def __len__(self):

@@ -1,0 +1,70 @@
+"""Quick checks that the pieces of `make bench` (tools/bench.py, tools/refcp.py) produce sane numbers."""
+import asyncio
+import os
+import tempfile
+import time
+
+import bench
+
+
+def test_footprint_counts_every_module():
+    fp = bench.footprint()
+    sources = [s for s in bench.build.sources()]
+    assert len(fp["files"]) == len(sources)
+    for pkg in bench.PACKAGES:
+        assert fp[pkg] == sum(v for k, v in fp["files"].items() if k.startswith(pkg + os.sep))
+        assert fp[pkg] > 0
+    assert fp["total"] == sum(fp["files"].values())
+
+
+def test_latency_run_of_50_calls():
+    res = asyncio.run(bench.latency(count=50, batch=25))
+    labels = [label for label, _ in bench.latency_calls()]
+    assert sorted(k for k in res if not k.startswith("_")) == sorted(labels)
+    for label in labels:
+        for side in ("mpy", "ref"):
+            row = res[label][side]
+            assert row["n"] == 50
+            assert sum(row["answers"].values()) == 50
+            assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert not any(k.startswith("CALLERROR") for k in res[label]["mpy"]["answers"]), res[label]
+    assert res["_rss"]["mpy_kb"] > 0 and res["_rss"]["ref_kb"] > 0
+
+
+def test_probe_reports_heap_and_sees_an_injected_stall():
+    async def go():
+        csms = await bench.Csms().start()
+        tmp = tempfile.mkdtemp()
+        sim = bench.Sim(csms.url, probe=bench.write_probe(tmp, gc_each=False, period_ms=2, report_ms=100))
+        try:
+            await sim.start()
+            await bench.boot_charger(csms, sim)
+            first = await sim.wait_probe(time.monotonic())
+            t = time.monotonic()
+            await sim.cmd({"cmd": "mcu", "block_ms": 60})
+            await sim.wait_line("loop unblocked", 10)
+            await asyncio.sleep(0.5)
+            return first, sim.probes(t)[-1]
+        finally:
+            await sim.stop()
+            await csms.stop()
+
+    first, after = asyncio.run(go())
+    assert 0 < first["live"] < first["live"] + first["free"]
+    # the probe sleeps 2 ms, so a stall that begins mid-sleep shows up to 2 ms shorter
+    assert after["lag_us"] >= (60 - 2) * 1000
+
+
+def test_boot_and_safety_figures_are_sane():
+    boot = asyncio.run(bench.boot_times(2))
+    assert boot["cycles"] == 2
+    assert 0 < boot["to_boot_median_ms"] <= boot["to_accepted_median_ms"]
+    safety = asyncio.run(bench.safety(3))
+    assert safety["events"] == 3 and not safety["missing"]
+    assert 0 <= safety["median_ms"] <= safety["worst_ms"]
+
+
+def test_table_renders_what_was_measured():
+    res = {"footprint": bench.footprint()}
+    text = bench.table(res)
+    assert "total .mpy" in text and str(res["footprint"]["total"]) in text

@@ -1,0 +1,36 @@
+"""Short versions of `make torture` (tools/torture.py): the figures that must be zero, asserted."""
+import asyncio
+
+import torture
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_power_cuts_lose_nothing():
+    res = run(torture.power_cuts(5, seed=11, log=lambda *_: None))
+    assert res["sessions"] == 5
+    assert (res["lost"], res["dup_start"], res["dup_stop"], res["unclosed"]) == (0, 0, 0, 0), res
+
+
+def test_outage_delivers_every_transaction_message_once_in_order():
+    res = run(torture.outages(1, seed=12, log=lambda *_: None))
+    assert res["transactions"] >= 1
+    assert (res["dup_start"], res["dup_stop"], res["dup_meter_values"], res["unclosed"], res["out_of_order"]) \
+        == (0, 0, 0, 0, 0), res
+
+
+def test_bad_frames_do_not_crash_or_authorise(tmp_path):
+    res = run(torture.fuzz(500, seed=13, save_dir=str(tmp_path), log=lambda *_: None))
+    assert res["frames"] == 500
+    assert res["crashes"] == {}, res["crashes"]
+    assert res["alive_after"]
+    assert res["unauthorised_closes"] == 0
+
+
+def test_soak_has_no_crash():
+    res = run(torture.soak(1000, log=lambda *_: None))
+    assert res["exchanges"] >= 1000
+    assert res["crashes"] == {}, res["crashes"]
+    assert res["live_start"] > 0 and res["live_end"] > 0

@@ -1,0 +1,555 @@
+"""Torture runs against the firmware on the virtual board: power cuts, Central System outages, bad input, soak.
+Prints one table; exit status 1 when a must-be-zero figure is not zero.
+
+    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak] [--cuts N] [--outages N]
+                                      [--frames N] [--exchanges N] [--seed S] [--save-failures DIR]
+
+Uses tools/bench.py's Central System and sim driver. Every random choice comes from --seed, so a run can be
+repeated. Failing fuzz inputs are written to --save-failures (default tests/regressions/fuzz/) as JSON cases
+that tests/regressions/test_fuzz_regressions.py replays.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import shutil
+import signal
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+from bench import CP, Csms, Sim, boot_charger, change_config, board_until, start_charging  # noqa: E402
+import fuzzframes  # noqa: E402
+
+REGRESSIONS = os.path.join(bench.ROOT, "tests", "regressions", "fuzz")
+
+
+def tx_checks(csms):
+    """Counts over the Central System's transaction records: duplicated starts (same idTag, timestamp and
+    meterStart twice), unclosed transactions, duplicated stops, duplicated MeterValues, messages out of order
+    (a MeterValues after its StopTransaction, or sampled values going back in time)."""
+    seen, dup_start = set(), 0
+    for t in csms.tx.values():
+        key = (t["cp"], t["start"].get("idTag"), t["start"].get("timestamp"), t["start"].get("meterStart"))
+        dup_start += key in seen
+        seen.add(key)
+    unclosed = sum(1 for t in csms.tx.values() if t["stops"] == 0)
+    dup_stop = sum(t["stops"] - 1 for t in csms.tx.values() if t["stops"] > 1)
+    dup_mv = out_of_order = 0
+    stopped = set()
+    last_ts = {}
+    mv_seen = set()
+    for cp, action, p, tid in csms.tx_order:
+        if action == "StopTransaction":
+            stopped.add(tid)
+        elif action == "MeterValues":
+            if tid in stopped:
+                out_of_order += 1
+            key = json.dumps(p, sort_keys=True)
+            dup_mv += key in mv_seen
+            mv_seen.add(key)
+            ts = max((mv.get("timestamp", "") for mv in p.get("meterValue", [])), default="")
+            if ts and tid in last_ts and ts < last_ts[tid]:
+                out_of_order += 1
+            if ts:
+                last_ts[tid] = ts
+    return {"transactions": len(csms.tx), "dup_start": dup_start, "unclosed": unclosed, "dup_stop": dup_stop,
+            "dup_meter_values": dup_mv, "out_of_order": out_of_order}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Power cuts
+
+async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
+    """n sessions, each cut at a random moment between presenting the tag and a few seconds of charging. After
+    power returns the car leaves, so the firmware must close the open transaction itself (PowerLoss)."""
+    rnd = random.Random(seed)
+    csms = await Csms().start()
+    sim = Sim(csms.url)
+    sessions = []
+    stuck = []
+    try:
+        await sim.start()
+        await boot_charger(csms, sim)
+        await change_config(csms, CP, "MeterValueSampleInterval", sample_s)
+        for i in range(n):
+            t0 = time.monotonic()
+            e0 = (await sim.status())["energy_wh"]
+            mark = (await sim.events(1 << 60))["next"]
+            await sim.cmd({"cmd": "plug", "cable_a": 32})
+            await sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
+            await sim.cmd({"cmd": "tag", "id": "TAG1"})
+            await asyncio.sleep(rnd.uniform(0, max_charge_s))
+            await sim.cmd({"cmd": "power", "on": False})
+            e1 = (await sim.status())["energy_wh"]
+            evs = (await sim.events(mark))["events"]
+            closed = any(e["kind"] == "contactor" and e["on"] for e in evs)
+            await asyncio.sleep(rnd.uniform(0.05, 1.0))
+            await sim.cmd({"cmd": "ev", "state": "A"})
+            await sim.cmd({"cmd": "unplug"})
+            t_on = time.monotonic()
+            await sim.cmd({"cmd": "power", "on": True})
+            await csms.wait_call(CP, "BootNotification", since_t=t_on, timeout=30)
+            # the queue drains after the boot: wait until every transaction begun so far is closed
+            deadline = time.monotonic() + 20
+            while any(t["stops"] == 0 for t in csms.tx.values()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            try:
+                await csms.wait_call(CP, "StatusNotification", since_t=t_on, timeout=20,
+                                     where=lambda p: p.get("connectorId") == 1 and p.get("status") == "Available")
+            except TimeoutError:
+                stuck.append({"session": i, "tail": [l for _, l in sim.lines[-12:]]})
+                log("  session %d stuck:\n    %s" % (i, "\n    ".join(stuck[-1]["tail"])))
+            sessions.append({"t0": t0, "t1": time.monotonic(), "closed": closed, "meter_wh": e1 - e0})
+            if (i + 1) % 10 == 0:
+                log("  power cuts %d/%d (%.0f s for the last)" % (i + 1, n, time.monotonic() - t0))
+        await asyncio.sleep(1)
+        checks = tx_checks(csms)
+        lost = 0
+        gaps = []
+        for s in sessions:
+            txs = [t for t in csms.tx.values() if any(s["t0"] <= ft <= s["t1"] for ft, f in
+                                                      csms.calls_in(CP, "StartTransaction")
+                                                      if f[3] is t["start"])]
+            if s["closed"] and not txs:
+                lost += 1
+            booked = sum(t["stop"]["meterStop"] - t["start"]["meterStart"] for t in txs if t["stop"])
+            gaps.append(s["meter_wh"] - booked)
+        res = dict(checks, sessions=len(sessions), charged=sum(s["closed"] for s in sessions), lost=lost,
+                   gap_total_wh=sum(gaps), gap_mean_wh=sum(gaps) / len(gaps), gap_max_wh=max(gaps),
+                   gap_min_wh=min(gaps), meter_total_wh=sum(s["meter_wh"] for s in sessions),
+                   stop_reasons=_count(t["stop"].get("reason") for t in csms.tx.values() if t["stop"]),
+                   crashes=sim.crash_summary(True), stuck=stuck)
+        return res
+    finally:
+        await sim.stop()
+        await csms.stop()
+
+
+def _count(items):
+    out = {}
+    for x in items:
+        out[str(x)] = out.get(str(x), 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Central System outages
+
+async def outages(n=10, seed=2, log=print):
+    """n charge sessions; in each the Central System goes down once or twice for 1-8 s at random moments, and
+    sometimes the car leaves while it is down (the StopTransaction then waits in the queue)."""
+    rnd = random.Random(seed)
+    csms = await Csms().start()
+    sim = Sim(csms.url)
+    downs = 0
+    try:
+        await sim.start()
+        await boot_charger(csms, sim)
+        for key, value in (("MeterValueSampleInterval", 4), ("ReconnectBackoffMin", 1), ("ReconnectBackoffMax", 4)):
+            await change_config(csms, CP, key, value)
+        for i in range(n):
+            await start_charging(csms, sim)
+            for _ in range(rnd.choice((1, 2))):
+                await asyncio.sleep(rnd.uniform(0.5, 6))
+                await csms.stop()
+                downs += 1
+                down_s = rnd.uniform(1, 8)
+                leave = rnd.random() < 0.4
+                if leave:
+                    await asyncio.sleep(down_s / 2)
+                    await sim.cmd({"cmd": "ev", "state": "B"})
+                    await sim.cmd({"cmd": "unplug"})
+                    await asyncio.sleep(down_s / 2)
+                else:
+                    await asyncio.sleep(down_s)
+                await csms.start()
+                await csms.wait_connected(CP, 60)
+                if leave:
+                    break
+            if (await sim.status())["plugged"]:
+                await sim.cmd({"cmd": "ev", "state": "B"})
+                await sim.cmd({"cmd": "unplug"})
+            deadline = time.monotonic() + 60
+            while any(t["stops"] == 0 for t in csms.tx.values()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            log("  outage session %d/%d" % (i + 1, n))
+        res = tx_checks(csms)
+        res.update(outages=downs, sessions=n, meter_values=sum(len(t["meter"]) for t in csms.tx.values()),
+                   crashes=sim.crash_summary())
+        return res
+    finally:
+        await sim.stop()
+        await csms.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+
+SENTINEL = json.dumps([2, "%s", "GetLocalListVersion", {}])
+
+
+async def fuzz(frames=10000, seed=3, batch=8, save_dir=None, log=print):
+    """Sends generated bad frames in batches, each followed by a good CALL (the sentinel): the charger answers in
+    order, so what arrives before the sentinel's answer belongs to the batch. A batch whose answer count is off
+    is sent again one frame at a time. The EV waits in state C with nobody authorised: any contactor close is a
+    violation."""
+    fz = fuzzframes.Fuzzer(seed)
+    csms = await Csms().start()
+    csms.keep_frames = False
+    sim = Sim(csms.url)
+    mismatches, by_kind, failures = {}, {}, []
+    drops = sent = 0
+    sentinel_n = 0
+    try:
+        await sim.start()
+        csms.keep_frames = True
+        await boot_charger(csms, sim)
+        csms.keep_frames = False
+        for key, value in (("AuthorizeRemoteTxRequests", "true"), ("ReconnectBackoffMin", 1),
+                           ("ReconnectBackoffMax", 2)):
+            await change_config(csms, CP, key, value)
+        csms.tag_status = "Invalid"
+        await sim.cmd({"cmd": "plug", "cable_a": 32})
+        await sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
+        mark = (await sim.events(1 << 60))["next"]
+
+        async def run(cases):
+            """answers per case (None for all when the link dropped)."""
+            nonlocal sentinel_n
+            conn = await csms.wait_connected(CP, 60)
+            start = len(conn.strays)
+            sentinel_n += 1
+            uid = "sentinel-%d" % sentinel_n
+            try:
+                for c in cases:
+                    await csms.send_raw(CP, c["text"])
+                await csms.send_wait(CP, SENTINEL % uid, timeout=20, uid=uid)
+            except (ConnectionError, bench.CallTimeout, bench.websockets.ConnectionClosed):
+                await asyncio.sleep(0.3)
+                return None
+            return conn.strays[start:]
+
+        cases = list(fz.cases(frames))
+        i = 0
+        while i < len(cases):
+            chunk = cases[i:i + batch]
+            i += len(chunk)
+            got = await run(chunk)
+            expected = sum(1 for c in chunk if c["expect"][0] in ("error", "answer"))
+            if got is not None and len(got) == expected and not any(c["expect"][0] == "close" for c in chunk):
+                it = iter(got)
+                results = [(c, [next(it)] if c["expect"][0] in ("error", "answer") else [], False) for c in chunk]
+            else:
+                results = []
+                for c in chunk:
+                    one = await run([c])
+                    results.append((c, one or [], one is None))
+            for c, answers, closed in results:
+                sent += 1
+                by_kind[c["kind"]] = by_kind.get(c["kind"], 0) + 1
+                drops += closed and c["expect"][0] != "close"
+                why = fuzzframes.judge(c, answers, closed)
+                if why:
+                    key = "%s: %s" % (c["kind"], why.split(":")[0])
+                    mismatches[key] = mismatches.get(key, 0) + 1
+                    if len(failures) < 200:
+                        failures.append(dict(c, why=why, answers=answers[:1]))
+            if i % 1000 < batch:
+                log("  fuzz %d/%d frames, %d mismatches" % (i, len(cases), sum(mismatches.values())))
+        evs = (await sim.events(mark))["events"]
+        unauthorised = sum(1 for e in evs if e["kind"] == "contactor" and e["on"])
+        alive = True
+        try:
+            await csms.wait_connected(CP, 30)
+            f, _ = await csms.call(CP, "GetLocalListVersion", {}, 20)
+            alive = f[0] == 3
+        except Exception:  # noqa: BLE001 - any failure here means the charger stopped answering
+            alive = False
+        if save_dir and failures:
+            _save_failures(save_dir, failures, seed)
+        return {"frames": sent, "by_kind": by_kind, "mismatches": mismatches,
+                "mismatch_total": sum(mismatches.values()), "unexpected_drops": drops,
+                "unauthorised_closes": unauthorised, "alive_after": alive, "crashes": sim.crash_summary(True),
+                "errors": sim.crash_summary(),
+                "mcu_restarts": sum(1 for _, l in sim.lines if "[sim] MCU" in l), "failures": failures}
+    finally:
+        await sim.stop()
+        await csms.stop()
+
+
+def _save_failures(save_dir, failures, seed):
+    """One file per (kind, reason), the first input that showed it: small, reviewable regression data."""
+    os.makedirs(save_dir, exist_ok=True)
+    done = set()
+    for f in failures:
+        key = (f["kind"], f["why"].split(":")[0].split(" where")[0])
+        if key in done:
+            continue
+        done.add(key)
+        name = "%s-%s.json" % (f["kind"], "".join(ch if ch.isalnum() else "_" for ch in key[1])[:40])
+        text = f["text"] if len(f["text"]) <= 4096 else None
+        case = {"kind": f["kind"], "expect": list(f["expect"]), "seed": seed, "seen": f["why"][:200],
+                "text": text, "text_gen": None if text else _describe(f["text"])}
+        with open(os.path.join(save_dir, name), "w") as out:
+            json.dump(case, out, indent=1)
+
+
+def _describe(text):
+    """A long input as a recipe, so the regression file stays small: a repeated character run is folded."""
+    best = max(((ch, len(text) - len(text.replace(ch * 64, ""))) for ch in set(text)), key=lambda x: x[1])
+    ch = best[0]
+    start = text.find(ch * 64)
+    end = start
+    while end < len(text) and text[end] == ch:
+        end += 1
+    return {"prefix": text[:start], "repeat": ch, "count": end - start, "suffix": text[end:]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Soak
+
+SOAK_CALLS = (
+    lambda i: ("TriggerMessage", {"requestedMessage": "Heartbeat"}),
+    lambda i: ("GetConfiguration", {"key": ["HeartbeatInterval", "MeterValueSampleInterval", "LightIntensity"]}),
+    lambda i: ("SendLocalList", bench.local_list(i + 1, 8 * (i % 2))),
+    lambda i: ("SetChargingProfile", bench.profile(1 + i % 4, "TxDefaultProfile", 3, 0)),
+    lambda i: ("GetLocalListVersion", {}),
+    lambda i: ("DataTransfer", {"vendorId": "soak", "data": "z" * (i % 200)}),
+    lambda i: ("GetCompositeSchedule", {"connectorId": 1, "duration": 3600}),
+    lambda i: ("ChangeConfiguration", {"key": "LightIntensity", "value": str(50 + i % 50)}),
+    lambda i: ("GetConfiguration", {}),
+)
+
+
+async def soak(exchanges=10000, workers=2, log=print):
+    """exchanges message exchanges (CALLs either way) on a charger that also runs charge sessions; live heap
+    after GC (probe) at the start, once every call type has been loaded, and at the end."""
+    tmp = tempfile.mkdtemp(prefix="torture-probe-")
+    csms = await Csms().start()
+    csms.keep_frames = False
+    sim = Sim(csms.url, probe=bench.write_probe(tmp, gc_each=True, period_ms=500, report_ms=500))
+    errors = {}
+    done = [0]
+    try:
+        await sim.start()
+        csms.keep_frames = True
+        await boot_charger(csms, sim)
+        csms.keep_frames = False
+        await change_config(csms, CP, "MeterValueSampleInterval", 5)
+        for j, make in enumerate(SOAK_CALLS):   # warm-up: lazy profiles load, every handler runs once
+            await csms.call(CP, *make(j))
+        await asyncio.sleep(1.5)
+        t_start = time.monotonic()
+        live0 = (await sim.wait_probe(t_start))["live"]
+        in0 = sum(csms.incoming.values())
+
+        def total():
+            return done[0] + sum(csms.incoming.values()) - in0
+
+        async def worker(w):
+            i = w
+            while total() < exchanges:
+                action, payload = SOAK_CALLS[i % len(SOAK_CALLS)](i)
+                i += workers
+                try:
+                    frame, _ = await csms.call(CP, action, payload, timeout=30)
+                    if frame[0] != 3:
+                        key = "CALLERROR %s (%s)" % (frame[2], action)
+                        errors[key] = errors.get(key, 0) + 1
+                except (bench.CallTimeout, ConnectionError, bench.websockets.ConnectionClosed) as e:
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                    await asyncio.sleep(0.5)
+                done[0] += 1
+
+        async def sessions():
+            while total() < exchanges:
+                try:
+                    await start_charging(csms, sim)
+                    await asyncio.sleep(12)
+                    await sim.cmd({"cmd": "ev", "state": "B"})
+                    await sim.cmd({"cmd": "unplug"})
+                    await asyncio.sleep(1)
+                except (TimeoutError, asyncio.TimeoutError) as e:
+                    errors["session " + type(e).__name__] = errors.get("session " + type(e).__name__, 0) + 1
+                    await sim.cmd({"cmd": "unplug"})
+                    await asyncio.sleep(1)
+
+        async def progress():
+            step = max(exchanges // 5, 1)
+            nxt = step
+            while total() < exchanges:
+                await asyncio.sleep(1)
+                if total() >= nxt:
+                    log("  soak %d/%d exchanges" % (total(), exchanges))
+                    nxt += step
+
+        await asyncio.gather(*(worker(w) for w in range(workers)), sessions(), progress())
+        if (await sim.status())["plugged"]:
+            await sim.cmd({"cmd": "ev", "state": "B"})
+            await sim.cmd({"cmd": "unplug"})
+        await asyncio.sleep(2)
+        t_end = time.monotonic()
+        live1 = (await sim.wait_probe(t_end))["live"]
+        probes = sim.probes(t_start)
+        return {"exchanges": total(), "cs_calls": done[0], "cp_calls": sum(csms.incoming.values()) - in0,
+                "seconds": t_end - t_start, "live_start": live0, "live_end": live1, "growth": live1 - live0,
+                "live_max": max(p["live"] for p in probes), "errors": errors, "crashes": sim.crash_summary(True),
+                "fw_errors": sim.crash_summary(),
+                "tx": tx_checks(csms)}
+    finally:
+        await sim.stop()
+        await csms.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def must_be_zero(res):
+    """(name, value) of every figure that has to be 0 (or True) for the run to pass."""
+    out = []
+    c = res.get("cuts")
+    if c:
+        out += [("power cuts: lost", c["lost"]), ("power cuts: duplicated starts", c["dup_start"]),
+                ("power cuts: duplicated stops", c["dup_stop"]), ("power cuts: unclosed", c["unclosed"])]
+    o = res.get("outages")
+    if o:
+        out += [("outages: duplicated starts", o["dup_start"]), ("outages: duplicated stops", o["dup_stop"]),
+                ("outages: duplicated MeterValues", o["dup_meter_values"]), ("outages: unclosed", o["unclosed"]),
+                ("outages: out of order", o["out_of_order"])]
+    f = res.get("fuzz")
+    if f:
+        out += [("fuzz: crashes (Traceback / MCU exit)", sum(f["crashes"].values())),
+                ("fuzz: charger stopped answering", 0 if f["alive_after"] else 1),
+                ("fuzz: contactor closed unauthorised", f["unauthorised_closes"])]
+    s = res.get("soak")
+    if s:
+        out += [("soak: crashes", sum(s["crashes"].values()))]
+    return out
+
+
+def table(res):
+    rows = []
+
+    def row(area, name, value, note=""):
+        rows.append((area, name, str(value), note))
+
+    c = res.get("cuts")
+    if c:
+        row("cuts", "sessions cut / with contactor closed", "%d / %d" % (c["sessions"], c["charged"]))
+        row("cuts", "lost transactions", c["lost"], "must be 0")
+        row("cuts", "duplicated starts / stops", "%d / %d" % (c["dup_start"], c["dup_stop"]), "must be 0")
+        row("cuts", "unclosed transactions", c["unclosed"], "must be 0")
+        row("cuts", "sessions that did not settle in 20 s", len(c.get("stuck", [])),
+            (c["stuck"][0]["tail"][-1][:80] if c.get("stuck") else ""))
+        row("cuts", "stop reasons", ", ".join("%s %d" % kv for kv in sorted(c["stop_reasons"].items())))
+        row("cuts", "energy gap meter - CS, total", "%.1f Wh" % c["gap_total_wh"],
+            "of %.1f Wh metered; per session mean %.2f, max %.2f, min %.2f Wh" % (
+                c["meter_total_wh"], c["gap_mean_wh"], c["gap_max_wh"], c["gap_min_wh"]))
+    o = res.get("outages")
+    if o:
+        row("outages", "sessions / outages", "%d / %d" % (o["sessions"], o["outages"]),
+            "%d transactions, %d MeterValues" % (o["transactions"], o["meter_values"]))
+        row("outages", "dup starts / stops / MeterValues", "%d / %d / %d" % (o["dup_start"], o["dup_stop"],
+                                                                          o["dup_meter_values"]), "must be 0")
+        row("outages", "unclosed / out of order", "%d / %d" % (o["unclosed"], o["out_of_order"]), "must be 0")
+    f = res.get("fuzz")
+    if f:
+        row("fuzz", "frames sent", f["frames"], "%d kinds" % len(f["by_kind"]))
+        row("fuzz", "crashes (Traceback, MCU exit)", sum(f["crashes"].values()),
+            "must be 0; " + "; ".join(list(f["crashes"])[:1])[:80])
+        row("fuzz", "firmware errors caught (MemoryError...)", sum(f["errors"].values()),
+            "; ".join(list(f["errors"])[:1])[:80])
+        row("fuzz", "charger answers afterwards", "yes" if f["alive_after"] else "NO",
+            "unexpected link drops %d, MCU restarts %d" % (f["unexpected_drops"], f["mcu_restarts"]))
+        row("fuzz", "contactor closed unauthorised", f["unauthorised_closes"], "must be 0")
+        row("fuzz", "answers differing from the table", f["mismatch_total"])
+        for k, v in sorted(f["mismatches"].items(), key=lambda kv: -kv[1])[:12]:
+            row("fuzz", "  " + k[:60], v)
+    s = res.get("soak")
+    if s:
+        row("soak", "exchanges (CS->CP / CP->CS)", s["exchanges"], "%d / %d in %.0f s" % (
+            s["cs_calls"], s["cp_calls"], s["seconds"]))
+        row("soak", "live heap after GC start -> end", "%d -> %d B" % (s["live_start"], s["live_end"]),
+            "growth %+d B; max %d B" % (s["growth"], s["live_max"]))
+        row("soak", "call failures", sum(s["errors"].values()),
+            "; ".join("%s %d" % kv for kv in s["errors"].items())[:90])
+        row("soak", "crashes (Traceback, MCU exit)", sum(s["crashes"].values()), "must be 0; " + "; ".join(list(s["crashes"])[:1])[:80])
+        row("soak", "firmware errors caught", sum(s["fw_errors"].values()), "; ".join(list(s["fw_errors"])[:1])[:80])
+    for name, v in res.items():
+        if name.endswith("_error"):
+            row(name[:-6], "FAILED TO RUN", "-", v[:100])
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    out = ["%-*s  %-*s  %*s  %s" % (w[0], "area", w[1], "figure", w[2], "value", "notes"), "-" * (sum(w) + 40)]
+    out += ["%-*s  %-*s  %*s  %s" % (w[0], a, w[1], b, w[2], c_, d) for a, b, c_, d in rows]
+    return "\n".join(out)
+
+
+async def run_all(args, log):
+    only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak"}
+    res = {}
+    bench.build.build(bench.BUILD_UNIX)
+    steps = (("cuts", lambda: power_cuts(args.cuts, args.seed, log=log)),
+             ("outages", lambda: outages(args.outages, args.seed + 1, log=log)),
+             ("fuzz", lambda: fuzz(args.frames, args.seed + 2, save_dir=args.save_failures, log=log)),
+             ("soak", lambda: soak(args.exchanges, log=log)))
+    for name, fn in steps:
+        if name not in only:
+            continue
+        t = time.monotonic()
+        log("%s ..." % name)
+        try:
+            res[name] = await fn()
+        except Exception as e:  # noqa: BLE001 - report it and go on with the other runs
+            res[name + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:2000])
+            log("  %s failed: %s" % (name, e))
+        log("  %s took %.0f s" % (name, time.monotonic() - t))
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the short version (as in make test)")
+    p.add_argument("--only", help="comma-separated subset of cuts,outages,fuzz,soak")
+    p.add_argument("--cuts", type=int, default=50)
+    p.add_argument("--outages", type=int, default=10)
+    p.add_argument("--frames", type=int, default=10000)
+    p.add_argument("--exchanges", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--save-failures", default=REGRESSIONS, help="where failing fuzz inputs go ('' = nowhere)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cuts, args.outages, args.frames, args.exchanges = 5, 1, 500, 1000
+    t0 = time.monotonic()
+
+    def log(msg):
+        print("[torture %4.0fs] %s" % (time.monotonic() - t0, msg), file=sys.stderr, flush=True)
+
+    async def guarded():
+        task = asyncio.current_task()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)   # finally blocks stop the sims
+        return await run_all(args, log)
+
+    try:
+        res = asyncio.run(guarded())
+    except asyncio.CancelledError:
+        return 130
+    print(table(res))
+    bad = [(k, v) for k, v in must_be_zero(res) if v]
+    bad += [(k, 1) for k in res if k.endswith("_error")]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    for k, v in bad:
+        print("! %s: %s" % (k, v))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
