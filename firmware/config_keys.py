@@ -96,8 +96,10 @@ _T = (
     "StopTxnAlignedDataMaxLength Ir 8\n"
     "StopTxnSampledData Lrwp - 0 8 MEASURANDS\n"
     "StopTxnSampledDataMaxLength Ir 8\n"
+    # FirmwareManagement is left out until UpdateFirmware / GetDiagnostics are implemented: a Central System
+    # must not be told a profile works when its calls get NotSupported.
     "SupportedFeatureProfiles Lr "
-    "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger 0 6 PROFILES\n"
+    "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger 0 6 PROFILES\n"
     "SupportedFeatureProfilesMaxLength Ir 6\n"
     # ABB retries forever; a bound keeps a poisoned message from blocking the queue (digest §3.2 impl.).
     "TransactionMessageAttempts Irw 3 1 100\n"
@@ -137,6 +139,7 @@ _T = (
     "Variant Sdb socket 0 8 VARIANTS\n"
     "MaxCurrent Id 32 6 80\n"              # installation limit, A (IEC 61851 PWM range)
     "Pins Sdb - 0 1024\n"                  # JSON object: board pin map
+    "Ventilation Bd 0\n"                   # the site ventilates: IEC 61851 state D may charge
 )
 
 

@@ -226,7 +226,7 @@ class Session:
         return wait + int.from_bytes(os.urandom(2), "big") * (wait // 2) // 65536
 
     async def _connected(self):
-        if not self.registered:
+        if not self.registered or self.cfg.get("SendBootOnReconnect"):  # digest §7 Q2, default: boot only
             if not await self._register():
                 return
         self.boot_status = "Accepted"

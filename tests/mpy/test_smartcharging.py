@@ -226,8 +226,8 @@ class _Ws:
     def __init__(self):
         self.sent = []
 
-    async def send(self, text):
-        self.sent.append(json.loads(text))
+    async def send(self, data, text=False):
+        self.sent.append(json.loads(bytes(data)))  # the session hands over its encode buffer
 
 
 def _session(tx=(None, None, 230.0)):
