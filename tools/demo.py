@@ -354,6 +354,10 @@ def main(argv=None):
     try:
         demo.start()
         console.show(banner(demo), keep=False)
+        # The firmware needs a moment to boot and register; commands typed before that would hit a board
+        # whose MCU is not listening yet.
+        if console.wait_for(r"\[mcu\].*BootNotification", args.wait_timeout) is None:
+            console.show("(the charger has not registered yet; go ahead anyway)", keep=False)
         for line in command_lines(args, console):
             demo.check_alive()
             try:
