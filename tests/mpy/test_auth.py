@@ -10,31 +10,16 @@ from firmware.ocpp import localauth, rpc
 from firmware.ocpp.auth import Auth, ACCEPTED, FAILED, NOT_SUPPORTED, VERSION_MISMATCH
 from firmware.ocpp.session import Session
 
-_n = [0]
-_made = []  # removed by the last test even when an earlier one failed
-_DAY = 86400
 
-
-def _rmtree(d):
-    try:
-        for name in os.listdir(d):
-            p = d + "/" + name
-            try:
-                os.remove(p)
-            except OSError:
-                _rmtree(p)
-        os.rmdir(d)
-    except OSError:
-        pass
+_made = tinytest.made
+_rmtree = tinytest.rmtree
 
 
 def _fresh():
-    _n[0] += 1
-    d = "/tmp/mpy_test_auth_%d_%d" % (_n[0], int.from_bytes(os.urandom(3), "big"))
-    _rmtree(d)
-    os.mkdir(d)
-    _made.append(d)
-    return d
+    return tinytest.tempdir("auth")
+
+
+_DAY = 86400
 
 
 def _auth(d=None, **settings):

@@ -8,26 +8,13 @@ from firmware import config
 from firmware import config_keys as K
 from firmware.config import Config, ACCEPTED, REJECTED, REBOOT_REQUIRED, NOT_SUPPORTED
 
-_n = [0]
-_made = []  # removed by the last test even when an earlier one failed
 
-
-def _rmtree(d):
-    try:
-        for name in os.listdir(d):
-            os.remove(d + "/" + name)
-        os.rmdir(d)
-    except OSError:
-        pass
+_made = tinytest.made
+_rmtree = tinytest.rmtree
 
 
 def _fresh():
-    _n[0] += 1
-    d = "/tmp/mpy_test_config_%d_%d" % (_n[0], int.from_bytes(os.urandom(3), "big"))
-    _rmtree(d)
-    os.mkdir(d)
-    _made.append(d)
-    return d
+    return tinytest.tempdir("config")
 
 
 def _provision(d, obj):

@@ -11,26 +11,14 @@ from firmware.ocpp.session import Session
 from firmware.ocpp.smartcharging import SmartCharging, register
 
 T0 = clock.parse_iso("2026-03-02T00:00:00Z")
-_n = [0]
-_made = []
 
 
-def _rmtree(d):
-    try:
-        for name in os.listdir(d):
-            os.remove(d + "/" + name)
-        os.rmdir(d)
-    except OSError:
-        pass
+_made = tinytest.made
+_rmtree = tinytest.rmtree
 
 
 def _fresh():
-    _n[0] += 1
-    d = "/tmp/mpy_test_sc_%d_%d" % (_n[0], int.from_bytes(os.urandom(3), "big"))
-    _rmtree(d)
-    os.mkdir(d)
-    _made.append(d)
-    return d
+    return tinytest.tempdir("sc")
 
 
 def _sc(d=None):

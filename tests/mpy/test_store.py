@@ -4,27 +4,15 @@ import json
 import tinytest
 from firmware import store
 
-_ROOT = "/tmp/mpy_test_store"
-_n = [0]
-_made = []  # removed by the last test even when an earlier one failed
 
-
-def _rmtree(d):
-    try:
-        for name in os.listdir(d):
-            os.remove(d + "/" + name)
-        os.rmdir(d)
-    except OSError:
-        pass
+_made = tinytest.made
+_rmtree = tinytest.rmtree
 
 
 def _fresh():
-    _n[0] += 1
-    d = "%s_%d_%d" % (_ROOT, _n[0], int.from_bytes(os.urandom(3), "big"))
-    _rmtree(d)
-    os.mkdir(d)
-    _made.append(d)
-    return d
+    return tinytest.tempdir("store")
+
+
 
 
 def _size(p):

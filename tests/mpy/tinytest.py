@@ -1,8 +1,11 @@
 # Minimal test runner for tests that run inside MicroPython (no unittest on the board).
 # A test module defines test_* functions (plain or async) and ends with `tinytest.run(globals())`.
 # Prints one line per test and a closing "N passed, M failed" line; exits 1 on any failure.
+import os
 import sys
 import asyncio
+
+made = []  # temporary directories of this test file, removed at the end of run()
 
 
 def _call(fn):
@@ -26,6 +29,8 @@ def run(namespace):
             failed += 1
             print("FAIL", name)
             sys.print_exception(e)
+    for d in made:
+        rmtree(d)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
@@ -38,3 +43,25 @@ def raises(exc_type, fn, *args):
     except exc_type as e:
         return e
     raise AssertionError("expected %s" % exc_type.__name__)
+
+
+def rmtree(d):
+    try:
+        for name in os.listdir(d):
+            p = d + "/" + name
+            try:
+                os.remove(p)
+            except OSError:
+                rmtree(p)
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
+def tempdir(name):
+    """A fresh empty directory under /tmp (a stand-in for the board's flash), removed when run() ends."""
+    d = "/tmp/mpy_test_%s_%d_%d" % (name, len(made), int.from_bytes(os.urandom(3), "big"))
+    rmtree(d)
+    os.mkdir(d)
+    made.append(d)
+    return d
