@@ -201,7 +201,7 @@ class App:
         gc.threshold(_GC_EVERY)
         log.info(_TAG, "firmware %s starting, heap %d used, %d free" % (VERSION, gc.mem_alloc(), gc.mem_free()))
         await self.meter.poll()
-        self.connector.recover()
+        self.connector.recover(self.board.reset_cause())
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
                    self.connector.report_status, self._poll_inputs):
             asyncio.create_task(_supervised(fn))

@@ -68,6 +68,10 @@ class Board:
         # -> next RFID UID presented (hex string), or None when none is waiting. Never blocks.
         raise NotImplementedError
 
+    def reset_cause(self):
+        # -> "power" (power-on), "watchdog" (restarted after a crash/hang) or "soft" (our own reset()).
+        raise NotImplementedError
+
     def poll_console(self):
         # -> next line typed on the service console (maintenance UART), or None. Never blocks.
         raise NotImplementedError
@@ -98,7 +102,7 @@ class Board:
 # Every name a board must provide; tests compare implementations against it.
 METHODS = (
     "set_pwm", "set_contactor", "set_lock", "set_led", "read_cp", "read_pp_ohms", "lock_feedback",
-    "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "poll_console", "open_uart",
+    "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "poll_console", "reset_cause", "open_uart",
     "start_watch", "wdt_feed", "reset", "ticks_ms",
 )
 LEDS = ("green", "blue", "red")

@@ -204,5 +204,13 @@ class Board:
     def reset(self):
         machine.reset()
 
+    def reset_cause(self):
+        cause = machine.reset_cause()
+        if cause == machine.WDT_RESET:
+            return "watchdog"
+        if cause in (machine.SOFT_RESET, machine.HARD_RESET):
+            return "soft"
+        return "power"
+
     def ticks_ms(self):
         return time.ticks_ms()

@@ -54,6 +54,7 @@ class Board:
             raise ValueError("hal.unix needs --board HOST:PORT (start the firmware through tools/sim.py)")
         self.state_dir = _arg(argv, "--state") or "."
         self._uart_path = _arg(argv, "--uart")
+        self._reset_cause = _arg(argv, "--reset-cause") or "power"
         # Every attribute the reader thread writes exists before it starts: without a GIL, adding a key to the
         # instance dict while the main thread reads it could resize the dict under the reader's feet.
         self._cp = (0, 0)
@@ -176,6 +177,10 @@ class Board:
     def poll_tag(self):
         with self._rx:
             return self._tags.pop(0) if self._tags else None
+
+    def reset_cause(self):
+        """Why the MCU (re)started: "power" (power-on), "watchdog" (a crash restart) or "soft" (reset())."""
+        return self._reset_cause
 
     def poll_console(self):
         with self._rx:

@@ -269,6 +269,7 @@ class Sim:
         self.proc = None
         self.power_on = True
         self.power_evt = asyncio.Event()
+        self.reset_cause = "power"  # told to the MCU as machine.reset_cause() would: power | watchdog | soft
         self.reset_requested = False
         self.stopping = False
         self.lock_gen = 0
@@ -349,7 +350,7 @@ class Sim:
         script = os.environ.get("SIM_MCU_SCRIPT") or os.path.join(BUILD_DIR, "main.py")
         return [micropython_binary(), "-X", "heapsize=" + self.args.heap, script,
                 "--board", "127.0.0.1:%d" % self.board_port, "--state", str(self.args.state),
-                "--uart", self.uart_path]
+                "--uart", self.uart_path, "--reset-cause", self.reset_cause]
 
     async def spawn_mcu(self):
         # Own session: a Ctrl-C meant for the sim must not reach the MCU (the sim decides when it dies).
@@ -373,8 +374,10 @@ class Sim:
                 continue
             if rc == EXIT_REBOOT or self.reset_requested:
                 say("[sim] MCU reboot")
+                self.reset_cause = "soft"
                 continue
             say("[sim] MCU exited with %d" % rc)
+            self.reset_cause = "watchdog"  # what restarts a crashed board
             await asyncio.sleep(CRASH_RESTART_S)
 
     async def run_mcu(self):
@@ -638,6 +641,7 @@ class Sim:
             return {"changed": False}
         self.power_on = req["on"]
         self.event("power", on=self.power_on)
+        self.reset_cause = "power"
         if self.power_on:
             self.power_evt.set()
         else:

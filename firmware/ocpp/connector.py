@@ -50,15 +50,17 @@ class Connector:
         txq.on_conf = self._on_conf
 
     # ---- boot ----
-    def recover(self):
-        """A transaction still open at boot was cut by a power loss: close it with the meter's reading (the
-        contactor dropped with the power, so the register has not moved since), else the last stored one."""
+    def recover(self, cause="power"):
+        """A transaction still open at boot was cut by a power loss (or by a watchdog restart: reason Reboot):
+        close it with the meter's reading (the contactor dropped with the MCU, so the register has not moved
+        since), else the last stored one."""
         tx = self.tx
+        reason = "Reboot" if cause == "watchdog" else "PowerLoss"
         if tx is not None:
             self.tx = None
             wh = max(tx["wh"], self.meter.energy_wh) if self.meter.ok else tx["wh"]
-            log.warn(_TAG, "closing transaction %d after power loss at %d Wh" % (tx["l"], wh))
-            self._push_stop(tx, "PowerLoss", wh, tx["t"], None)
+            log.warn(_TAG, "closing transaction %d after %s at %d Wh" % (tx["l"], reason, wh))
+            self._push_stop(tx, reason, wh, tx["t"], None)
         for lid in self._orphans():
             # Its state file was lost (corrupt flash): the Central System still gets exactly one Stop.
             log.warn(_TAG, "closing transaction %d whose state was lost" % lid)

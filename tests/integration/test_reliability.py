@@ -173,3 +173,13 @@ def test_tc037_2_offline_start_rejected_later_suspends(csms_factory, sim_factory
     status_seen(csms, "SuspendedEVSE", timeout=60)
     board_until(sim, lambda s: not s["contactor"], msg="contactor open")
     assert csms.calls("StopTransaction") == []
+
+
+def test_watchdog_restart_mid_charge_ends_with_reboot(csms_factory, sim_factory):
+    import signal
+    csms, sim = boot(csms_factory, sim_factory)
+    start, tid = start_charging(csms, sim)
+    os.kill(sim.status()["mcu_pid"], signal.SIGKILL)  # the firmware dies; the board restarts it, as a WDT would
+    stop = csms.wait_for("StopTransaction", cp=CP, timeout=40)
+    assert stop["reason"] == "Reboot" and stop["transactionId"] == tid
+    _one_session(csms)
