@@ -1,4 +1,5 @@
 # OCPP-J 1.6 framing (OCPP-J §4): CALL / CALLRESULT / CALLERROR arrays and compact payload validation.
+import gc
 import json
 from micropython import const
 
@@ -47,6 +48,10 @@ def decode(text):
         msg = json.loads(text)
     except (ValueError, TypeError):
         raise _bad(None, "invalid JSON")
+    except (RuntimeError, MemoryError):  # nesting deeper than the parser's stack, or than the heap holds
+        msg = None
+        gc.collect()
+        raise _bad(None, "JSON nested too deep or too large")
     if not isinstance(msg, list) or len(msg) < 3:
         raise _bad(None, "a message must be a JSON array of 3 to 5 elements")
     kind, uid = msg[0], msg[1]

@@ -48,6 +48,12 @@ def test_malformed_frames_are_formation_violations():
     assert _formation('[3,"x",{},1]').uid == "x"
 
 
+def test_deep_nesting_is_a_formation_violation_not_a_crash():
+    e = _formation("[" * 4000 + "1" + "]" * 4000)
+    assert e.uid is None
+    e = _formation('[2, "d1", "DataTransfer", {"vendorId": "v", "data": ' + "[" * 3000 + "]" * 3000 + "}]")
+
+
 SPEC = (("idTag", STR, True, 20), ("connectorId", INT, False, 0), ("type", ENUM, False, ("Hard", "Soft")),
         ("flag", BOOL, False, None), ("profile", OBJ, False, None), ("keys", LIST, False, None),
         ("limit", NUM, False, None))
