@@ -356,8 +356,10 @@ def main(argv=None):
         console.show(banner(demo), keep=False)
         # The firmware needs a moment to boot and register; commands typed before that would hit a board
         # whose MCU is not listening yet.
+        cursor = console.cursor
         if console.wait_for(r"\[mcu\].*BootNotification", args.wait_timeout) is None:
             console.show("(the charger has not registered yet; go ahead anyway)", keep=False)
+        console.cursor = cursor  # a script's own "wait" may still look for lines printed while booting
         for line in command_lines(args, console):
             demo.check_alive()
             try:

@@ -88,6 +88,7 @@ def test_tc049_reserve_connector_zero_and_tc053_parent_tag(csms_factory, sim_fac
 def test_reservation_survives_a_reboot(csms_factory, sim_factory):
     csms, sim = boot(csms_factory, sim_factory)
     assert _reserve(csms, reservation_id=31) == "Accepted"
+    status_seen(csms, "Reserved")  # reported before the power cut
     sim.cmd({"cmd": "power", "on": False})
     sim.cmd({"cmd": "power", "on": True})
     csms.wait_for("BootNotification", cp=CP, count=2)
