@@ -1233,6 +1233,24 @@ async def run_all(args, log):
     return res
 
 
+def run_cancellable(name, run_all, args, t0):
+    """asyncio.run(run_all(args, log)) that SIGTERM/SIGINT cancel cleanly (the finally blocks stop the sims);
+    None when cancelled. log prints "[name Ns] msg" to stderr."""
+    def log(msg):
+        print("[%s %4.0fs] %s" % (name, time.monotonic() - t0, msg), file=sys.stderr, flush=True)
+
+    async def guarded():
+        task = asyncio.current_task()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        return await run_all(args, log)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run of every measurement")
@@ -1247,19 +1265,8 @@ def main(argv=None):
     if args.quick:
         args.calls, args.events, args.boots, args.wear_s, args.repeat = 50, 9, 3, 35, 1
     t0 = time.monotonic()
-
-    def log(msg):
-        print("[bench %4.0fs] %s" % (time.monotonic() - t0, msg), file=sys.stderr, flush=True)
-
-    async def guarded():
-        task = asyncio.current_task()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)   # finally blocks stop the sims
-        return await run_all(args, log)
-
-    try:
-        res = asyncio.run(guarded())
-    except asyncio.CancelledError:
+    res = run_cancellable("bench", run_all, args, t0)
+    if res is None:
         return 130
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": os.uname().nodename,
             "cpus": os.cpu_count(), "seconds": round(time.monotonic() - t0, 1), "args": vars(args)}

@@ -600,13 +600,18 @@ class Sim:
             rig.phases = phases
         self.event("ev", state=rig.ev_state, max_a=rig.max_a, phases=rig.phases, ignore_pwm=rig.ignore_pwm)
 
+    def to_mcu(self, msg):
+        """One line over the board link to the firmware; False when no MCU is listening (booting, off)."""
+        if self.board_w is None:
+            return False
+        self.board_w.write((json.dumps(msg) + "\n").encode())
+        return True
+
     async def cmd_tag(self, req):
         tag = req.get("id")
         if not isinstance(tag, str) or not tag:
             raise CommandError("tag needs a non-empty string id")
-        delivered = self.board_w is not None
-        if delivered:
-            self.board_w.write((json.dumps({"tag": tag}) + "\n").encode())
+        delivered = self.to_mcu({"tag": tag})
         self.event("tag", id=tag, delivered=delivered)
         return {"delivered": delivered}
 
@@ -614,9 +619,7 @@ class Sim:
         line = req.get("line")
         if not isinstance(line, str) or not line:
             raise CommandError("console needs a non-empty string line")
-        delivered = self.board_w is not None
-        if delivered:
-            self.board_w.write((json.dumps({"console": line}) + "\n").encode())
+        delivered = self.to_mcu({"console": line})
         self.event("console", line=line, delivered=delivered)
         return {"delivered": delivered}
 
@@ -661,9 +664,7 @@ class Sim:
         ms = req.get("block_ms")
         if isinstance(ms, bool) or not isinstance(ms, int) or not 0 < ms <= 60000:
             raise CommandError("mcu needs \"block_ms\": 1..60000")
-        delivered = self.board_w is not None
-        if delivered:
-            self.board_w.write((json.dumps({"block_ms": ms}) + "\n").encode())
+        delivered = self.to_mcu({"block_ms": ms})
         self.event("mcu", state="block", ms=ms, delivered=delivered)
         return {"delivered": delivered}
 

@@ -16,7 +16,6 @@ import random
 import sys
 import tempfile
 import shutil
-import signal
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -528,20 +527,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.cuts, args.outages, args.frames, args.exchanges = 5, 1, 500, 1000
-    t0 = time.monotonic()
-
-    def log(msg):
-        print("[torture %4.0fs] %s" % (time.monotonic() - t0, msg), file=sys.stderr, flush=True)
-
-    async def guarded():
-        task = asyncio.current_task()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)   # finally blocks stop the sims
-        return await run_all(args, log)
-
-    try:
-        res = asyncio.run(guarded())
-    except asyncio.CancelledError:
+    res = bench.run_cancellable("torture", run_all, args, time.monotonic())
+    if res is None:
         return 130
     print(table(res))
     bad = [(k, v) for k, v in must_be_zero(res) if v]
