@@ -54,8 +54,8 @@ def _rename(src, dst):
 
 
 class _Out(io.IOBase):
-    # The file json.dump streams into, counting bytes and the CRC on the way: a document is never held
-    # whole in RAM (the 2 KB CA certificate in config.json would need two contiguous copies otherwise).
+    # The file json.dump streams into when the heap has no block for the whole document, counting bytes and
+    # the CRC on the way (the 2 KB CA certificate in config.json needs two contiguous copies otherwise).
     def __init__(self, f):
         self.f = f
         self.crc = 0
@@ -82,12 +82,22 @@ def _write(path, data, obj):
                 f.write(c)
                 bytes_written += len(c)
         else:
-            f.write(b"00000000\n")  # placeholder: the CRC is known once the body is out
-            out = _Out(f)
-            json.dump(obj, out)
-            f.seek(0)
-            f.write(b"%08x" % (out.crc & 0xFFFFFFFF))
-            bytes_written += 9
+            try:
+                # json.dumps runs in C; streaming costs a Python call and a file write per token
+                body = memoryview(json.dumps(obj))  # len() in bytes, for non-ASCII text too
+            except MemoryError:
+                body = None
+            if body is not None:
+                f.write(b"%08x\n" % (crc32(body) & 0xFFFFFFFF))
+                f.write(body)
+                bytes_written += 9 + len(body)
+            else:
+                f.write(b"00000000\n")  # placeholder: the CRC is known once the body is out
+                out = _Out(f)
+                json.dump(obj, out)
+                f.seek(0)
+                f.write(b"%08x" % (out.crc & 0xFFFFFFFF))
+                bytes_written += 9
         f.flush()
     finally:
         f.close()

@@ -41,6 +41,13 @@ class WSClosed(WSError):
         self.reason = reason
 
 
+class WSNoRoom(Exception):
+    # A message the heap has no block for. It was read past, so the link stays usable; .size is its length.
+    def __init__(self, size):
+        super().__init__("message of %d bytes does not fit in memory" % size)
+        self.size = size
+
+
 class _Fail(Exception):
     # A protocol violation: fail the connection with this close code (RFC 6455 §7.1.7).
     def __init__(self, code, msg, unread=0):
@@ -160,8 +167,28 @@ async def read_frame(stream, hdr, max_frame):
     b0, op, n = await _read_header(stream, hdr)
     if n > max_frame:
         raise _Fail(_TOO_BIG, "frame too large (%d > %d)" % (n, max_frame), n)
-    payload = await stream.readexactly(n) if n else b""
+    if not n:
+        return b0 >> 7, op, b""
+    try:
+        # one block of the final size: readexactly() grows its result piece by piece, needing twice as much
+        payload = bytearray(n)
+    except MemoryError:
+        try:
+            scratch = bytearray(256)
+        except MemoryError:
+            scratch = hdr
+        await _skip(stream, n, scratch)
+        raise WSNoRoom(n)
+    await _fill(stream, memoryview(payload))
     return b0 >> 7, op, payload
+
+
+async def _skip(stream, n, scratch):
+    mv = memoryview(scratch)
+    while n:
+        k = min(n, len(mv))
+        await _fill(stream, mv[:k])
+        n -= k
 
 
 class WS:
@@ -224,7 +251,8 @@ class WS:
         await self._write(_PING, payload)
 
     async def recv(self):
-        """Next message: str (text) or bytes (binary). Answers pings; raises WSClosed when the link ends.
+        """Next message: str (text) or bytes (binary). Answers pings; raises WSClosed when the link ends, and
+        WSNoRoom for a message the heap cannot hold (it was read past: the link stays usable).
         Only one task may call it at a time; cancelling it mid-frame leaves the link unusable."""
         self._check(False)
         self._reading = True
@@ -270,6 +298,8 @@ class WS:
                     return str(msg, "utf-8")
                 except UnicodeError:
                     raise _Fail(_BAD_DATA, "text message is not UTF-8")
+                except MemoryError:
+                    raise WSNoRoom(len(msg))
 
     async def _control(self, op, data):
         if op == _PING:

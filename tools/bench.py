@@ -71,7 +71,10 @@ class Csms:
     """A Central System that answers the charge point's CALLs at once and records every frame.
 
     Transactions: StartTransaction gets a fresh id; self.tx[id] keeps start, meter values and stop in arrival
-    order, so torture can check "once, in order". tag_status answers Authorize and StartTransaction."""
+    order, so torture can check "once, in order". tag_status answers Authorize and StartTransaction.
+    A StartTransaction identical to one already booked (same charger, connector, idTag, meterStart and
+    timestamp) is the charger's resend after it lost our answer: it gets the same id back, as a production
+    Central System does, and is counted in tx[id]["resends"]."""
 
     def __init__(self, port=0):
         self.port = port
@@ -83,6 +86,7 @@ class Csms:
         self.tx = {}
         self.tx_order = []      # (cp, action, payload) of every transaction message, as received
         self.next_tx = 1
+        self.start_ids = {}     # identity of a booked StartTransaction -> its transactionId
         self.incoming = {}      # action -> count
         self.on_frame = None    # callback(t, cp, frame) for incoming CALLs
         self.connected_evt = {}
@@ -175,9 +179,15 @@ class Csms:
         if action == "Authorize":
             return {"idTagInfo": {"status": self.tag_status}}
         if action == "StartTransaction":
+            key = (cp, p.get("connectorId"), p.get("idTag"), p.get("meterStart"), p.get("timestamp"))
+            tid = self.start_ids.get(key)
+            if tid is not None:
+                self.tx[tid]["resends"] += 1
+                return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
             tid = self.next_tx
             self.next_tx += 1
-            self.tx[tid] = {"cp": cp, "start": p, "meter": [], "stop": None, "stops": 0}
+            self.start_ids[key] = tid
+            self.tx[tid] = {"cp": cp, "start": p, "meter": [], "stop": None, "stops": 0, "resends": 0}
             self.tx_order.append((cp, action, p, tid))
             return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
         if action == "StopTransaction":

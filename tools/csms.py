@@ -172,6 +172,7 @@ class Settings:
         self.parents = {}          # idTag -> parentIdTag (the group a card belongs to)
         self.fail = {}             # action -> how many of its next CALLs to answer with a CALLERROR
         self.tx_ids = itertools.count(1)
+        self.start_ids = {}     # (charger, connector, idTag, meterStart, timestamp) -> transactionId
 
     def tag_status(self, id_tag):
         if id_tag in self.tag_statuses:
@@ -309,9 +310,17 @@ class DemoChargePoint(ChargePoint):
         return call_result.Authorize(id_tag_info=self.settings.id_tag_info(id_tag))
 
     @on(Action.start_transaction)
-    def on_start(self, id_tag, **_):
+    def on_start(self, id_tag, connector_id, meter_start, timestamp, **_):
         self.settings.failing("StartTransaction")
-        return call_result.StartTransaction(transaction_id=next(self.settings.tx_ids),
+        # An identical StartTransaction is the charger's resend after it lost our answer (a power cut, a
+        # dropped link): it is the same transaction and gets the same id, as production Central Systems do.
+        key = (self.id, connector_id, id_tag, meter_start, timestamp)
+        tid = self.settings.start_ids.get(key)
+        if tid is None:
+            tid = self.settings.start_ids[key] = next(self.settings.tx_ids)
+        else:
+            self.sock.journal.event(self.id, "resend", "%s StartTransaction resent: transaction %d" % (self.id, tid))
+        return call_result.StartTransaction(transaction_id=tid,
                                             id_tag_info=self.settings.id_tag_info(id_tag,
                                                                                   self.settings.start_status))
 

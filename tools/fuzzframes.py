@@ -30,6 +30,7 @@ PROPERTY = "PropertyConstraintViolation"
 CODE_OF = {"required": OCCURENCE, "type": TYPE, "maxLength": TYPE, "enum": PROPERTY, "minimum": PROPERTY,
            "maximum": PROPERTY, "exclusiveMinimum": PROPERTY, "additionalProperties": FORMATION}
 MAX_FRAME = 16384   # lib/ws.py's default max_frame
+ROOMY_MSG = 4096    # larger messages may find no heap block on a 110 KB board (docs/decisions.md)
 
 # Valid payloads of the calls that are safe to throw at a charger in a test (no Reset, no firmware update).
 BASE = {
@@ -110,6 +111,9 @@ class Fuzzer:
         errors = list(self.validators[action].iter_errors(payload))
         if not errors:
             return ("answer", None, uid)
+        if action == "TriggerMessage" and all(list(e.path) == ["requestedMessage"] and e.validator == "enum"
+                                              for e in errors):
+            return ("answer", None, uid)  # {"status": "NotImplemented"}: docs/decisions.md, TriggerMessage
         codes = {CODE_OF.get(e.validator) for e in errors}
         if len(codes) == 1 and None not in codes:
             return ("error", codes.pop(), uid)
@@ -213,7 +217,11 @@ class Fuzzer:
         strings = [p for p, v in _paths(payload) if isinstance(v, str)]
         path = r.choice(strings)
         _set(payload, path, "H" * (r.choice([21, 51, 256, 501]) if r.random() < 0.8 else r.choice([2000, 5000, 12000])))
-        return "huge_string", json.dumps([2, uid, action, payload]), self.expect_payload(action, payload, uid)
+        text = json.dumps([2, uid, action, payload])
+        if len(text) > ROOMY_MSG:
+            # may not fit the charger's heap: then it is read past and answered FormationViolation with id "-1"
+            return "huge_string", text, ("error", None, None)
+        return "huge_string", text, self.expect_payload(action, payload, uid)
 
     def g_mutate(self):
         r = self.rnd

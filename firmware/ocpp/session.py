@@ -111,7 +111,13 @@ class Session:
     async def _reader(self, ws):
         try:
             while True:
-                text = await ws.recv()
+                try:
+                    text = await ws.recv()
+                except wslib.WSNoRoom as e:
+                    # Too big to hold, so its id is unknown: answered like unparsable JSON (docs/decisions.md)
+                    log.warn(_TAG, str(e))
+                    await self._send(ws, [rpc.ERROR, "-1", rpc.FORMATION, str(e), {}])
+                    continue
                 if log.level <= log.DEBUG:
                     log.debug(_TAG, "<- " + str(text))
                 await self._on_frame(ws, text)

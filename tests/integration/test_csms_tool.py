@@ -159,6 +159,21 @@ def test_core_answers_and_logging(csms_factory, aloop):
     assert [e["raw"] for e in logged] == [m["raw"] for m in msgs]
 
 
+def test_identical_start_resend_is_the_same_transaction(csms_factory, aloop):
+    csms = csms_factory(tags=("TAG1",))
+    cp = aloop.connect(csms.url, "CP1")
+    boot(aloop, cp)
+
+    def start(meter_start, timestamp="2025-01-01T00:00:00Z"):
+        return aloop.run(cp.call(call.StartTransaction(connector_id=1, id_tag="TAG1", meter_start=meter_start,
+                                                       timestamp=timestamp))).transaction_id
+    first = start(100)
+    assert start(100) == first          # the charger lost our answer and sent it again
+    assert start(101) != first          # any other field differing is another transaction
+    assert start(100, "2025-01-01T00:00:01Z") not in (first,)
+    assert any("StartTransaction resent: transaction %d" % first in line for line in csms.output)
+
+
 def test_garbage_from_cp_is_logged_and_survived(csms_factory, aloop):
     csms = csms_factory()
     cp = aloop.connect(csms.url, "CP1")

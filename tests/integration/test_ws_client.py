@@ -114,6 +114,9 @@ async def _serve(conn, state):
         await conn.send(pattern(state["big"])[i:i + 1000] for i in range(0, state["big"], 1000))
     elif path.endswith("/single"):
         await conn.send(pattern(state["big"]))
+    elif path.endswith("/noroom"):
+        await conn.send(pattern(state["big"]))
+        await conn.send("after")
     elif path.endswith("/close"):
         await conn.close(4000, "bye")
     async for msg in conn:
@@ -287,6 +290,13 @@ def test_oversized_frame_closed_with_1009(servers):
     assert "ERROR frame too large (12500 > 8000)" in out, out
     assert wait_until(servers, lambda: state["close_code"] is not None)
     assert state["close_code"] == 1009
+
+
+def test_message_with_no_room_in_the_heap_is_read_past(servers):
+    # Within max_frame, but bigger than any free block of a 110wK heap: reported, and the link goes on.
+    port, state = servers.start(big=400000)
+    out = run_probe("ws://127.0.0.1:%d/ocpp/%s/noroom" % (port, CP_ID), "--recv", 2, "--max-frame", 500000)
+    assert "NOROOM 400000" in out and "MSG after" in out and "CLOSED-BY-US" in out, out
 
 
 def test_server_close_reported(servers):

@@ -1,7 +1,8 @@
 # Runs under the MicroPython unix port: connects with lib.ws and reports what happened, one line per event.
 #   ws_probe.py URL [--ca FILE] [--user ID] [--password-hex HEX] [--protocol P] [--send TEXT]
 #               [--send-size N] [--recv N] [--max-frame N] [--timeout-ms N]
-# Output: CONNECTED | RECV <text|binary> <length> <sha256 hex> | MSG <text> | CLOSED <code> <reason> |
+# Output: CONNECTED | RECV <text|binary> <length> <sha256 hex> | MSG <text> | NOROOM <length> |
+#         CLOSED <code> <reason> |
 #         CLOSED-BY-US | ERROR <WSError text>
 import sys
 import asyncio
@@ -41,7 +42,10 @@ async def session(c, o):
     if "send-size" in o:
         await c.send(pattern(int(o["send-size"])))
     for _ in range(int(o.get("recv", "0"))):
-        report(await c.recv())
+        try:
+            report(await c.recv())
+        except ws.WSNoRoom as e:
+            print("NOROOM", e.size)
     await c.close()
     print("CLOSED-BY-US")
 

@@ -265,7 +265,7 @@ def test_zz_cleanup():  # sorted last
 
 
 def test_json_file_format_is_crc_header_then_body():
-    # write_json streams the document (no copy of it in RAM); the file must be what a one-shot dumps gives.
+    # whichever path write_json takes (one dumps, or streaming on a fragmented heap), the file is this
     from binascii import crc32
     d = _fresh()
     p = d + "/big.json"
@@ -277,6 +277,55 @@ def test_json_file_format_is_crc_header_then_body():
     assert raw == b"%08x\n" % (crc32(body) & 0xFFFFFFFF) + body
     assert store.bytes_written - before == len(raw)
     assert store.read_json(p) == obj and not store.exists(p + ".tmp")
+
+
+def _fragment_heap():
+    """Fills the heap with 512-byte blocks and frees every other one: lots free, no large block. Returns the
+    kept half (the caller drops it to undo)."""
+    import gc
+    gc.collect()
+    blocks = []
+    try:
+        while True:
+            blocks.append(bytearray(512))
+    except MemoryError:
+        pass
+    for i in range(1, len(blocks), 2):
+        blocks[i] = None
+    gc.collect()
+    return blocks
+
+
+def test_json_written_and_encoded_on_a_fragmented_heap():
+    # The fast path (json.dumps, one block) has no room here: the streaming fallbacks must give the same bytes.
+    from binascii import crc32
+    from firmware.jsonbuf import JsonBuf
+    d = _fresh()
+    p = d + "/big.json"
+    obj = {"configurationKey": [{"key": "Key%d" % i, "readonly": False, "value": "Grüße %d" % i}
+                                for i in range(120)]}
+    body = json.dumps(obj).encode()
+    expected_file = b"%08x\n" % (crc32(body) & 0xFFFFFFFF) + body
+    enc = JsonBuf(len(body) + 64)
+    keep = _fragment_heap()
+    try:
+        try:
+            json.dumps(obj)
+            fragmented = False
+        except MemoryError:
+            fragmented = True
+        out = enc.dump(obj)
+        encoded = len(out) == len(body) and all(bytes(out[i:i + 256]) == body[i:i + 256]
+                                                for i in range(0, len(body), 256))  # no room for a copy
+        out = None
+        store.write_json(p, obj)
+    finally:
+        keep = None
+    assert fragmented, "the heap still had a block for the whole document"
+    assert encoded
+    assert store.read(p) == expected_file
+    assert bytes(enc.dump(obj)) == body  # and the fast path, with the heap whole again
+    _rmtree(d)
 
 
 tinytest.run(globals())
