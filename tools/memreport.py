@@ -8,8 +8,13 @@ gc.collect(); gc.mem_alloc() before and after each import. It then builds the ap
 firmware/app.py does (a stub board stands in for the hardware) and records what each one keeps. measure()
 returns the figures as a dict for `make bench`; main() prints them as a table.
 
-The figures are for the build's word size: on this 64-bit host an object costs about twice what it costs on the
-ESP32, as `-X heapsize=110wK` scales the heap the same way.
+The figures are for the build's word size. On this 64-bit host a pointer costs twice what it costs on the ESP32,
+but bytecode and qstr text do not, so code costs about as much as on a 32-bit board while `-X heapsize=110wK`
+doubles the heap: the unix figures flatter the code. --wasm32 runs the same script on MicroPython's WebAssembly
+port (a 32-bit build, from the npm registry, through node and tools/mpwasm.mjs), whose objects are laid out as on
+the ESP32: that is the code's cost on a board that loads .mpy files from its file system.
+
+    .venv/bin/python tools/memreport.py --wasm32
 """
 import argparse
 import ast
@@ -28,6 +33,9 @@ MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 OUT = "build/unix"
 # Board modules for other ports: they import hardware modules the unix port lacks.
 SKIP = ("hal.esp32",)
+# The WebAssembly port has no sockets, threads or terminals: the virtual board's modules stay out there too.
+SKIP_WASM = ("hal.unix", "hal.unix_uart")
+NODE_RUNNER = os.path.join(ROOT, "tools", "mpwasm.mjs")
 # Loaded before the first project module, so a module's figure is its own cost only.
 STDLIB = ("gc", "sys", "micropython", "time", "os", "json", "struct", "binascii", "hashlib", "errno", "array",
           "socket", "select", "termios", "_thread", "asyncio")
@@ -86,6 +94,15 @@ def _step(name, fn):
     _b = _m()
     print('{"kind":"obj","name":"%%s","bytes":%%d}' %% (name, _b - _a))
 
+import os as _os
+if not hasattr(_os, "urandom"):  # the WebAssembly port lacks it; zeros are as good for a size
+    class _OsShim:
+        def __getattr__(self, name):
+            return getattr(_os, name)
+        def urandom(self, n):
+            return bytes(n)
+    for _mn in ("firmware.ocpp.session", "lib.ws"):
+        sys.modules[_mn].os = _OsShim()
 try:
     from firmware.app import App
     _step("App(board)", lambda: App(_Board()))
@@ -144,20 +161,26 @@ def _mpy_size(name):
     return 0
 
 
-def measure(heap="110wK"):
+def measure(heap="110wK", wasm32=False):
     """{"stdlib": bytes, "modules": [(name, heap bytes, mpy bytes, new qstrs, qstr pool bytes)], "imports": total
     heap bytes of the project modules, "mpy": total .mpy bytes, "qstrs", "qstr_bytes": their totals,
     "objects": [(name, bytes)], "after_boot": bytes, "free": bytes}. The qstr pool bytes are included in the heap
     bytes; they grow in doubling chunks, so one module can pay for the next ones' qstrs."""
     build.build(OUT)
     order, _ = modules()
+    if wasm32:
+        order = [m for m in order if m not in SKIP_WASM]
+        heap = "wasm32"
     with tempfile.TemporaryDirectory(prefix="memreport") as state:
         script = os.path.join(state, "memreport_mpy.py")
         with open(script, "w") as f:
-            f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": state})
-        env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, OUT))
-        r = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, script], cwd=state, env=env,
-                           capture_output=True, text=True, timeout=120)
+            f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": "/tmp" if wasm32 else state})
+        if wasm32:
+            cmd, env = ["node", NODE_RUNNER, script, os.path.join(ROOT, OUT)], None
+        else:
+            cmd = [MICROPYTHON, "-X", "heapsize=" + heap, script]
+            env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, OUT))
+        r = subprocess.run(cmd, cwd=state, env=env, capture_output=True, text=True, timeout=120)
     res = {"heap": heap, "stdlib": 0, "modules": [], "objects": [], "errors": [], "after_boot": None, "free": None}
     qstrs = None
     for line in r.stdout.splitlines():
@@ -202,7 +225,10 @@ def table(res):
         lines.append("%-32s %9d" % ("+ " + name, b))
     for name, err in res["errors"]:
         lines.append("! %s: %s" % (name, err))
-    if res["after_boot"] is not None:
+    if res["after_boot"] is not None and res["heap"] == "wasm32":
+        lines.append("%-32s %9d   (32-bit WebAssembly port; its heap grows, so no free figure)" % (
+            "after boot, total", res["after_boot"]))
+    elif res["after_boot"] is not None:
         lines.append("%-32s %9d   (%d free, heap %s)" % ("after boot, total", res["after_boot"], res["free"],
                                                          res["heap"]))
     return "\n".join(lines)
@@ -211,9 +237,10 @@ def table(res):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--heap", default="110wK")
+    p.add_argument("--wasm32", action="store_true", help="on the 32-bit WebAssembly port instead (needs node)")
     p.add_argument("--json", action="store_true", help="print the measure() dict as JSON")
     args = p.parse_args()
-    res = measure(args.heap)
+    res = measure(args.heap, args.wasm32)
     print(json.dumps(res, indent=1) if args.json else table(res))
 
 

@@ -2,12 +2,14 @@
 MicroPython unix port as its MCU.
 
     .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
-            [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
+            [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable] [--romfs]
 
 Writes DIR/provision.json, starts the virtual Modbus meter (tools/virtual_meter.py) on a pty, a board link server on
 an ephemeral 127.0.0.1 port and the MCU:
     .venv/bin/micropython -X heapsize=SIZE main.py --board 127.0.0.1:PORT --state DIR --uart PTY
-(env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). MCU output is echoed as "[mcu] ...". Exit code 3 is a
+(env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). --romfs runs the firmware from a ROMFS image of the
+build (tools/romboot.py), as on a board with a ROMFS partition; the heap is then SIZE plus the image, which a board
+keeps in flash. MCU output is echoed as "[mcu] ...". Exit code 3 is a
 reboot request (restart at once); any other exit restarts it after 1 s, as a watchdog would. Prints
 "SIM READY control=127.0.0.1:PORT" once the control socket accepts; SIGTERM/SIGINT stop everything, exit 0.
 
@@ -52,7 +54,9 @@ import asyncio
 import collections
 import json
 import os
+import re
 import signal
+import struct
 import sys
 import time
 from pathlib import Path
@@ -226,6 +230,16 @@ def die_with_parent():
         pass
 
 
+def heap_bytes(size):
+    """-X heapsize's size in bytes for this build: N, NK or NM; a "w" (NwK) scales by the word size against a
+    32-bit board, as MicroPython does."""
+    m = re.fullmatch(r"(\d+)(w?)([KkMm]?)", size)
+    if not m:
+        raise ValueError("bad heap size %r" % size)
+    n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(3).lower()]
+    return n * (struct.calcsize("P") // 4) if m.group(2) else n
+
+
 def micropython_binary():
     local = Path(sys.executable).with_name("micropython")
     return str(local if local.exists() else ROOT / ".venv" / "bin" / "micropython")
@@ -269,6 +283,7 @@ class Sim:
         self.proc = None
         self.power_on = True
         self.power_evt = asyncio.Event()
+        self.romfs_image = BUILD_DIR + ".romfs" if getattr(args, "romfs", False) else None
         self.reset_cause = "power"  # told to the MCU as machine.reset_cause() would: power | watchdog | soft
         self.reset_requested = False
         self.stopping = False
@@ -348,7 +363,15 @@ class Sim:
     def mcu_command(self):
         # The firmware runs precompiled, as flashed on a board: compiling it on a 110 KB heap would not fit.
         script = os.environ.get("SIM_MCU_SCRIPT") or os.path.join(BUILD_DIR, "main.py")
-        return [micropython_binary(), "-X", "heapsize=" + self.args.heap, script,
+        heap = self.args.heap
+        if self.romfs_image:
+            heap = str(heap_bytes(heap) + os.path.getsize(self.romfs_image))
+            script = [str(ROOT / "tools" / "romboot.py"), self.romfs_image]
+            if os.environ.get("SIM_MCU_SCRIPT"):
+                script.append(os.environ["SIM_MCU_SCRIPT"])  # run after the mount, in place of /rom/main.py
+        else:
+            script = [script]
+        return [micropython_binary(), "-X", "heapsize=" + heap, *script,
                 "--board", "127.0.0.1:%d" % self.board_port, "--state", str(self.args.state),
                 "--uart", self.uart_path, "--reset-cause", self.reset_cause]
 
@@ -692,6 +715,7 @@ def parse_args(argv=None):
     p.add_argument("--heap", default="110wK", help="MicroPython heap size (default 110wK)")
     p.add_argument("--meter", default="SDM630", choices=METERS)
     p.add_argument("--variant", default="socket", choices=("socket", "cable"))
+    p.add_argument("--romfs", action="store_true", help="run the firmware from a ROMFS image of the build")
     return p.parse_args(argv)
 
 
@@ -712,10 +736,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.cafile and not Path(args.cafile).is_file():
         sys.exit("sim: --cafile %s does not exist" % args.cafile)
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build
     if not os.environ.get("SIM_MCU_SCRIPT"):
-        sys.path.insert(0, str(ROOT / "tools"))
-        import build
         build.build(BUILD_DIR)
+    if args.romfs:
+        build.romfs(str(BUILD_DIR))
     try:
         asyncio.run(amain(args))
     except OSError as e:

@@ -17,6 +17,32 @@ def test_footprint_counts_every_module():
     assert fp["total"] == sum(fp["files"].values())
 
 
+def test_code_heap_on_the_64_bit_and_the_32_bit_port():
+    code = bench.code_heap()
+    u, w = code["unix64"], code["wasm32"]
+    assert w is not None, code.get("wasm32_error")
+    # the same .mpy files (less the virtual board's): pointers halve on the 32-bit build, bytecode does not
+    assert 0.9 * u["mpy"] < w["mpy"] < u["mpy"]
+    assert 0.5 * u["imports"] < w["imports"] < u["imports"]
+    assert 0 < w["lazy"] < w["imports"] and w["app_objects"] > 10000  # the boot buffers alone are 10 KB
+    assert w["after_boot"] >= w["imports"] + w["app_objects"]
+    text = bench.table({"code": code})
+    assert "32-bit build" in text and str(w["imports"]) in text
+
+
+def test_romfs_image_runs_the_scenario_in_a_heap_too_small_for_the_files():
+    # From .mpy files the code alone takes about 160 KB of this 64-bit heap and the scenario needs about 106wK;
+    # run in place from a ROMFS image, as on a board with a ROMFS partition, it passes at 84wK.
+    image = bench.build.romfs(bench.BUILD_UNIX)[1]
+    ok, why, lines, marks, _ = asyncio.run(bench.run_scenario(heap="84wK", romfs=True, step_timeout=20))
+    assert ok, why + "\n" + "\n".join(l for _, l in lines[-15:])
+    assert [name for name, _ in marks][-1] == "reconnect"
+    romfs_used = bench.heap_line(lines)[0] - image
+    ok, why, lines, _, _ = asyncio.run(bench.run_scenario(heap="110wK", step_timeout=20))
+    assert ok, why
+    assert romfs_used < bench.heap_line(lines)[0] - 40000
+
+
 def test_latency_run_of_50_calls():
     res = asyncio.run(bench.latency(count=50, batch=25))
     labels = [label for label, _ in bench.latency_calls()]
