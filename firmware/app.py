@@ -61,6 +61,8 @@ class App:
         self.session.handle("ClearCache", localauth.CLEAR_CACHE, localauth.clear_cache_handler(self.auth))
         self.session.on_accepted = self._on_accepted
         self._booted = False
+        self._status0_again = False   # kick_status0: connector 0's status changed since the task last sent
+        self._status0_running = False
 
     def load_smart(self):
         if self.smart is None:
@@ -97,11 +99,28 @@ class App:
         # status that changed while offline (OCPP 1.6 §4.9), which report_status notices by itself.
         if not self._booted:
             self._booted = True
-            asyncio.create_task(self.status_connector0())
+            self.kick_status0()
             self.connector.resend_status()
         else:
             self.connector.kick_status()
         self.txq.kick()
+
+    def kick_status0(self):
+        # One task at most: a Central System toggling availability back to back must not queue a
+        # StatusNotification task per toggle (a TriggerMessage flood of that kind exhausted the heap). A change
+        # while the task waits for its turn to send is sent in one more round.
+        self._status0_again = True
+        if not self._status0_running:
+            self._status0_running = True
+            asyncio.create_task(self._status0_rounds())
+
+    async def _status0_rounds(self):
+        try:
+            while self._status0_again:
+                self._status0_again = False
+                await self.status_connector0()
+        finally:
+            self._status0_running = False
 
     async def status_connector0(self):
         from firmware import clock
@@ -125,7 +144,7 @@ class App:
         if self.evse.operative != operative:
             self.evse.operative = operative
             store.write_json(self._avail_path, {"operative": operative})
-            asyncio.create_task(self.status_connector0())
+            self.kick_status0()
         self.connector.tick()
 
     async def reboot(self, kind):

@@ -320,9 +320,9 @@ PROBE_RE = re.compile(r"BENCHPROBE live=(\d+) peak=(\d+) lag_us=(\d+) written=(\
 class Sim:
     """tools/sim.py with stdout kept (with arrival times) and an async control connection."""
 
-    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None, romfs=False):
+    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None, romfs=True):
         self.csms_url = csms_url
-        self.romfs = romfs      # run the firmware from a ROMFS image (tools/sim.py --romfs)
+        self.romfs = romfs      # the firmware runs from a ROMFS image (tools/sim.py --romfs), else --files
         self.cp_id = cp_id
         self.heap = heap
         self._tmp = tempfile.mkdtemp(prefix="bench-sim-")
@@ -341,7 +341,7 @@ class Sim:
             env["SIM_MCU_SCRIPT"] = self.probe
         self.proc = await asyncio.create_subprocess_exec(
             PY, os.path.join(TOOLS, "sim.py"), "--csms", self.csms_url, "--id", self.cp_id, "--state",
-            self.state_dir, "--control", "0", "--heap", self.heap, *(["--romfs"] if self.romfs else []),
+            self.state_dir, "--control", "0", "--heap", self.heap, "--romfs" if self.romfs else "--files",
             cwd=ROOT, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, limit=1 << 22)

@@ -2,14 +2,16 @@
 MicroPython unix port as its MCU.
 
     .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
-            [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable] [--romfs]
+            [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
+            [--romfs | --files]
 
 Writes DIR/provision.json, starts the virtual Modbus meter (tools/virtual_meter.py) on a pty, a board link server on
 an ephemeral 127.0.0.1 port and the MCU:
     .venv/bin/micropython -X heapsize=SIZE main.py --board 127.0.0.1:PORT --state DIR --uart PTY
-(env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). --romfs runs the firmware from a ROMFS image of the
-build (tools/romboot.py), as on a board with a ROMFS partition; the heap is then SIZE plus the image, which a board
-keeps in flash. MCU output is echoed as "[mcu] ...". Exit code 3 is a
+(env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). By default (--romfs) the firmware runs from a ROMFS
+image of the build (tools/romboot.py), as it is deployed on an ESP32 (README.md): the bytecode stays out of the
+heap, and the heap is SIZE plus the image, which a board keeps in flash. --files imports the .mpy files instead,
+with all of the code in the heap. MCU output is echoed as "[mcu] ...". Exit code 3 is a
 reboot request (restart at once); any other exit restarts it after 1 s, as a watchdog would. Prints
 "SIM READY control=127.0.0.1:PORT" once the control socket accepts; SIGTERM/SIGINT stop everything, exit 0.
 
@@ -715,8 +717,15 @@ def parse_args(argv=None):
     p.add_argument("--heap", default="110wK", help="MicroPython heap size (default 110wK)")
     p.add_argument("--meter", default="SDM630", choices=METERS)
     p.add_argument("--variant", default="socket", choices=("socket", "cable"))
-    p.add_argument("--romfs", action="store_true", help="run the firmware from a ROMFS image of the build")
-    return p.parse_args(argv)
+    code = p.add_mutually_exclusive_group()
+    code.add_argument("--romfs", dest="romfs", action="store_true", default=None,
+                      help="run the firmware from a ROMFS image of the build, as on an ESP32 (the default)")
+    code.add_argument("--files", dest="romfs", action="store_false",
+                      help="import the firmware from its .mpy files: all of its code then lives in the heap")
+    args = p.parse_args(argv)
+    if args.romfs is None:
+        args.romfs = not os.environ.get("SIM_MCU_SCRIPT")  # a test script of the sim runs as it is
+    return args
 
 
 async def amain(args):

@@ -28,6 +28,23 @@ def test_boot_over_ws_reports_status_and_heartbeats(csms_factory, sim_factory):
     assert sim.status()["powered"]
 
 
+def test_firmware_runs_from_a_romfs_image_as_on_the_esp32(csms_factory, sim_factory, tmp_path):
+    # The default, as deployed (README.md): the code runs in place from the image; the heap is 110wK on top of it.
+    import os
+    import struct
+    image = os.path.join(os.path.dirname(__file__), "..", "..", "build", "unix.romfs")
+    csms = csms_factory()
+    sim = sim_factory(csms.url)
+    csms.wait_for("BootNotification", cp=CP)
+    with open("/proc/%d/cmdline" % sim.status()["mcu_pid"], "rb") as f:
+        cmdline = f.read().split(b"\0")
+    assert any(arg.endswith(b"tools/romboot.py") for arg in cmdline)
+    heap = [int(a.split(b"=")[1]) for a in cmdline if a.startswith(b"heapsize=")]
+    assert heap == [110 * 1024 * struct.calcsize("P") // 4 + os.path.getsize(image)]
+    used = int(sim.wait_line(r"heap (\d+) used").group(1)) - os.path.getsize(image)
+    assert used < 120000  # from .mpy files it is about 167 KB: the bytecode is not in the heap
+
+
 def test_boot_over_wss_with_basic_auth(csms_factory, sim_factory, pki):
     password = "s3cret-Pa55word-01"
     csms = csms_factory(tls=True, pki=pki, auth={CP: password})
