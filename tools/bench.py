@@ -776,10 +776,10 @@ async def scenario(csms, sim, step_timeout=30, marks=None):
     mark("reconnect")
 
 
-async def run_scenario(heap="110wK", probe=None, step_timeout=30, after=None, state_dir=None, romfs=False):
+async def run_scenario(heap="110wK", probe=None, step_timeout=30, after=None, state_dir=None, romfs=True):
     """(passed, why, sim lines, marks, extra) for one scenario run on a fresh charger. after(csms, sim) runs
     at the end while everything is up; its value is returned as extra. romfs: the firmware runs from a ROMFS
-    image, whose bytes the sim adds to the heap (a board keeps them in flash)."""
+    image, whose bytes the sim adds to the heap (a board keeps them in flash); else from .mpy files."""
     csms = await Csms().start()
     sim = Sim(csms.url, heap=heap, probe=probe, state_dir=state_dir, romfs=romfs)
     marks = []
@@ -814,9 +814,16 @@ def heap_words(heap):
     return int(m.group(1)) if m else None
 
 
+def romfs_image_size():
+    """Bytes of the ROMFS image the sim runs the firmware from (it sits in the unix port's heap, on top of
+    the heap size asked for; a board maps it from flash)."""
+    return build.romfs(BUILD_UNIX)[1]
+
+
 async def heap_figures(heap="110wK"):
     """Live heap after boot (the firmware's own line, and the probe once idle), peak live heap over the
-    scenario (the probe collects and reads gc.mem_alloc() every few ms)."""
+    scenario (the probe collects and reads gc.mem_alloc() every few ms); the firmware runs from its ROMFS
+    image, as deployed, and the figures leave the image out."""
     tmp = tempfile.mkdtemp(prefix="bench-probe-")
     try:
         probe = write_probe(tmp, gc_each=True, period_ms=5, report_ms=100)
@@ -824,25 +831,27 @@ async def heap_figures(heap="110wK"):
         async def idle(csms, sim):
             return None
 
+        image = romfs_image_size()
         ok, why, lines, marks, _ = await run_scenario(heap=heap, probe=probe, after=idle)
         if not ok:
             raise RuntimeError("scenario failed with the heap probe: " + why)
         used, free = heap_line(lines)
         reports = [(t, PROBE_RE.search(l)) for t, l in lines if PROBE_RE.search(l)]
         booted = dict(marks)["booted"]
-        after_boot = [int(m.group(1)) for t, m in reports if t >= booted][:5]
-        peak = max(int(m.group(2)) for _, m in reports)
-        total = used + free
-        return {"start_used": used, "heap_total": total, "after_boot_live": min(after_boot) if after_boot else None,
+        after_boot = [int(m.group(1)) - image for t, m in reports if t >= booted][:5]
+        peak = max(int(m.group(2)) for _, m in reports) - image
+        return {"start_used": used - image, "heap_total": used + free - image, "image": image,
+                "after_boot_live": min(after_boot) if after_boot else None,
                 "peak_live": peak, "probe_reports": len(reports), "heap": heap}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def min_heap(start=110, lo=48, top=256, resolution=4, repeat=2, log=None, romfs=False):
+async def min_heap(start=110, lo=48, top=256, resolution=4, repeat=2, log=None, romfs=True):
     """The smallest -X heapsize=NwK at which the scenario passes repeat times in a row, by bisection (plain sim,
     no probe). Starts at start; if that fails the upper bound doubles up to top. Returns (N or None, runs) where
-    runs lists (N, passed, why). romfs: firmware run from a ROMFS image, N not counting the image."""
+    runs lists (N, passed, why). romfs: firmware run from its ROMFS image (N does not count the image), else
+    from .mpy files."""
     runs = []
 
     async def passes(n):
@@ -850,7 +859,7 @@ async def min_heap(start=110, lo=48, top=256, resolution=4, repeat=2, log=None, 
             ok, why, lines, _, _ = await run_scenario(heap="%dwK" % n, step_timeout=20, romfs=romfs)
             runs.append((n, ok, why))
             if log:
-                log("  heap %dwK%s: %s %s" % (n, " (ROMFS)" if romfs else "", "pass" if ok else "FAIL", why))
+                log("  heap %dwK%s: %s %s" % (n, "" if romfs else " (.mpy files)", "pass" if ok else "FAIL", why))
             if not ok:
                 return False
         return True
@@ -880,7 +889,7 @@ async def retry_scenario(fn, tries=3):
     raise RuntimeError("; ".join(failures))
 
 
-async def loop_health(block_ms=50, heap="110wK", ram_flash=False, romfs=False):
+async def loop_health(block_ms=50, heap="110wK", ram_flash=False, romfs=True):
     """Longest stretch the firmware's asyncio loop went without yielding during the scenario, seen by a probe
     task that sleeps 2 ms and measures how late it wakes. Then a calibration: the sim's "mcu" hook stalls the
     loop block_ms on purpose and the probe must see at least that. ram_flash puts the charger's flash on a
@@ -1144,42 +1153,35 @@ def table(r):
     h = r.get("heap")
     if h:
         row("heap", "used at start (firmware's line)", "%d B" % h["start_used"],
-            "of %d B heap (%s%s)" % (h["heap_total"], h["heap"], ", 110wK runs crashed" if h["heap"] != "110wK" else ""))
+            "of %d B (%s%s); code run from a %d B ROMFS image, as deployed" % (
+                h["heap_total"], h["heap"], ", 110wK runs crashed" if h["heap"] != "110wK" else "", h["image"]))
         row("heap", "live after boot + GC", _f(h["after_boot_live"], "%d B"), "probe, charger idle and booted")
         row("heap", "peak live, standard scenario", "%d B" % h["peak_live"],
             "%.0f%% of a 110wK heap" % (100.0 * h["peak_live"] / h["heap_total"] * 110 / heap_words(h["heap"])))
         if h.get("failures"):
             row("heap", "probe runs that crashed", "%d" % sum(f.count("crashed") for f in h["failures"]),
                 "MemoryError at 110wK")
+    mh = r.get("min_heap")
+    if mh:
+        row("heap", "smallest heap passing the scenario", "-" if mh["words"] is None else "%dwK" % mh["words"],
+            "bisection, %d runs, %d-run streak" % (len(mh["runs"]), mh["repeat"]))
+    fl = r.get("files")
+    if fl:
+        row("heap", "from .mpy files: used at start", _f(fl["start_used"], "%d B"),
+            "of %s B (110wK): the whole code in the heap (tools/sim.py --files)" % _f(fl["heap_total"], "%d"))
+        row("heap", "from .mpy files: smallest heap passing", "-" if fl["words"] is None else "%dwK" % fl["words"],
+            "bisection, %d runs" % len(fl["runs"]))
     ch = r.get("code")
     if ch:
         u = ch["unix64"]
-        row("heap", "code: project imports, this 64-bit build", "%d B" % u["imports"],
+        row("heap", "code imported from .mpy files, 64-bit", "%d B" % u["imports"],
             "%d B of .mpy; %d B of it the optional profiles" % (u["mpy"], u["lazy"]))
         w = ch.get("wasm32")
         if w:
-            row("heap", "code: project imports, 32-bit build", "%d B" % w["imports"],
+            row("heap", "code imported from .mpy files, 32-bit", "%d B" % w["imports"],
                 "WebAssembly port, ESP32 object layout; with stdlib and App objects %d B" % w["after_boot"])
         else:
-            row("heap", "code: project imports, 32-bit build", "-", ch.get("wasm32_error", "")[:80])
-        if h:
-            data = h["peak_live"] - u["imports"] - u["stdlib"]
-            row("heap", "data: peak live minus code, 64-bit", "%d B" % data,
-                "upper bound for a 32-bit board with frozen/ROMFS code")
-    mh = r.get("min_heap")
-    if mh:
-        fails = sum(1 for _, ok, _ in mh["runs"] if not ok and _ == mh.get("standard_words"))
-        row("heap", "smallest heap passing the scenario", "-" if mh["words"] is None else "%dwK" % mh["words"],
-            "bisection, %d runs, %d-run streak" % (len(mh["runs"]), mh["repeat"]))
-        std = [ok for n, ok, _ in mh["runs"] if n == 110]
-        if std:
-            row("heap", "scenario at 110wK", "%d/%d pass" % (sum(std), len(std)))
-    rf = r.get("romfs")
-    if rf:
-        row("heap", "ROMFS: used at start, image excluded", _f(rf["start_used"], "%d B"),
-            "firmware run from a %d B ROMFS image (tools/sim.py --romfs), as on a board's ROMFS partition" % rf["image"])
-        row("heap", "ROMFS: smallest heap passing the scenario", "-" if rf["words"] is None else "%dwK" % rf["words"],
-            "bisection, %d runs; the image is on top, in flash on a board" % len(rf["runs"]))
+            row("heap", "code imported from .mpy files, 32-bit", "-", ch.get("wasm32_error", "")[:80])
     lat = r.get("latency")
     if lat:
         for label, v in lat.items():
@@ -1196,20 +1198,23 @@ def table(r):
             "peak %d kB; ours/ref x%.2f" % (rss["ref_peak_kb"], rss["ratio"]))
     lh = r.get("loop")
     if lh:
+        def runs(v):
+            r = v.get("runs_ms") or [v["max_lag_ms"]]
+            return "median of %d runs (%.1f-%.1f ms)" % (len(r), min(r), max(r))
+
         row("loop", "longest stall, standard scenario", "%.2f ms" % lh["max_lag_ms"],
-            "ESP32 estimate x%d: %.0f ms; heap %s%s; flash on the %s, fsync included" % (
-                ESP32_SLOWDOWN, lh["esp32_est_ms"], lh["heap"],
+            "ESP32 estimate x%d: %.0f ms; %s; heap %s%s, flash on the %s" % (
+                ESP32_SLOWDOWN, lh["esp32_est_ms"], runs(lh), lh["heap"],
                 " (110wK runs crashed)" if lh["heap"] != "110wK" else "", lh.get("flash", "host disk")))
         ram = lh.get("ram")
         if ram:
             row("loop", "  same, flash on a RAM disk", "%.2f ms" % ram["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms (interpreter work only; add the board's flash writes)" % (
-                    ESP32_SLOWDOWN, ram["esp32_est_ms"]))
-        rr = lh.get("ram_romfs")
-        if rr:
-            row("loop", "  same, and code in ROMFS", "%.2f ms" % rr["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms; the deployment README.md recommends" % (
-                    ESP32_SLOWDOWN, rr["esp32_est_ms"]))
+                "ESP32 estimate x%d: %.0f ms; %s; no host fsync" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)))
+        fl = lh.get("files")
+        if fl:
+            row("loop", "  code from .mpy files instead", "%.2f ms" % fl["max_lag_ms"],
+                "ESP32 estimate x%d: %.0f ms; %s; a larger heap to collect" % (
+                    ESP32_SLOWDOWN, fl["esp32_est_ms"], runs(fl)))
         row("loop", "probe check: injected stall", "%d ms" % lh["calibration_block_ms"],
             "probe saw %.1f ms" % lh["calibration_seen_ms"])
     sf = r.get("safety")
@@ -1248,7 +1253,7 @@ def table(r):
     return "\n".join(out)
 
 
-STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "romfs", "wear")
+STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear")
 
 
 async def run_all(args, log):
@@ -1272,18 +1277,28 @@ async def run_all(args, log):
     build.build(BUILD_UNIX)
     await step("latency", lambda: latency(args.calls, max(1, min(100, args.calls // 10))))
 
+    async def loop_runs(**kw):
+        # The longest stall of one run is a maximum of wall-clock gaps, and the host's scheduler only ever adds
+        # to it: the median of a few runs is the figure, their range goes in the notes.
+        runs = []
+        for _ in range(args.loop_runs):
+            v, _ = await retry_scenario(lambda: loop_health(**kw), 2)
+            runs.append(v)
+        runs.sort(key=lambda v: v["max_lag_ms"])
+        v = runs[len(runs) // 2]
+        v["runs_ms"] = [r["max_lag_ms"] for r in runs]
+        return v
+
     async def loop_fn():
-        # At 110wK the scenario itself often dies of MemoryError (see the heap rows); the loop figure is about
-        # time, so after failures there it is taken on a larger heap, and the table says which.
+        # The loop figure is about time: if the scenario dies of MemoryError at 110wK it is taken on a larger
+        # heap, and the table says which.
         try:
-            v, failures = await retry_scenario(loop_health, 2)
-        except RuntimeError as e:
-            v, failures = await retry_scenario(lambda: loop_health(heap="160wK"), 2)
-            failures = [str(e)] + failures
-        v["failures"] = failures
+            v = await loop_runs()
+        except RuntimeError:
+            v = await loop_runs(heap="160wK")
         if v["heap"] == "110wK":
-            v["ram"], _ = await retry_scenario(lambda: loop_health(ram_flash=True), 2)
-            v["ram_romfs"], _ = await retry_scenario(lambda: loop_health(ram_flash=True, romfs=True), 2)
+            v["ram"] = await loop_runs(ram_flash=True)
+            v["files"] = await loop_runs(romfs=False)
         return v
     await step("loop", loop_fn)
     await step("boot", lambda: boot_times(args.boots))
@@ -1301,15 +1316,15 @@ async def run_all(args, log):
         return v
 
     async def min_heap_fn():
-        words, runs = await min_heap(repeat=args.repeat, log=log)
+        words, runs = await min_heap(start=80, lo=32, repeat=args.repeat, log=log)
         return {"words": words, "runs": runs, "repeat": args.repeat}
 
-    async def romfs_fn():
-        image = build.romfs(BUILD_UNIX)[1]
-        ok, why, lines, _, _ = await run_scenario(romfs=True, step_timeout=20)
+    async def files_fn():
+        # the same from plain .mpy files, the deployment that does not fit an ESP32 (README.md)
+        ok, why, lines, _, _ = await run_scenario(romfs=False, step_timeout=20)
         used, free = heap_line(lines)
-        words, runs = await min_heap(start=80, lo=32, repeat=args.repeat, log=log, romfs=True)
-        return {"image": image, "start_used": None if used is None else used - image, "scenario_ok": ok,
+        words, runs = await min_heap(repeat=args.repeat, log=log, romfs=False)
+        return {"start_used": used, "heap_total": None if used is None else used + free, "scenario_ok": ok,
                 "why": why, "words": words, "runs": runs, "repeat": args.repeat}
 
     # The wear run is mostly waiting for meter intervals, and the heap runs are pass/fail, not timing: run
@@ -1317,7 +1332,7 @@ async def run_all(args, log):
     async def both():
         await step("heap", heap_fn)
         await step("min_heap", min_heap_fn)
-        await step("romfs", romfs_fn)
+        await step("files", files_fn)
 
     await asyncio.gather(both(), step("wear", lambda: flash_wear(args.wear_s)))
     return res
@@ -1350,10 +1365,11 @@ def main(argv=None):
     p.add_argument("--boots", type=int, default=10, help="power cycles for the boot time (default 10)")
     p.add_argument("--wear-s", type=float, default=240, help="seconds of charging for flash wear (default 240)")
     p.add_argument("--repeat", type=int, default=2, help="passes in a row for a heap size to count (default 2)")
+    p.add_argument("--loop-runs", type=int, default=3, help="scenario runs per loop-stall figure (default 3)")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = p.parse_args(argv)
     if args.quick:
-        args.calls, args.events, args.boots, args.wear_s, args.repeat = 50, 9, 3, 35, 1
+        args.calls, args.events, args.boots, args.wear_s, args.repeat, args.loop_runs = 50, 9, 3, 35, 1, 1
     t0 = time.monotonic()
     res = run_cancellable("bench", run_all, args, t0)
     if res is None:

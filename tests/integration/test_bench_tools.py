@@ -38,7 +38,7 @@ def test_romfs_image_runs_the_scenario_in_a_heap_too_small_for_the_files():
     assert ok, why + "\n" + "\n".join(l for _, l in lines[-15:])
     assert [name for name, _ in marks][-1] == "reconnect"
     romfs_used = bench.heap_line(lines)[0] - image
-    ok, why, lines, _, _ = asyncio.run(bench.run_scenario(heap="110wK", step_timeout=20))
+    ok, why, lines, _, _ = asyncio.run(bench.run_scenario(heap="110wK", step_timeout=20, romfs=False))
     assert ok, why
     assert romfs_used < bench.heap_line(lines)[0] - 40000
 
