@@ -27,7 +27,7 @@ def test_code_heap_on_the_64_bit_and_the_32_bit_port():
     assert 0 < w["lazy"] < w["imports"] and w["app_objects"] > 10000  # the boot buffers alone are 10 KB
     assert w["after_boot"] >= w["imports"] + w["app_objects"]
     text = bench.table({"code": code})
-    assert "32-bit build" in text and str(w["imports"]) in text
+    assert "from .mpy files, 32-bit" in text and str(w["imports"]) in text
 
 
 def test_romfs_image_runs_the_scenario_in_a_heap_too_small_for_the_files():
