@@ -75,7 +75,8 @@ class Csms:
     order, so torture can check "once, in order". tag_status answers Authorize and StartTransaction.
     A StartTransaction identical to one already booked (same charger, connector, idTag, meterStart and
     timestamp) is the charger's resend after it lost our answer: it gets the same id back, as a production
-    Central System does, and is counted in tx[id]["resends"]."""
+    Central System does, and is counted in tx[id]["resends"]; so are a MeterValues or StopTransaction identical
+    to one already booked."""
 
     def __init__(self, port=0):
         self.port = port
@@ -193,16 +194,23 @@ class Csms:
             return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
         if action == "StopTransaction":
             t = self.tx.get(p.get("transactionId"))
-            if t is not None:
+            if t is not None and t["stop"] == p:
+                t["resends"] += 1  # the same Stop again: its answer was lost, it is not a second Stop
+            elif t is not None:
                 t["stops"] += 1
                 t["stop"] = p
-            self.tx_order.append((cp, action, p, p.get("transactionId")))
+                self.tx_order.append((cp, action, p, p.get("transactionId")))
+            else:
+                self.tx_order.append((cp, action, p, p.get("transactionId")))
             return {"idTagInfo": {"status": "Accepted"}}
         if action == "MeterValues":
             t = self.tx.get(p.get("transactionId"))
-            if t is not None:
-                t["meter"].append(p)
-            self.tx_order.append((cp, action, p, p.get("transactionId")))
+            if t is not None and p in t["meter"]:
+                t["resends"] += 1  # identical values again after a lost answer: booked once
+            else:
+                if t is not None:
+                    t["meter"].append(p)
+                self.tx_order.append((cp, action, p, p.get("transactionId")))
             return {}
         if action == "DataTransfer":
             return {"status": "Accepted"}
