@@ -124,6 +124,7 @@ def test_tc005_2_ev_side_disconnect_keeps_the_lock(csms_factory, sim_factory):
 def test_tc005_3_ev_side_disconnect_suspends_without_stop(csms_factory, sim_factory):
     csms, sim = boot(csms_factory, sim_factory, config={"StopTransactionOnEVSideDisconnect": "false"})
     start_charging(csms, sim)
+    status_seen(csms, "Charging")  # reported: else a short Charging never leaves SuspendedEV to report again
     mark = len(csms.messages())
     sim.cmd({"cmd": "ev", "state": "A"})
     status_seen(csms, "SuspendedEV", since=mark)
