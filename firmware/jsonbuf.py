@@ -23,9 +23,9 @@ class JsonBuf(io.IOBase):
 
     def dump(self, obj):
         """obj as UTF-8 JSON in a memoryview (len() counts bytes): of a new str, or, when the heap has no block
-        large enough for it, of the buffer, valid until the next dump. json.dumps runs in C; streaming through write() costs a Python call
-        per token, 12x slower (1 ms for GetConfiguration on the host, 200 ms on an ESP32), so the buffer is
-        only the way out of a fragmented heap."""
+        large enough for it, of the buffer, valid until the next dump. json.dumps runs in C; streaming through
+        write() costs a Python call per token, 12x slower (1 ms for GetConfiguration on the host, 200 ms on an
+        ESP32), so the buffer is only the way out of a fragmented heap."""
         try:
             return memoryview(json.dumps(obj))
         except MemoryError:
