@@ -10,7 +10,7 @@ from firmware.meter import Meter
 from firmware.ocpp import localauth
 from firmware.ocpp.auth import Auth
 from firmware.ocpp.connector import Connector, CONNECTOR
-from firmware.ocpp.core import Core
+from firmware.ocpp.core import Core, VENDOR_ID
 from firmware.ocpp.session import Session
 from firmware.ocpp.txqueue import TxQueue
 from lib.modbus import RtuMaster
@@ -52,9 +52,9 @@ class App:
         session.lazy(("ReserveNow", "CancelReservation"), self.load_reservations)
         session.lazy(("TriggerMessage",), self._load_trigger)
         session.lazy(("GetLocalListVersion", "SendLocalList"), lambda: localauth.register(session, self.auth))
-        if store.exists(state + "/profiles.json"):
+        if store.present(state + "/profiles.json"):
             self.load_smart()
-        if store.exists(state + "/reservation.json"):
+        if store.present(state + "/reservation.json"):
             self.load_reservations()
         self.scheduled_operative = None  # ChangeAvailability waiting for the transaction to end
         self.core = Core(self)
@@ -63,6 +63,7 @@ class App:
         self._booted = False
         self._status0_again = False   # kick_status0: connector 0's status changed since the task last sent
         self._status0_running = False
+        self._reporting = False
 
     def load_smart(self):
         if self.smart is None:
@@ -104,6 +105,23 @@ class App:
         else:
             self.connector.kick_status()
         self.txq.kick()
+        if store.notes and not self._reporting:
+            self._reporting = True
+            asyncio.create_task(self._report_flash())
+
+    async def _report_flash(self):
+        # What the store had to recover or lost at boot, told to the Central System as vendor DataTransfers
+        # (docs/decisions.md, Flash); a note stays until one is delivered, for the next connection.
+        notes = store.notes
+        try:
+            while notes:
+                await self.session.call("DataTransfer", {"vendorId": VENDOR_ID, "messageId": "FlashRecovery",
+                                                         "data": notes[0]})
+                notes.pop(0)
+        except Exception as e:
+            log.warn(_TAG, "FlashRecovery report failed: %r" % (e,))
+        finally:
+            self._reporting = False
 
     def kick_status0(self):
         # One task at most: a Central System toggling availability back to back must not queue a

@@ -1,6 +1,14 @@
 # Flash persistence: whole small files replaced atomically, JSON with a CRC, and an append-only journal
 # (the transaction FIFO) that survives a power cut at any byte.
 #
+# Two copies of every state file (DESIGN.md §4, docs/decisions.md "Flash"): NAME and NAME.bak. A cold file
+# (config, ids, availability, profiles, reservation, local list, cache) is written twice, so NAME.bak holds the
+# same generation (or the previous one, after a power cut between the two writes). The hot tx.json, rewritten at
+# every MeterValue, is rotated instead: the current file is renamed to NAME.bak before the new one is renamed in,
+# which keeps the previous generation for no extra bytes written. load() takes the first good one of NAME,
+# NAME.tmp (a rename cut short), NAME.bak, repairs the other copy, and logs and notes every file it had to
+# recover or lost. The journal keeps its StartTransaction / StopTransaction records in a mirror journal.
+#
 # Durability: MicroPython has no fsync. close() commits the file on both ESP32 filesystems (littlefs writes
 # its metadata on close, FatFs flushes its cache), and the unix port's close() hands the data to the kernel,
 # which is enough for the simulation (SIGKILL is the power cut there, not a kernel crash). So every write here
@@ -12,8 +20,20 @@ import struct
 from binascii import crc32
 from micropython import const
 
+from firmware import log
+
 # Flash-wear figure: every byte this module writes (files, journal records, compactions).
 bytes_written = 0
+# Recoveries the Central System should hear of (firmware/app.py sends them as DataTransfer): "file: what".
+notes = []
+_NOTES_MAX = const(8)
+_TAG = "store"
+BAK = ".bak"
+# load() outcomes
+ABSENT = 0    # no file: nothing was ever saved (or it was deleted on purpose)
+FOUND = 1
+RESTORED = 2  # the file was bad or gone: its copy was used (same or previous generation)
+LOST = 3      # the file and its copy were bad: the caller's default was used
 
 _HDR = const(6)          # journal record header: <len u16><crc32 u32>, crc over the body
 _BODY_MIN = const(5)     # body: <kind u8><seq u32><payload>
@@ -21,6 +41,7 @@ _BODY_MAX = const(8192)  # sanity bound: a longer length field means a torn or g
 _K_DATA = const(1)       # a record (a later DATA with the same seq replaces it in place)
 _K_POP = const(2)        # tombstone: the record with this seq is done
 _K_BASE = const(3)       # written by compaction: keeps seqs monotonic when every record was popped
+_K_KEEP = const(4)       # a record that the mirror journal holds too (same meaning as _K_DATA otherwise)
 _COPY = const(512)
 
 
@@ -32,6 +53,11 @@ def exists(path):
         return False
 
 
+def present(path):
+    """A state file or one of its copies is on flash (the file itself may be damaged or gone)."""
+    return exists(path) or exists(path + BAK) or exists(path + ".tmp")
+
+
 def remove(path):
     try:
         os.remove(path)
@@ -39,8 +65,28 @@ def remove(path):
         pass
 
 
+def delete(path):
+    """Removes a state file and its copy: the copy first, so a cut in between never leaves a copy without its
+    file (load() would take that for a lost file and bring it back)."""
+    remove(path + BAK)
+    remove(path)
+    remove(path + ".tmp")
+
+
 def join(d, name):
     return name if not d else (d + name if d.endswith("/") else d + "/" + name)
+
+
+def _name(path):
+    return path[path.rfind("/") + 1:]
+
+
+def note(text):
+    """A recovery worth the Central System's attention: logged now, reported after the next boot's
+    BootNotification (firmware/app.py)."""
+    log.warn(_TAG, text)
+    if len(notes) < _NOTES_MAX:
+        notes.append(text)
 
 
 def _rename(src, dst):
@@ -68,40 +114,34 @@ class _Out(io.IOBase):
 
 
 def write_atomic(path, data):
-    _write(path, data, None)
+    _write(path, data, None, None)
+    _rename(path + ".tmp", path)
 
 
-def _write(path, data, obj):
-    # data: bytes or an iterable of chunks; or, with obj, obj as CRC-framed JSON (data unused).
+def _write(path, data, obj, body):
+    # Writes path + ".tmp": data (bytes or an iterable of chunks); or obj as CRC-framed JSON, from body (its
+    # encoding) when there was heap for one, else streamed.
     global bytes_written
-    tmp = path + ".tmp"
-    f = open(tmp, "wb")
+    f = open(path + ".tmp", "wb")
     try:
         if obj is None:
             for c in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 f.write(c)
                 bytes_written += len(c)
+        elif body is not None:
+            f.write(b"%08x\n" % (crc32(body) & 0xFFFFFFFF))
+            f.write(body)
+            bytes_written += 9 + len(body)
         else:
-            try:
-                # json.dumps runs in C; streaming costs a Python call and a file write per token
-                body = memoryview(json.dumps(obj))  # len() in bytes, for non-ASCII text too
-            except MemoryError:
-                body = None
-            if body is not None:
-                f.write(b"%08x\n" % (crc32(body) & 0xFFFFFFFF))
-                f.write(body)
-                bytes_written += 9 + len(body)
-            else:
-                f.write(b"00000000\n")  # placeholder: the CRC is known once the body is out
-                out = _Out(f)
-                json.dump(obj, out)
-                f.seek(0)
-                f.write(b"%08x" % (out.crc & 0xFFFFFFFF))
-                bytes_written += 9
+            f.write(b"00000000\n")  # placeholder: the CRC is known once the body is out
+            out = _Out(f)
+            json.dump(obj, out)
+            f.seek(0)
+            f.write(b"%08x" % (out.crc & 0xFFFFFFFF))
+            bytes_written += 9
         f.flush()
     finally:
         f.close()
-    _rename(tmp, path)
 
 
 def read(path):
@@ -112,41 +152,98 @@ def read(path):
         return None
 
 
-def write_json(path, obj):
-    _write(path, None, obj)
+def write_json(path, obj, hot=False):
+    """Replaces a state file. Cold files (the default) are written twice, to path and path.bak; hot=True
+    (a file rewritten every few seconds) rotates: the current file becomes path.bak, no extra bytes."""
+    try:
+        # json.dumps runs in C; streaming costs a Python call and a file write per token
+        body = memoryview(json.dumps(obj))  # len() in bytes, for non-ASCII text too
+    except MemoryError:
+        body = None
+    _write(path, None, obj, body)
+    if hot:
+        if exists(path):
+            _rename(path, path + BAK)
+        _rename(path + ".tmp", path)
+        return
+    _rename(path + ".tmp", path)
+    _write(path + BAK, None, obj, body)
+    _rename(path + BAK + ".tmp", path + BAK)
 
 
-def _parse_json(raw):
-    # Returns (ok, obj). Format: "<crc32 hex>\n<json>"; a hand-edited file without the CRC is corrupt.
-    if raw is None or len(raw) < 9 or raw[8] != 10:
-        return False, None
+def _check(raw):
+    """Why raw is not a whole "<crc32 hex>\n<json>" file, or None. A hand-edited file without the CRC is bad."""
+    if raw is None:
+        return "missing"
+    if not raw:
+        return "empty"
+    if len(raw) < 9 or raw[8] != 10:
+        return "no CRC header"
     try:
         crc = int(raw[:8], 16)
     except ValueError:
-        return False, None
-    body = memoryview(raw)[9:]
-    if crc32(body) & 0xFFFFFFFF != crc:
-        return False, None
+        return "no CRC header"
+    if crc32(memoryview(raw)[9:]) & 0xFFFFFFFF != crc:
+        return "CRC mismatch"
+    return None
+
+
+def _decode(raw):
+    # Straight from the buffer: no second copy. (obj, None) or (None, why)
     try:
-        return True, json.loads(body)  # straight from the buffer: no second copy
+        return json.loads(memoryview(raw)[9:]), None
     except ValueError:
-        return False, None
+        return None, "not JSON"
+
+
+def _repair(path, raw):
+    try:
+        write_atomic(path, raw)
+    except OSError as e:
+        log.error(_TAG, "%s: could not rewrite (%r)" % (_name(path), e))
+
+
+def load(path, default=None):
+    """(object, outcome) of a state file written by write_json; outcome is ABSENT, FOUND, RESTORED or LOST.
+    A bad file is kept as path.bad for diagnosis and rewritten from its copy; a bad copy is rewritten from
+    the file. Every recovery is logged, naming the file and what was used."""
+    raw = read(path)
+    if raw is None and _check(read(path + ".tmp")) is None:
+        try:  # a write was cut between its renames: the new generation is complete
+            os.rename(path + ".tmp", path)
+            raw = read(path)
+        except OSError:
+            pass
+    why = _check(raw)
+    if why is None:
+        obj, why = _decode(raw)
+    bak = path + BAK
+    braw = read(bak)
+    bwhy = _check(braw)
+    if why is None:
+        if bwhy is not None:
+            (log.warn if braw is not None else log.info)(_TAG, "%s %s: copy rewritten" % (_name(bak), bwhy))
+            _repair(bak, raw)
+        return obj, FOUND
+    if raw is None and braw is None:
+        return default, ABSENT
+    if raw is not None:
+        try:
+            _rename(path, path + ".bad")
+        except OSError:
+            pass
+    if bwhy is None:
+        obj, bwhy = _decode(braw)
+    if bwhy is None:
+        _repair(path, braw)
+        note("%s %s: restored from %s" % (_name(path), why, _name(bak)))
+        return obj, RESTORED
+    note("%s %s, copy %s: lost, defaults used" % (_name(path), why, bwhy))
+    return default, LOST
 
 
 def read_json(path, default=None):
-    raw = read(path)
-    if raw is None:
-        raw = read(path + ".tmp")  # FatFs rename window, see _rename; the CRC proves it complete
-        if raw is None:
-            return default
-        ok, obj = _parse_json(raw)
-        return obj if ok else default
-    ok, obj = _parse_json(raw)
-    if ok:
-        return obj
-    # Keep the evidence for diagnosis; the caller starts over from its default.
-    _rename(path, path + ".bad")
-    return default
+    return load(path, default)[0]
 
 
 class Journal:
@@ -155,9 +252,14 @@ class Journal:
     RAM holds only three small int lists (seq, file offset, body length) per live record; payloads stay on
     flash. A torn or corrupt record ends the scan at open: it and everything after it are dropped by an
     atomic rewrite, so a power cut mid-append loses at most the record being written.
+
+    With mirror=True, records appended with keep=True (the ones billing depends on) are also written to a
+    second journal, path.bak, with the same seq; at open, records the main file lost are taken back from it
+    in seq order, and a copy that disagrees with an intact main file is rebuilt from it. damaged is True when
+    the main file had lost something (the caller then re-checks what it derives from the queue).
     """
 
-    def __init__(self, path, compact_at=4096, read_buf=None):
+    def __init__(self, path, compact_at=4096, read_buf=None, mirror=False):
         self.path = path
         self.compact_at = compact_at
         self._hdr = bytearray(_HDR)
@@ -170,26 +272,49 @@ class Journal:
         self._next = 0
         self._end = 0
         self._torn = False  # the file holds bytes past _end that must go before the next append
+        self._m = None
+        self.damaged = False
         if not exists(path) and exists(path + ".tmp"):
             os.rename(path + ".tmp", path)  # a compaction finished writing but FatFs lost the target
+        size = os.stat(path)[6] if exists(path) else -1
         try:
             good = self._scan()
         except OSError:
             good = None
+        why = None
         if good is None:
             self._torn = True  # unreadable now: repair before the next append, not blindly here
-        elif good < (os.stat(path)[6] if exists(path) else 0):
+        elif good < size:
+            why = "unreadable from byte %d of %d" % (good, size)
             self._torn = True
             self._rewrite_quiet()
+        if mirror:
+            bak = path + BAK
+            if why is None and size <= 0 and exists(bak):  # the copy outlived the file it mirrors
+                why = "empty" if size == 0 else "missing"
+            self._m = Journal(bak, compact_at)
+            n = self._reconcile()
+            if n:
+                why = (why or "incomplete") + ": %d transaction record(s) restored from %s" % (n, _name(bak))
+        if why:
+            self.damaged = True
+            text = "%s %s" % (_name(path), why)
+            if mirror:
+                note(text)
+            else:
+                log.warn(_TAG, text)
 
     # ---- public API -------------------------------------------------------------------------------
     def __len__(self):
         return len(self._seqs)
 
-    def append(self, data):
+    def append(self, data, keep=False):
+        """Queues data; keep=True also writes it to the mirror (what billing depends on)."""
         seq = self._next
-        self._write_rec(_K_DATA, seq, data)
+        self._write_rec(_K_KEEP if keep else _K_DATA, seq, data)
         self._next = seq + 1
+        if keep and self._m is not None:
+            self._mirror(self._m._put, seq, data)
         return seq
 
     def peek(self):
@@ -207,6 +332,8 @@ class Journal:
             return False
         self._write_rec(_K_POP, seq, b"", i)
         self._maybe_compact()
+        if self._m is not None:
+            self._mirror(self._m.pop, seq)
         return True
 
     def replace(self, seq, data):
@@ -214,8 +341,12 @@ class Journal:
         i = self._index(seq)
         if i < 0:
             return False
-        self._write_rec(_K_DATA, seq, data, i)
+        m = self._m
+        kept = m is not None and m._index(seq) >= 0
+        self._write_rec(_K_KEEP if kept else _K_DATA, seq, data, i)
         self._maybe_compact()
+        if kept:
+            self._mirror(m.replace, seq, data)
         return True
 
     def records(self):
@@ -237,6 +368,52 @@ class Journal:
         self._rewrite()
 
     # ---- internals --------------------------------------------------------------------------------
+    def _mirror(self, fn, *args):
+        # The main file holds the record: a failing copy is repaired at the next open, never fails the caller.
+        try:
+            fn(*args)
+        except OSError as e:
+            log.warn(_TAG, "%s: %r" % (_name(self._m.path), e))
+
+    def _put(self, seq, data):
+        self._write_rec(_K_KEEP, seq, data)
+        self._next = max(self._next, seq + 1)
+
+    def _kept(self):
+        """Seqs of the live records written with keep=True, in FIFO order (a byte read per record)."""
+        out = []
+        if self._seqs:
+            b = bytearray(1)
+            with open(self.path, "rb") as f:
+                for i in range(len(self._seqs)):
+                    f.seek(self._offs[i] + _HDR)
+                    if f.readinto(b) == 1 and b[0] == _K_KEEP:
+                        out.append(self._seqs[i])
+        return out
+
+    def _reconcile(self):
+        """At open, main file and mirror: records the main file lost come back from the mirror (in seq order,
+        after the survivors, which are all older); then the mirror is rebuilt if it still disagrees (a power cut
+        between the two writes, or a damaged copy). Returns how many records came back."""
+        m = self._m
+        n = 0
+        try:
+            for seq in list(m._seqs):
+                if seq >= self._next and self._index(seq) < 0:
+                    data = m._read_payload(m._index(seq))
+                    if data is not None:
+                        self._write_rec(_K_KEEP, seq, data)
+                        self._next = seq + 1
+                        n += 1
+            self._next = max(self._next, m._next)  # a seq the mirror saw popped is never reused
+            kept = self._kept()
+            if kept != m._seqs:
+                log.info(_TAG, "%s rebuilt (%d records)" % (_name(m.path), len(kept)))
+                m._rewrite(self, kept)
+        except OSError as e:
+            log.warn(_TAG, "%s: %r" % (_name(m.path), e))
+        return n
+
     def _index(self, seq):
         try:
             return self._seqs.index(seq)
@@ -266,7 +443,7 @@ class Journal:
             raise
         bytes_written += _HDR + body_len
         self._end = off + _HDR + body_len
-        if kind == _K_DATA:
+        if kind != _K_POP:
             if slot < 0:
                 self._seqs.append(seq)
                 self._offs.append(off)
@@ -284,7 +461,8 @@ class Journal:
         with open(self.path, "rb") as f:
             f.seek(self._offs[i])
             body = self._read_rec(f)
-        if body is None or body[0] != _K_DATA or struct.unpack_from("<I", body, 1)[0] != self._seqs[i]:
+        if body is None or body[0] not in (_K_DATA, _K_KEEP) or \
+                struct.unpack_from("<I", body, 1)[0] != self._seqs[i]:
             return None
         return body[_BODY_MIN:]
 
@@ -322,7 +500,7 @@ class Journal:
                 kind = body[0]
                 seq = struct.unpack_from("<I", body, 1)[0]
                 n = len(body)
-                if kind == _K_DATA:
+                if kind == _K_DATA or kind == _K_KEEP:
                     i = self._index(seq)
                     if i >= 0:  # a replace: newest copy wins, position unchanged
                         offs[i] = off
@@ -359,39 +537,51 @@ class Journal:
         except OSError:
             pass  # the scan at the next open repairs the file
 
-    def _rewrite(self):
-        """Write the live records (in FIFO order) plus a seq floor to a new file and swap it in."""
+    def _rewrite(self, src=None, sel=None):
+        """Write the live records (in FIFO order) plus a seq floor to a new file and swap it in. With src (a
+        mirror's main journal): src's records whose seq is in sel instead."""
         global bytes_written
+        src = src or self
         tmp = self.path + ".tmp"
+        seqs = []
         offs = []
+        lens = []
         off = 0
-        src = None
-        if self._seqs:
-            src = open(self.path, "rb")
+        f = None
+        if src._seqs:
+            f = open(src.path, "rb")
         try:
             with open(tmp, "wb") as dst:
-                for i in range(len(self._seqs)):
-                    src.seek(self._offs[i])
-                    n = _HDR + self._lens[i]
+                for i in range(len(src._seqs)):
+                    if sel is not None and src._seqs[i] not in sel:
+                        continue
+                    f.seek(src._offs[i])
+                    n = _HDR + src._lens[i]
+                    seqs.append(src._seqs[i])
                     offs.append(off)
+                    lens.append(src._lens[i])
                     off += n
                     # Records were CRC-checked at scan or append, so a plain copy keeps them valid.
                     while n > 0:
-                        chunk = src.read(min(n, _COPY))
+                        chunk = f.read(min(n, _COPY))
                         if not chunk:
                             raise OSError("journal shrank during compaction")
                         dst.write(chunk)
                         n -= len(chunk)
-                head = struct.pack("<BI", _K_BASE, self._next)
+                nxt = max(self._next, src._next)
+                head = struct.pack("<BI", _K_BASE, nxt)
                 dst.write(struct.pack("<HI", _BODY_MIN, crc32(head) & 0xFFFFFFFF))
                 dst.write(head)
                 off += _HDR + _BODY_MIN
                 dst.flush()
         finally:
-            if src:
-                src.close()
+            if f:
+                f.close()
         bytes_written += off
         _rename(tmp, self.path)
+        self._seqs = seqs
         self._offs = offs
+        self._lens = lens
+        self._next = nxt
         self._end = off
         self._torn = False

@@ -53,29 +53,51 @@ class Connector:
     def recover(self, cause="power"):
         """A transaction still open at boot was cut by a power loss (or by a watchdog restart: reason Reboot):
         close it with the meter's reading (the contactor dropped with the MCU, so the register has not moved
-        since), else the last stored one."""
+        since), else the last stored one. Every transaction the flash still knows of gets exactly one Stop,
+        also when a state file was lost (docs/decisions.md, Flash)."""
         tx = self.tx
+        txq = self.txq
         reason = "Reboot" if cause == "watchdog" else "PowerLoss"
+        starts, stops = self._queued()
+        started = starts | set(int(k) for k in txq.ids if k != "n")
         if tx is not None:
             self.tx = None
-            wh = max(tx["wh"], self.meter.energy_wh) if self.meter.ok else tx["wh"]
-            log.warn(_TAG, "closing transaction %d after %s at %d Wh" % (tx["l"], reason, wh))
-            self._push_stop(tx, reason, wh, tx["t"], None)
-        for lid in self._orphans():
-            # Its state file was lost (corrupt flash): the Central System still gets exactly one Stop.
-            log.warn(_TAG, "closing transaction %d whose state was lost" % lid)
-            self._push_stop({"l": lid, "td": []}, "PowerLoss", self.meter.energy_wh, clock.now(), None)
+            lid = tx["l"]
+            started.add(lid)
+            if txq.damaged and lid not in starts and txq.tx_id(lid) is None:
+                self._start_again(tx)
+            if lid in stops:
+                store.delete(self._tx_path)  # cut between queueing its Stop and deleting the file
+            else:
+                wh = max(tx["wh"], self.meter.energy_wh) if self.meter.ok else tx["wh"]
+                log.warn(_TAG, "closing transaction %d after %s at %d Wh" % (lid, reason, wh))
+                self._push_stop(tx, reason, wh, tx["t"], None)
+                stops.add(lid)
+        for lid in started | stops:
+            txq.note_lid(lid)
+            if lid not in stops:
+                # Its state file was lost (corrupt flash): the Central System still gets exactly one Stop.
+                store.note("transaction %d: tx.json lost, stopped with the meter's reading now" % lid)
+                self._push_stop({"l": lid, "td": []}, "PowerLoss", self.meter.energy_wh, clock.now(), None)
 
-    def _orphans(self):
-        """Local ids started (queued or acknowledged) but neither stopped nor queued for a Stop."""
-        started = set(int(k) for k in self.txq.ids if k != "n")
+    def _start_again(self, tx):
+        # The queue and the id map both lost this transaction's StartTransaction: rebuilt from tx.json, identical
+        # to the first (a Central System that booked it recognises the resend and answers the same id).
+        store.note("transaction %d: StartTransaction lost, sent again from tx.json" % tx["l"])
+        self.txq.push(START, tx["l"], {"connectorId": CONNECTOR, "idTag": tx["tag"], "meterStart": tx["wh0"],
+                                       "timestamp": clock.iso(tx["t0"])})
+
+    def _queued(self):
+        """(local ids with a StartTransaction queued, local ids with a StopTransaction queued)."""
+        starts = set()
+        stops = set()
         for _, data in self.txq.journal.records():
             action, lid, _ = json.loads(data)
             if action == START:
-                started.add(lid)
+                starts.add(lid)
             elif action == STOP:
-                started.discard(lid)
-        return started
+                stops.add(lid)
+        return starts, stops
 
     # ---- user input ----
     def present_tag(self, tag):
@@ -220,7 +242,7 @@ class Connector:
             gc.collect()
             self.txq.push(STOP, tx["l"], payload)
         log.info(_TAG, "transaction %d stopped (%s) at %d Wh" % (tx["l"], reason, wh))
-        store.remove(self._tx_path)  # only now: a power cut before this point ends it as PowerLoss
+        store.delete(self._tx_path)  # only now: a power cut before this point ends it as PowerLoss
 
     def _transaction_data(self, tx, wh, when):
         sampled = self.cfg.get("StopTxnSampledData")
@@ -312,7 +334,7 @@ class Connector:
             tx["wh"] = snap[0]
             tx["t"] = t
             self._keep_sample(tx, t, ctx, snap)
-            store.write_json(self._tx_path, tx)
+            store.write_json(self._tx_path, tx, True)  # hot: rotated, the previous generation kept as .bak
         elif mv["sampledValue"] and self.session.registered and self.session.online:
             # Not transaction-related: volatile, and skipped while offline.
             asyncio.create_task(self._send_volatile({"connectorId": CONNECTOR, "meterValue": [mv]}))

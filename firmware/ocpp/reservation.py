@@ -21,7 +21,7 @@ class Reservations:
     def _save(self, value):
         self.current = value
         if value is None:
-            store.remove(self._path)
+            store.delete(self._path)
         else:
             store.write_json(self._path, value)
 

@@ -24,10 +24,15 @@ class TxQueue:
         # One buffer both encodes records and reads them back: push() and the head read in run() never await
         # between filling it and using it.
         self._enc = JsonBuf(_RECORD_BUF)
-        self.journal = store.Journal(state_dir + "/txqueue.jnl", read_buf=self._enc.buf)
+        # StartTransaction and StopTransaction records are mirrored (store.Journal): billing depends on them.
+        self.journal = store.Journal(state_dir + "/txqueue.jnl", read_buf=self._enc.buf, mirror=True)
         self._ids_path = state_dir + "/txids.json"
         # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
-        self.ids = store.read_json(self._ids_path, None) or {"n": 0}
+        ids, got = store.load(self._ids_path, None)
+        self.ids = ids if isinstance(ids, dict) and isinstance(ids.get("n"), int) else {"n": 0}
+        # The map or the queue was recovered (maybe a generation older) or lost: Connector.recover re-checks
+        # the transactions it knows against both.
+        self.damaged = got >= store.RESTORED or self.journal.damaged
         self._wake = asyncio.Event()
         self.on_conf = None  # fn(action, local_id, conf or None) after a message is delivered or dropped
 
@@ -36,13 +41,19 @@ class TxQueue:
         self._save_ids()
         return self.ids["n"]
 
+    def note_lid(self, local_id):
+        """A local id seen on flash: new ids are issued above it, even if the map that counted them was lost."""
+        if local_id > self.ids["n"]:
+            self.ids["n"] = local_id
+            self._save_ids()
+
     def tx_id(self, local_id):
         return self.ids.get(str(local_id))
 
     def push(self, action, local_id, payload):
         # Encoded into a buffer taken at boot: a StopTransaction with transactionData can be kilobytes long,
         # and the heap is fragmented by then (firmware/jsonbuf.py). Nothing awaits between dump and append.
-        self.journal.append(self._enc.dump([action, local_id, payload]))
+        self.journal.append(self._enc.dump([action, local_id, payload]), action != METER)
         self._wake.set()
 
     def __len__(self):

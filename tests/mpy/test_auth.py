@@ -202,13 +202,27 @@ def test_list_persists_across_a_new_auth():
     assert b.lookup("C") == {"status": "Accepted", "expiryDate": clock.iso(future)}
 
 
-def test_corrupt_list_file_gives_empty_list_version_0():
+def _flip(p):
+    raw = bytearray(store.read(p))
+    raw[-3] ^= 0x20  # a flipped bit: the CRC no longer matches
+    with open(p, "wb") as f:
+        f.write(raw)
+
+
+def test_corrupt_list_file_is_restored_from_its_copy():
     a, d = _auth()
     assert a.send_local_list(4, "Full", [_e("A")]) == ACCEPTED
-    raw = bytearray(store.read(d + "/authlist.json"))
-    raw[-3] ^= 0x20  # a flipped bit: the CRC no longer matches
-    with open(d + "/authlist.json", "wb") as f:
-        f.write(raw)
+    _flip(d + "/authlist.json")
+    b = Auth(Config(d), d)
+    assert b.list_version() == 4 and b.lookup("A") == {"status": "Accepted"}
+    assert store.exists(d + "/authlist.json.bad")  # evidence kept
+
+
+def test_corrupt_list_file_and_copy_give_empty_list_version_0():
+    a, d = _auth()
+    assert a.send_local_list(4, "Full", [_e("A")]) == ACCEPTED
+    _flip(d + "/authlist.json")
+    _flip(d + "/authlist.json.bak")
     b = Auth(Config(d), d)
     assert b.list_version() == 0 and b.list_count() == 0 and b.lookup("A") is None
     assert store.exists(d + "/authlist.json.bad")  # evidence kept

@@ -272,19 +272,63 @@ def test_bad_provision_is_not_fatal():
     _rmtree(d)
 
 
-def test_corrupt_config_recovered_to_defaults():
+def _garble(p):
+    with open(p, "r+b") as f:
+        f.seek(12)
+        f.write(b"#")
+
+
+def test_corrupt_config_recovered_from_its_copy():
     d = _fresh()
     c = Config(d)
     c.set("HeartbeatInterval", "300")
-    with open(d + "/config.json", "r+b") as f:
-        f.seek(12)
-        f.write(b"#")
+    _garble(d + "/config.json")
+    del store.notes[:]
     c = Config(d)
-    assert c.get("HeartbeatInterval") == 120
-    assert store.exists(d + "/config.json.bad")
+    assert c.get("HeartbeatInterval") == 300
+    assert store.exists(d + "/config.json.bad")  # the evidence
+    assert store.notes == ["config.json CRC mismatch: restored from config.json.bak"]
     assert c.set("HeartbeatInterval", "400")[0] == ACCEPTED
     assert Config(d).get("HeartbeatInterval") == 400
     _rmtree(d)
+
+
+def test_config_and_its_copy_corrupt_fall_back_to_defaults_and_say_so():
+    d = _fresh()
+    c = Config(d)
+    c.set("HeartbeatInterval", "300")
+    _garble(d + "/config.json")
+    _garble(d + "/config.json.bak")
+    del store.notes[:]
+    c = Config(d)
+    assert c.get("HeartbeatInterval") == 120
+    assert store.notes == ["config.json CRC mismatch, copy CRC mismatch: lost, defaults used"]
+    _rmtree(d)
+
+
+def test_rotated_key_and_url_survive_a_corrupt_config_file():
+    # Issue 9 item 7: the key the Central System set must not fall back to provision.json's, and the URL
+    # must stay when provision.json is gone too.
+    for mode in ("half", "garbage", "zero", "deleted"):
+        d = _fresh()
+        _provision(d, {"CentralSystemUrl": "ws://cs.example/ocpp", "ChargeBoxId": "CP9", "Password": "factory-pw"})
+        c = Config(d)
+        assert c.set("AuthorizationKey", "rotated-key-0001")[0] == ACCEPTED
+        assert c.set("ConnectionTimeOut", "77")[0] == ACCEPTED
+        raw = store.read(d + "/config.json")
+        with open(d + "/config.json", "wb") as f:
+            f.write({"half": raw[:len(raw) // 2], "garbage": b"\xa5" * len(raw), "zero": b""}.get(mode, b""))
+        if mode == "deleted":
+            os.remove(d + "/config.json")
+        c = Config(d)
+        assert c.password_bytes() == b"rotated-key-0001", mode
+        assert c.get("ConnectionTimeOut") == 77 and c.get("CentralSystemUrl") == "ws://cs.example/ocpp", mode
+        os.remove(d + "/provision.json")
+        _garble(d + "/config.json")
+        c = Config(d)
+        assert c.get("CentralSystemUrl") == "ws://cs.example/ocpp" and c.get("ChargeBoxId") == "CP9", mode
+        assert c.password_bytes() == b"rotated-key-0001", mode
+        _rmtree(d)
 
 
 def test_persisted_value_out_of_new_bounds_ignored():

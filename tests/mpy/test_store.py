@@ -74,19 +74,74 @@ def test_json_roundtrip_and_missing_default():
     _rmtree(d)
 
 
-def test_json_corruption_detected_and_kept_as_bad():
+def _corrupt(p, mode):
+    """The four ways a file goes bad in the flash campaign (tools/torture.py --only flash)."""
+    raw = store.read(p)
+    if mode == "deleted":
+        os.remove(p)
+        return
+    with open(p, "wb") as f:
+        if mode == "half":
+            f.write(raw[:len(raw) // 2])
+        elif mode == "garbage":
+            f.write(bytes((i * 151 + 7) & 0xFF for i in range(len(raw))))
+        # "zero": nothing
+
+
+def test_json_corruption_detected_kept_as_bad_and_restored_from_copy():
     d = _fresh()
     p = d + "/c.json"
     store.write_json(p, {"HeartbeatInterval": 300})
+    assert store.read(p + ".bak") == store.read(p)  # a cold file: two copies of the same generation
     raw = bytearray(store.read(p))
     raw[-3] ^= 0x01  # one flipped bit inside the JSON body
     with open(p, "wb") as f:
         f.write(raw)
-    assert store.read_json(p, "dflt") == "dflt"
-    assert not store.exists(p)
-    assert store.read(p + ".bad") == bytes(raw)
-    store.write_json(p, [1])
-    assert store.read_json(p) == [1]
+    del store.notes[:]  # bounded: the Central System gets a few, the log gets them all
+    n = 0
+    assert store.load(p, "dflt") == ({"HeartbeatInterval": 300}, store.RESTORED)
+    assert store.read(p + ".bad") == bytes(raw)  # the evidence
+    assert store.read(p) == store.read(p + ".bak")  # repaired: two good copies again
+    assert store.notes[n:] == ["c.json CRC mismatch: restored from c.json.bak"]
+    assert store.load(p) == ({"HeartbeatInterval": 300}, store.FOUND)
+    _rmtree(d)
+
+
+def test_every_corruption_mode_of_a_cold_file_recovers():
+    d = _fresh()  # one directory for all modes: each tempdir name stays in the heap until the end
+    for mode in ("half", "garbage", "zero", "deleted"):
+        p = d + "/" + mode + ".json"
+        store.write_json(p, {"operative": False})
+        _corrupt(p, mode)
+        assert store.load(p, {}) == ({"operative": False}, store.RESTORED), mode
+        assert store.load(p, {}) == ({"operative": False}, store.FOUND), mode
+    _rmtree(d)
+
+
+def test_a_bad_copy_is_rewritten_from_the_file():
+    d = _fresh()
+    for mode in ("half", "garbage", "zero", "deleted"):
+        p = d + "/" + mode + ".json"
+        store.write_json(p, [1, 2])
+        _corrupt(p + ".bak", mode)
+        del store.notes[:]
+        assert store.load(p) == ([1, 2], store.FOUND), mode
+        assert store.read(p + ".bak") == store.read(p), mode
+        assert store.notes == []  # the file itself was fine: nothing for the Central System
+    _rmtree(d)
+
+
+def test_file_and_copy_bad_gives_default_and_a_note():
+    d = _fresh()
+    p = d + "/c.json"
+    store.write_json(p, {"a": 1})
+    _corrupt(p, "garbage")
+    _corrupt(p + ".bak", "zero")
+    del store.notes[:]
+    n = 0
+    assert store.load(p, "dflt") == ("dflt", store.LOST)
+    assert store.notes[n:] == ["c.json no CRC header, copy empty: lost, defaults used"]
+    assert store.load(d + "/never.json", 7) == (7, store.ABSENT)  # a file never written is no loss
     _rmtree(d)
 
 
@@ -101,15 +156,51 @@ def test_json_without_crc_header_is_corrupt():
 
 
 def test_json_falls_back_to_complete_tmp():
-    # FatFs: the target was removed but the rename did not happen; the CRC proves the .tmp complete.
+    # FatFs, or a rotation cut between its renames: the target is gone, the CRC proves the .tmp complete.
     d = _fresh()
     p = d + "/c.json"
-    store.write_json(p, {"v": 2})
+    store.write_json(p, {"v": 1})
+    store.write_json(p, {"v": 2}, True)  # rotated: c.json.bak holds v1
     os.rename(p, p + ".tmp")
-    assert store.read_json(p, None) == {"v": 2}
+    assert store.load(p, None) == ({"v": 2}, store.FOUND)  # the newest generation, renamed into place
+    assert store.exists(p) and not store.exists(p + ".tmp")
+    os.rename(p, p + ".tmp")
     with open(p + ".tmp", "wb") as f:
-        f.write(b"0000")
-    assert store.read_json(p, None) is None
+        f.write(b"0000")  # cut while the .tmp was written: the previous generation is what there is
+    assert store.load(p, None) == ({"v": 1}, store.RESTORED)
+    _rmtree(d)
+
+
+def test_hot_file_rotates_without_extra_bytes_and_keeps_the_previous_generation():
+    d = _fresh()
+    p = d + "/tx.json"
+    store.write_json(p, {"wh": 0})
+    for wh in (10, 20, 30):
+        before = store.bytes_written
+        store.write_json(p, {"wh": wh}, True)
+        assert store.bytes_written - before == len(store.read(p))  # one copy's bytes: the old file is renamed
+    assert json.loads(store.read(p + ".bak")[9:]) == {"wh": 20}
+    for mode in ("half", "garbage", "zero", "deleted"):
+        store.write_json(p, {"wh": 30}, True)
+        store.write_json(p, {"wh": 40}, True)
+        _corrupt(p, mode)
+        assert store.load(p) == ({"wh": 30}, store.RESTORED), mode  # one sample older
+    _rmtree(d)
+
+
+def test_delete_removes_both_copies_copy_first():
+    d = _fresh()
+    p = d + "/r.json"
+    store.write_json(p, [1])
+    assert store.present(p)
+    os.remove(p + ".bak")
+    assert store.load(p) == ([1], store.FOUND)  # a cut between the deletes: the file alone is still good
+    store.delete(p)
+    assert not store.present(p) and store.load(p, "none") == ("none", store.ABSENT)
+    store.write_json(p, [2])
+    os.remove(p)
+    assert store.present(p)  # only the copy is left: present, and load brings the file back
+    assert store.load(p) == ([2], store.RESTORED)
     _rmtree(d)
 
 
@@ -257,6 +348,90 @@ def test_journal_missing_dir_file_recovered_from_tmp():
     _rmtree(d)
 
 
+def _queue(p):
+    j = store.Journal(p, mirror=True)
+    seqs = [j.append(b"start", True), j.append(b"meter-1"), j.append(b"meter-2"), j.append(b"stop", True)]
+    return j, seqs
+
+
+def test_journal_mirror_holds_the_kept_records_only():
+    d = _fresh()
+    p = d + "/q"
+    j, seqs = _queue(p)
+    m = store.Journal(p + ".bak")
+    assert [r for r in m.records()] == [(seqs[0], b"start"), (seqs[3], b"stop")]
+    j.pop(seqs[0])
+    j.pop(seqs[1])
+    assert [r for r in store.Journal(p + ".bak").records()] == [(seqs[3], b"stop")]
+    j = store.Journal(p, mirror=True)
+    assert not j.damaged
+    assert [r for r in j.records()] == [(seqs[2], b"meter-2"), (seqs[3], b"stop")]
+    _rmtree(d)
+
+
+def test_journal_damaged_in_any_mode_gets_its_kept_records_back_in_order():
+    d = _fresh()
+    for mode in ("half", "garbage", "zero", "deleted"):
+        p = d + "/" + mode
+        j, seqs = _queue(p)
+        _corrupt(p, mode)
+        del store.notes[:]
+        j = store.Journal(p, mirror=True)
+        assert j.damaged, mode
+        got = [r for r in j.records()]
+        if mode == "half":  # the records before the damage survive, the rest come from the mirror
+            assert got[0] == (seqs[0], b"start") and got[-1] == (seqs[3], b"stop"), got
+        else:
+            assert got == [(seqs[0], b"start"), (seqs[3], b"stop")], (mode, got)
+        assert [s for s, _ in got] == sorted(s for s, _ in got)
+        assert len(store.notes) == 1 and store.notes[0].startswith(mode + " "), store.notes
+        assert "restored from %s.bak" % mode in store.notes[0] or mode == "half", store.notes
+        s = j.append(b"next")
+        assert s > seqs[3]
+        j = store.Journal(p, mirror=True)  # and the repaired pair is consistent afterwards
+        assert not j.damaged and [r for r in j.records()][-1] == (s, b"next")
+    _rmtree(d)
+
+
+def test_journal_bad_mirror_is_rebuilt_from_an_intact_file():
+    d = _fresh()
+    for mode in ("half", "garbage", "zero", "deleted"):
+        p = d + "/" + mode
+        j, seqs = _queue(p)
+        _corrupt(p + ".bak", mode)
+        del store.notes[:]
+        j = store.Journal(p, mirror=True)
+        assert not j.damaged and store.notes == [], mode
+        assert [r for r in store.Journal(p + ".bak").records()] == [(seqs[0], b"start"), (seqs[3], b"stop")]
+    _rmtree(d)
+
+
+def test_journal_cut_between_the_two_pops_does_not_bring_a_record_back():
+    d = _fresh()
+    p = d + "/q"
+    j, seqs = _queue(p)
+    plain = store.Journal(p)  # the main file popped, the mirror not (a power cut in between)
+    plain.pop(seqs[0])
+    j = store.Journal(p, mirror=True)
+    assert not j.damaged
+    assert [s for s, _ in j.records()] == seqs[1:]
+    assert [s for s, _ in store.Journal(p + ".bak").records()] == [seqs[3]]
+    _rmtree(d)
+
+
+def test_journal_seqs_stay_above_what_the_mirror_saw_when_the_file_is_lost():
+    d = _fresh()
+    p = d + "/q"
+    j, seqs = _queue(p)
+    for s in seqs:
+        j.pop(s)
+    os.remove(p)
+    j = store.Journal(p, mirror=True)
+    assert j.damaged and len(j) == 0
+    assert j.append(b"new", True) > seqs[3]
+    _rmtree(d)
+
+
 def test_zz_cleanup():  # sorted last
     for d in _made:
         _rmtree(d)
@@ -275,7 +450,8 @@ def test_json_file_format_is_crc_header_then_body():
     raw = store.read(p)
     body = json.dumps(obj).encode()
     assert raw == b"%08x\n" % (crc32(body) & 0xFFFFFFFF) + body
-    assert store.bytes_written - before == len(raw)
+    assert store.read(p + ".bak") == raw
+    assert store.bytes_written - before == 2 * len(raw)  # a cold file is written twice
     assert store.read_json(p) == obj and not store.exists(p + ".tmp")
 
 
