@@ -238,6 +238,7 @@ def load(path, default=None):
         _repair(path, braw)
         note("%s %s: restored from %s" % (_name(path), why, _name(bak)))
         return obj, RESTORED
+    remove(bak)  # reported once: the next boot finds no file, as after a first boot
     note("%s %s, copy %s: lost, defaults used" % (_name(path), why, bwhy))
     return default, LOST
 
@@ -288,15 +289,25 @@ class Journal:
             why = "unreadable from byte %d of %d" % (good, size)
             self._torn = True
             self._rewrite_quiet()
+        elif size == 0:
+            why = "empty"  # a journal file always holds a record (a cut inside the very first append aside)
+            self._torn = True  # rewritten with a seq floor at the next write
         if mirror:
             bak = path + BAK
-            if why is None and size <= 0 and exists(bak):  # the copy outlived the file it mirrors
-                why = "empty" if size == 0 else "missing"
+            if why is None and size < 0 and exists(bak):  # the copy outlived the file it mirrors
+                why = "missing"
+                self._torn = True
+            had = exists(bak)
             self._m = Journal(bak, compact_at)
+            if not had and size >= 0:
+                log.info(_TAG, "%s missing" % _name(bak))
+                self._m._torn = True  # rebuilt below, a seq floor at least, so a later loss is seen
             n = self._reconcile()
             if n:
                 why = (why or "incomplete") + ": %d transaction record(s) restored from %s" % (n, _name(bak))
         if why:
+            if self._torn:
+                self._rewrite_quiet()  # now, so the next boot finds a whole file and reports nothing again
             self.damaged = True
             text = "%s %s" % (_name(path), why)
             if mirror:
@@ -407,7 +418,7 @@ class Journal:
                         n += 1
             self._next = max(self._next, m._next)  # a seq the mirror saw popped is never reused
             kept = self._kept()
-            if kept != m._seqs:
+            if kept != m._seqs or m._torn:
                 log.info(_TAG, "%s rebuilt (%d records)" % (_name(m.path), len(kept)))
                 m._rewrite(self, kept)
         except OSError as e:

@@ -13,7 +13,9 @@ prints "BENCHPROBE ..." lines that the sim echoes. The firmware's code is the .m
 """
 import argparse
 import asyncio
+import base64
 import datetime
+import http
 import itertools
 import json
 import os
@@ -93,6 +95,8 @@ class Csms:
         self.on_frame = None    # callback(t, cp, frame) for incoming CALLs
         self.connected_evt = {}
         self.boot_interval = 120    # the charger's own HeartbeatInterval default, so its default timing holds
+        self.password = None        # when set, HTTP Basic auth "<cp>:<password>" is required (401 otherwise)
+        self.refused = 0            # connections refused with 401
 
     @property
     def url(self):
@@ -100,7 +104,8 @@ class Csms:
 
     async def start(self):
         self.server = await serve(self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6"],
-                                  ping_interval=None, max_size=None, compression=None)
+                                  ping_interval=None, max_size=None, compression=None,
+                                  process_request=self._check_auth)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -116,6 +121,16 @@ class Csms:
 
     def evt(self, cp):
         return self.connected_evt.setdefault(cp, asyncio.Event())
+
+    def _check_auth(self, connection, request):
+        if self.password is None:
+            return None
+        cp = request.path.rstrip("/").rsplit("/", 1)[-1]
+        want = "Basic " + base64.b64encode(("%s:%s" % (cp, self.password)).encode()).decode()
+        if request.headers.get("Authorization") == want:
+            return None
+        self.refused += 1
+        return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
 
     async def wait_connected(self, cp, timeout=60):
         await asyncio.wait_for(self.evt(cp).wait(), timeout)
@@ -328,8 +343,9 @@ PROBE_RE = re.compile(r"BENCHPROBE live=(\d+) peak=(\d+) lag_us=(\d+) written=(\
 class Sim:
     """tools/sim.py with stdout kept (with arrival times) and an async control connection."""
 
-    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None, romfs=True):
+    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None, romfs=True, password=None):
         self.csms_url = csms_url
+        self.password = password
         self.romfs = romfs      # the firmware runs from a ROMFS image (tools/sim.py --romfs), else --files
         self.cp_id = cp_id
         self.heap = heap
@@ -350,6 +366,7 @@ class Sim:
         self.proc = await asyncio.create_subprocess_exec(
             PY, os.path.join(TOOLS, "sim.py"), "--csms", self.csms_url, "--id", self.cp_id, "--state",
             self.state_dir, "--control", "0", "--heap", self.heap, "--romfs" if self.romfs else "--files",
+            *(("--password", self.password) if self.password is not None else ()),
             cwd=ROOT, env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, limit=1 << 22)
@@ -1115,12 +1132,17 @@ async def flash_wear(seconds=240, poll_s=0.05):
         seen = _snapshot(sim.state_dir)
         outside = 0
         rewrites = 0
+        renames = 0
         while time.monotonic() - t0 < seconds:
             await asyncio.sleep(poll_s)
             now = _snapshot(sim.state_dir)
+            before = {v[0]: v for v in seen.values()}
             for path, (ino, mtime, size) in now.items():
                 old = seen.get(path)
                 if old is None or old[0] != ino:
+                    if before.get(ino) == (ino, mtime, size):
+                        renames += 1  # an unchanged file under a new name (tx.json -> tx.json.bak): no write
+                        continue
                     outside += size
                     rewrites += 1
                 elif old[1] != mtime or old[2] != size:
@@ -1132,6 +1154,7 @@ async def flash_wear(seconds=240, poll_s=0.05):
         span = t1 - t0
         mv = sum(1 for t, f in csms.calls_in(CP, "MeterValues", t0))
         return {"seconds": span, "firmware_bytes": w1 - w0, "outside_bytes": outside, "file_writes_seen": rewrites,
+                "renames_seen": renames,
                 "meter_values": mv, "per_hour_firmware": (w1 - w0) / span * 3600,
                 "per_hour_outside": outside / span * 3600, "extrapolated": True, "crashes": sim.crash_summary()}
     finally:
@@ -1245,7 +1268,8 @@ def table(r):
         row("wear", "bytes written / hour charging", "%.0f B/h" % w["per_hour_firmware"],
             "store counter; %d B in %.0f s, extrapolated" % (w["firmware_bytes"], w["seconds"]))
         row("wear", "  seen from outside (dir polling)", "%.0f B/h" % w["per_hour_outside"],
-            "%d file writes seen, %d MeterValues" % (w["file_writes_seen"], w["meter_values"]))
+            "%d file writes and %d renames seen, %d MeterValues" % (w["file_writes_seen"], w.get("renames_seen", 0),
+                                                                     w["meter_values"]))
     for name in ("latency", "safety", "boot", "wear", "heap"):
         v = r.get(name) or {}
         c = v.get("_crashes") or v.get("crashes")

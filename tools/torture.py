@@ -1,7 +1,7 @@
-"""Torture runs against the firmware on the virtual board: power cuts, Central System outages, bad input, soak.
-Prints one table; exit status 1 when a must-be-zero figure is not zero.
+"""Torture runs against the firmware on the virtual board: power cuts, Central System outages, bad input, soak,
+damaged flash. Prints one table; exit status 1 when a must-be-zero figure is not zero.
 
-    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak] [--cuts N] [--outages N]
+    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak,flash] [--cuts N] [--outages N]
                                       [--frames N] [--exchanges N] [--seed S] [--save-failures DIR]
 
 Uses tools/bench.py's Central System and sim driver. Every random choice comes from --seed, so a run can be
@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import shutil
@@ -415,6 +416,249 @@ async def soak(exchanges=10000, workers=2, log=print):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Damaged flash
+
+FLASH_MODES = ("half", "garbage", "zero", "deleted")
+# (state file, moments at which it is damaged). during: a transaction started online is cut while charging with
+# the Central System down (MeterValues queued); after: a transaction started and stopped offline (Start, values
+# and Stop queued) is cut; idle: no transaction (the file's own setting is checked).
+FLASH_FILES = (("tx.json", ("during",)), ("txids.json", ("during", "after")), ("txqueue.jnl", ("during", "after")),
+               ("config.json", ("during", "after")), ("profiles.json", ("during", "after")),
+               ("authlist.json", ("during", "after")), ("authcache.json", ("during", "after")),
+               ("availability.json", ("idle",)), ("reservation.json", ("idle",)))
+# The short version (make test): one run per mode, on the files bugs 6-9 of issue 9 were about.
+FLASH_QUICK = (("txids.json", "garbage", "during"), ("txqueue.jnl", "half", "after"),
+               ("config.json", "zero", "during"), ("reservation.json", "deleted", "idle"))
+FLASH_PASSWORD = ("factory-pw-0001", "rotated-key-0001")
+FLASH_KEYS = {"ConnectionTimeOut": "77", "LightIntensity": "42", "MeterValueSampleInterval": "3"}
+
+
+def flash_runs(quick=False):
+    """(file, mode, moment) of every run: each file and its copy (NAME.bak, damaged at one moment) in each mode."""
+    if quick:
+        return list(FLASH_QUICK)
+    runs = []
+    for name, moments in FLASH_FILES:
+        for mode in FLASH_MODES:
+            runs += [(name, mode, m) for m in moments]
+            runs.append((name + ".bak", mode, moments[0]))
+    return runs
+
+
+def corrupt_file(path, mode):
+    """Damages a file the way the flash campaign does; False when there was no such file."""
+    if not os.path.exists(path):
+        return False
+    if mode == "deleted":
+        os.remove(path)
+        return True
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if mode == "half":
+            f.truncate(size // 2)
+        elif mode == "garbage":
+            f.write(bytes((i * 151 + 7) & 0xFF for i in range(size)))
+        else:
+            f.truncate(0)
+    return True
+
+
+def _iso_in(seconds):
+    t = time.time() + seconds
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(t))
+
+
+async def _flash_setup(csms, sim):
+    """Settings that must survive: config keys, a rotated AuthorizationKey, a 10 A ChargePointMaxProfile, a local
+    list; TAG1 cached; provision.json removed, so the URL and the key live in config.json alone."""
+    await boot_charger(csms, sim)
+    for key, value in dict(FLASH_KEYS, ReconnectBackoffMin=1, ReconnectBackoffMax=4).items():
+        await change_config(csms, CP, key, value)
+    prof = {"chargingProfileId": 5, "stackLevel": 0, "chargingProfilePurpose": "ChargePointMaxProfile",
+            "chargingProfileKind": "Absolute", "chargingSchedule": {
+                "chargingRateUnit": "A", "startSchedule": _iso_in(-60),
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}}
+    for action, payload in (("SetChargingProfile", {"connectorId": 0, "csChargingProfiles": prof}),
+                            ("SendLocalList", {"listVersion": 1, "updateType": "Full", "localAuthorizationList": [
+                                {"idTag": "LISTED1", "idTagInfo": {"status": "Accepted"}}]}),
+                            ("ChangeAvailability", {"connectorId": 0, "type": "Operative"})):
+        frame, _ = await csms.call(CP, action, payload)
+        assert frame[0] == 3 and frame[2].get("status") == "Accepted", (action, frame)
+    mark = len(sim.lines)
+    csms.password = FLASH_PASSWORD[1]
+    frame, _ = await csms.call(CP, "ChangeConfiguration", {"key": "AuthorizationKey", "value": FLASH_PASSWORD[1]})
+    assert frame[2] == {"status": "Accepted"}, frame
+    await sim.wait_line(r"\[mcu\].*connected to", timeout=30, since=mark)  # again, with the new key
+    await csms.wait_connected(CP, 30)
+    t = time.monotonic()
+    mark = len(sim.lines)
+    await sim.cmd({"cmd": "tag", "id": "TAG1"})  # Authorize: TAG1 is cached
+    await csms.wait_call(CP, "Authorize", since_t=t)
+    await sim.wait_line(r"\[mcu\].*tag TAG1 authorised", timeout=10, since=mark)
+    await sim.cmd({"cmd": "tag", "id": "TAG1"})  # a second swipe cancels the start that waits for an EV
+    await sim.wait_line(r"\[mcu\].*Preparing -> Available", timeout=10, since=mark)
+    os.remove(os.path.join(sim.state_dir, "provision.json"))
+
+
+async def _settings_kept(csms):
+    """The settings of _flash_setup that did not come back as they were (names)."""
+    lost = []
+    frame, _ = await csms.call(CP, "GetConfiguration", {"key": sorted(FLASH_KEYS)})
+    got = {k["key"]: k.get("value") for k in frame[2].get("configurationKey", [])}
+    lost += [k for k, v in FLASH_KEYS.items() if got.get(k) != v]
+    frame, _ = await csms.call(CP, "GetLocalListVersion", {})
+    if frame[2].get("listVersion") != 1:
+        lost.append("local list")
+    frame, _ = await csms.call(CP, "GetCompositeSchedule", {"connectorId": 0, "duration": 60})
+    periods = frame[2].get("chargingSchedule", {}).get("chargingSchedulePeriod", [])
+    if [float(p["limit"]) for p in periods] != [10.0]:
+        lost.append("ChargePointMaxProfile")
+    return lost
+
+
+async def _status_after(csms, since_t, status, timeout=20):
+    try:
+        await csms.wait_call(CP, "StatusNotification", since_t=since_t, timeout=timeout,
+                             where=lambda p: p.get("connectorId") == 1 and p.get("status") == status)
+        return True
+    except TimeoutError:
+        return False
+
+
+async def _flash_run(csms, sim, target, mode, moment):
+    """One run; returns its record (see flash())."""
+    rec = {"file": target, "mode": mode, "moment": moment}
+    first_tid = csms.next_tx
+    t0 = time.monotonic()
+    if moment in ("during", "after"):
+        if moment == "after":
+            await csms.stop()
+        await sim.cmd({"cmd": "plug", "cable_a": 32})
+        await sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
+        await sim.cmd({"cmd": "tag", "id": "TAG1"})
+        await board_until(sim, lambda s: s["contactor"], what="contactor closed")
+        if moment == "during":
+            await csms.wait_call(CP, "StartTransaction", since_t=t0)
+            await asyncio.sleep(0.5)  # the answer is stored
+            await csms.stop()
+        await asyncio.sleep(3.5)  # a MeterValue: tx.json rotated, a record queued
+        if moment == "after":
+            n = len(sim.lines)
+            await sim.cmd({"cmd": "unplug"})
+            await sim.wait_line(r"\[mcu\].*stopped \(EVDisconnected\)", timeout=10, since=n)
+    elif target.startswith("availability"):
+        frame, _ = await csms.call(CP, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"})
+        assert frame[2]["status"] == "Accepted", frame
+        await _status_after(csms, t0, "Unavailable")
+    else:
+        frame, _ = await csms.call(CP, "ReserveNow", {"connectorId": 1, "expiryDate": _iso_in(900), "idTag": "RESV1",
+                                                      "reservationId": 77})
+        assert frame[2]["status"] == "Accepted", frame
+        await _status_after(csms, t0, "Reserved")
+    await sim.cmd({"cmd": "power", "on": False})
+    rec["damaged"] = corrupt_file(os.path.join(sim.state_dir, target), mode)
+    if (await sim.status())["plugged"]:
+        await sim.cmd({"cmd": "ev", "state": "A"})
+        await sim.cmd({"cmd": "unplug"})
+    if csms.server is None:
+        await csms.start()
+    mark = len(sim.lines)
+    t_on = time.monotonic()
+    await sim.cmd({"cmd": "power", "on": True})
+    try:
+        await csms.wait_call(CP, "BootNotification", since_t=t_on, timeout=30)
+        rec["reconnected"] = True
+    except TimeoutError:
+        rec["reconnected"] = False
+        return rec
+    deadline = time.monotonic() + 20
+    while any(t["stops"] == 0 for tid, t in csms.tx.items() if tid >= first_tid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    want = {"availability.json": "Unavailable", "reservation.json": "Reserved"}.get(target.replace(".bak", ""),
+                                                                                     "Available")
+    rec["status_kept"] = await _status_after(csms, t_on, want)
+    rec["lost_settings"] = await _settings_kept(csms)
+    if not rec["status_kept"]:
+        rec["lost_settings"].append("status %s" % want)
+    if moment == "idle":
+        if target.startswith("availability"):
+            frame, _ = await csms.call(CP, "ChangeAvailability", {"connectorId": 0, "type": "Operative"})
+        else:
+            frame, _ = await csms.call(CP, "CancelReservation", {"reservationId": 77})
+            if frame[2].get("status") != "Accepted":
+                rec["lost_settings"].append("reservation")
+        await _status_after(csms, time.monotonic() - 1, "Available")
+    await asyncio.sleep(0.3)
+    pat = re.compile(r"\[mcu\].* store: %s[ :]" % re.escape(target))
+    lines = [l for _, l in sim.lines[mark:]]
+    rec["logged"] = any(pat.search(l) for l in lines)
+    rec["booked"] = csms.next_tx - first_tid
+    rec["stopped"] = sum(1 for tid, t in csms.tx.items() if tid >= first_tid and t["stops"] >= 1)
+    rec["dropped"] = sum(1 for l in lines if "dropping" in l)
+    rec["reports"] = sum(1 for t, f in csms.calls_in(CP, "DataTransfer", t_on) if f[3].get("messageId") == "FlashRecovery")
+    return rec
+
+
+async def flash(quick=False, log=print):
+    """Every state file (and its copy) damaged in each of the four modes around a power cut during and after a
+    transaction, or with its setting in force: transactions booked once and closed, settings, the rotated
+    password and the Central System URL kept, every recovery logged."""
+    csms = await Csms().start()
+    csms.password = FLASH_PASSWORD[0]
+    sim = Sim(csms.url, password=FLASH_PASSWORD[0])
+    runs = []
+    try:
+        await sim.start()
+        await _flash_setup(csms, sim)
+        plan = flash_runs(quick)
+        for i, (target, mode, moment) in enumerate(plan):
+            t = time.monotonic()
+            rec = await _flash_run(csms, sim, target, mode, moment)
+            runs.append(rec)
+            bad = _flash_faults(rec)
+            if bad or (i + 1) % 10 == 0:
+                log("  flash %d/%d %s %s %s (%.0f s)%s" % (i + 1, len(plan), target, mode, moment,
+                                                         time.monotonic() - t, "  " + ", ".join(bad) if bad else ""))
+            if not rec.get("reconnected"):
+                log("  charger did not reconnect after %s %s:\n    %s" % (target, mode, "\n    ".join(
+                    l for _, l in sim.lines[-15:])))
+                break
+        await asyncio.sleep(1)
+        checks = tx_checks(csms)
+        tx_runs = [r for r in runs if r["moment"] != "idle"]
+        return dict(checks, runs=len(runs), planned=len(plan), damaged=sum(1 for r in runs if r.get("damaged")),
+                    lost=sum(1 for r in tx_runs if r.get("stopped", 0) < 1),
+                    dup_runs=sum(1 for r in tx_runs if r.get("booked", 0) > 1),
+                    not_reconnected=sum(1 for r in runs if not r.get("reconnected")),
+                    settings_lost=sum(1 for r in runs if r.get("lost_settings")),
+                    silent=sum(1 for r in runs if r.get("damaged") and not r.get("logged")),
+                    dropped=sum(r.get("dropped", 0) for r in runs),
+                    reports=sum(r.get("reports", 0) for r in runs), refused=csms.refused,
+                    failures=[r for r in runs if _flash_faults(r)][:20], crashes=sim.crash_summary(True))
+    finally:
+        await sim.stop()
+        await csms.stop()
+
+
+def _flash_faults(rec):
+    out = []
+    if not rec.get("reconnected"):
+        out.append("no reconnect")
+    if rec["moment"] != "idle" and rec.get("reconnected"):
+        if rec.get("stopped", 0) < 1:
+            out.append("transaction lost")
+        if rec.get("booked", 0) > 1:
+            out.append("booked %d times" % rec["booked"])
+    if rec.get("lost_settings"):
+        out.append("lost " + "/".join(rec["lost_settings"]))
+    if rec.get("damaged") and rec.get("reconnected") and not rec.get("logged"):
+        out.append("not logged")
+    if rec.get("dropped"):
+        out.append("%d dropped" % rec["dropped"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 def must_be_zero(res):
     """(name, value) of every figure that has to be 0 (or True) for the run to pass."""
@@ -436,6 +680,14 @@ def must_be_zero(res):
     s = res.get("soak")
     if s:
         out += [("soak: crashes", sum(s["crashes"].values()))]
+    fl = res.get("flash")
+    if fl:
+        out += [("flash: lost transactions", fl["lost"]), ("flash: duplicated starts", fl["dup_runs"]),
+                ("flash: duplicated stops", fl["dup_stop"]), ("flash: unclosed", fl["unclosed"]),
+                ("flash: no reconnect (URL or password lost)", fl["not_reconnected"]),
+                ("flash: settings lost", fl["settings_lost"]), ("flash: recoveries not logged", fl["silent"]),
+                ("flash: Stops dropped as unknown", fl["dropped"]), ("flash: runs not done", fl["planned"] - fl["runs"]),
+                ("flash: crashes", sum(fl["crashes"].values()))]
     return out
 
 
@@ -492,6 +744,22 @@ def table(res):
             "; ".join("%s %d" % kv for kv in s["errors"].items())[:90])
         row("soak", "crashes (Traceback, MCU exit)", sum(s["crashes"].values()), "must be 0; " + "; ".join(list(s["crashes"])[:1])[:80])
         row("soak", "firmware errors caught", sum(s["fw_errors"].values()), "; ".join(list(s["fw_errors"])[:1])[:80])
+    fl = res.get("flash")
+    if fl:
+        row("flash", "runs (file x mode x moment) / file damaged", "%d / %d" % (fl["runs"], fl["damaged"]),
+            "%d files and their copies, half/garbage/zero/deleted, during/after a transaction" % len(FLASH_FILES))
+        row("flash", "lost transactions / duplicated starts", "%d / %d" % (fl["lost"], fl["dup_runs"]), "must be 0")
+        row("flash", "duplicated stops / unclosed", "%d / %d" % (fl["dup_stop"], fl["unclosed"]), "must be 0")
+        row("flash", "messages resent, recognised by the CS", fl["resent"])
+        row("flash", "no reconnect (URL or rotated password lost)", fl["not_reconnected"],
+            "must be 0; %d connections refused with 401" % fl["refused"])
+        row("flash", "settings lost (silent resets)", fl["settings_lost"],
+            "must be 0; keys, local list, 10 A limit, availability, reservation")
+        row("flash", "recoveries not logged", fl["silent"], "must be 0; a log line names the file")
+        row("flash", "Stops dropped as unknown", fl["dropped"], "must be 0")
+        row("flash", "FlashRecovery reports to the CS", fl["reports"], "DataTransfer")
+        for f in fl["failures"][:6]:
+            row("flash", "  %s %s %s" % (f["file"], f["mode"], f["moment"]), ", ".join(_flash_faults(f))[:40])
     for name, v in res.items():
         if name.endswith("_error"):
             row(name[:-6], "FAILED TO RUN", "-", v[:100])
@@ -502,13 +770,14 @@ def table(res):
 
 
 async def run_all(args, log):
-    only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak"}
+    only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak", "flash"}
     res = {}
     bench.build.build(bench.BUILD_UNIX)
     steps = (("cuts", lambda: power_cuts(args.cuts, args.seed, log=log)),
              ("outages", lambda: outages(args.outages, args.seed + 1, log=log)),
              ("fuzz", lambda: fuzz(args.frames, args.seed + 2, save_dir=args.save_failures, log=log)),
-             ("soak", lambda: soak(args.exchanges, log=log)))
+             ("soak", lambda: soak(args.exchanges, log=log)),
+             ("flash", lambda: flash(args.quick, log=log)))
     for name, fn in steps:
         if name not in only:
             continue
@@ -526,7 +795,7 @@ async def run_all(args, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the short version (as in make test)")
-    p.add_argument("--only", help="comma-separated subset of cuts,outages,fuzz,soak")
+    p.add_argument("--only", help="comma-separated subset of cuts,outages,fuzz,soak,flash")
     p.add_argument("--cuts", type=int, default=50)
     p.add_argument("--outages", type=int, default=10)
     p.add_argument("--frames", type=int, default=10000)

@@ -34,3 +34,11 @@ def test_soak_has_no_crash():
     assert res["exchanges"] >= 1000
     assert res["crashes"] == {}, res["crashes"]
     assert res["live_start"] > 0 and res["live_end"] > 0
+
+
+def test_damaged_flash_loses_no_transaction_setting_or_secret():
+    res = run(torture.flash(quick=True, log=lambda *_: None))
+    assert res["runs"] == res["planned"] == len(torture.FLASH_QUICK) and res["damaged"] == res["runs"], res
+    bad = {k: v for k, v in torture.must_be_zero({"flash": res}) if v}
+    assert bad == {}, (bad, res["failures"])
+    assert res["reports"] >= res["runs"]  # each recovery also told to the Central System

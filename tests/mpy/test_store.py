@@ -141,6 +141,7 @@ def test_file_and_copy_bad_gives_default_and_a_note():
     n = 0
     assert store.load(p, "dflt") == ("dflt", store.LOST)
     assert store.notes[n:] == ["c.json no CRC header, copy empty: lost, defaults used"]
+    assert store.load(p, "dflt") == ("dflt", store.ABSENT)  # said once, not at every boot
     assert store.load(d + "/never.json", 7) == (7, store.ABSENT)  # a file never written is no loss
     _rmtree(d)
 
@@ -428,6 +429,8 @@ def test_journal_seqs_stay_above_what_the_mirror_saw_when_the_file_is_lost():
     os.remove(p)
     j = store.Journal(p, mirror=True)
     assert j.damaged and len(j) == 0
+    assert not store.Journal(p, mirror=True).damaged  # repaired at once: reported at one boot, not at each
+    j = store.Journal(p, mirror=True)
     assert j.append(b"new", True) > seqs[3]
     _rmtree(d)
 
