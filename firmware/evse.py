@@ -28,6 +28,10 @@ METER_GRACE_MS = const(5000)  # a session survives this long without a meter ans
 OVERCURRENT_MS = const(5000)  # IEC 61851-1: the EV follows a lower duty within 5 s
 OVERCURRENT_MARGIN_DA = const(20)  # 2 A over the offer before the EV counts as not following it
 STOP_IN_C_MS = const(6000)  # X1 while the EV stays in C: open under load after 6 s (digest §4.4, seq. 10)
+# The slow path silent this long means the loop is hung: the meter, current and authorisation checks have
+# stopped, so the watch takes the energy away until the hardware watchdog (8 s) resets the MCU. Longer than any
+# stall the loop makes on purpose or while a TLS handshake runs in C on an ESP32 (1-2 s).
+LOOP_DEAD_MS = const(4000)
 
 # Fault codes, in priority order (a smaller one replaces a larger one in the latch).
 F_RCD = const(1)
@@ -67,6 +71,8 @@ class Evse:
         self.state = pilot.A  # debounced
         self._cand = pilot.A
         self._since = board.ticks_ms()
+        self._loop_ms = self._since  # when the slow path last ran: the watch's proof that the loop lives
+        self.beats = 0  # turns of run(): the firmware watchdog's proof that this task makes progress
         self.cable_a = None
         self.local_da = None  # load-management input of the board, 0.1 A, None = none
         # Requests from the OCPP layer.
@@ -88,7 +94,9 @@ class Evse:
         self._n_pwm = 0
         self._seen_pwm = 1000
         self.tripped = 0  # watch opens, counted; the slow path logs them
+        self.hung_trips = 0  # of which because the loop had stopped
         self._logged_trips = 0
+        self._logged_hung = 0
         # Slow-path state.
         self._sf = 0
         self._logged_fault = 0
@@ -135,10 +143,13 @@ class Evse:
             self._latch(F_DIODE)
         if self.contactor:
             self._n_weld = 0
-            if self._wf or self._n_bad >= _FAST_N:
+            hung = time.ticks_diff(b.ticks_ms(), self._loop_ms) > LOOP_DEAD_MS
+            if self._wf or self._n_bad >= _FAST_N or hung:
                 b.set_contactor(False)  # IEC 61851-1 A.6: open within 100 ms
                 self.contactor = False
                 self.tripped += 1
+                if hung:
+                    self.hung_trips += 1
         elif b.contactor_feedback():
             if self._n_weld < _WELD_N:
                 self._n_weld += 1
@@ -218,6 +229,7 @@ class Evse:
         """Re-evaluates outputs from the inputs and requests; safe to call from any loop task."""
         b = self.board
         now = b.ticks_ms()
+        self._loop_ms = now
         self._debounce(now)
         if not self.cable_variant:
             self.cable_a = pilot.pp_amps(b.read_pp_ohms())
@@ -372,7 +384,11 @@ class Evse:
     def _log_changes(self):
         if self.tripped != self._logged_trips:
             self._logged_trips = self.tripped
-            log.warn(_TAG, "watch opened the contactor (pilot %s)" % pilot.NAMES[self.raw_state])
+            if self.hung_trips != self._logged_hung:
+                self._logged_hung = self.hung_trips
+                log.warn(_TAG, "watch opened the contactor: the loop was stalled over %d ms" % LOOP_DEAD_MS)
+            else:
+                log.warn(_TAG, "watch opened the contactor (pilot %s)" % pilot.NAMES[self.raw_state])
         code = self._wf or self._sf
         if code != self._logged_fault:
             if code:
@@ -388,6 +404,7 @@ class Evse:
         board = self.board
         while True:
             self.update()
+            self.beats += 1
             block = board.take_block_ms()
             if block:
                 # Test hook (tools/sim.py "mcu" command): stall the loop on purpose; the watch must still act.

@@ -20,7 +20,8 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
                          0 without PWM), contactor (contacts closed), locked (lock position), energy_wh, power_w,
                          powered (power switch on); extras: t (board ms), cp_mv [hi, lo], pp_ohms, plugged, ev,
                          max_a, phases, current_a, pwm (permille, null when unpowered), contactor_cmd, lock_cmd,
-                         leds, faults (active kinds), mcu_pid, variant, meter
+                         leds, faults (active kinds), mcu_pid, variant, meter, wdt_ms (the watchdog timeout once
+                         the firmware armed it, else null), wdt_resets
     {"cmd":"plug","cable_a":13|20|32|63[,"pp_ohms":N|null]}   socket: cable in, EV connected (state B);
                          pp_ohms forces an out-of-band coding. cable: the tethered 32 A cable goes into the car.
     {"cmd":"unplug"}
@@ -36,12 +37,16 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
                          board.take_block_ms()); -> delivered. The MCU's "blocking" ack is the event "block"
     {"cmd":"events","since":N} -> {"events":[{"seq","t","kind",...}],"next":M,"now":T}: board events with board
                          time in monotonic ms (kinds: pilot, pwm, contactor, lock, lock_fb, led, reset, mcu, power,
-                         plug, unplug, ev, tag, fault, limit, block); pass "next" as "since" to read on.
+                         plug, unplug, ev, tag, fault, limit, block, wdt); pass "next" as "since" to read on.
 
 Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
     sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b,"limit_da":n|null} on
                 connect and on every change; {"tag":"UID"}; {"block_ms":N}
     MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true} {"blocking":N}
+                {"wdt":timeout_ms} (a watchdog feed; the first one arms it)
+
+The hardware watchdog: once the firmware has fed it, an MCU that goes timeout_ms without a feed is killed and
+started again at once with reset cause "watchdog" (event "wdt", state "armed" / "reset").
 
 Physical model: CP high level A 12 V / B 9 V / C 6 V / D 3 V (IEC 61851-1 A.2, digest 4.1); low level -12 V while
 PWM runs (diode fault with an EV connected: 0 V); no PWM: both plateaus are the steady level; steady -12 V output
@@ -288,6 +293,10 @@ class Sim:
         self.romfs_image = BUILD_DIR + ".romfs" if getattr(args, "romfs", False) else None
         self.reset_cause = "power"  # told to the MCU as machine.reset_cause() would: power | watchdog | soft
         self.reset_requested = False
+        self.wdt_ms = None          # the hardware watchdog's timeout once the firmware armed it
+        self.wdt_fed = 0.0
+        self.wdt_fired = False
+        self.wdt_resets = 0
         self.stopping = False
         self.lock_gen = 0
         self.servers = []
@@ -335,6 +344,7 @@ class Sim:
         self.update()
         self.tasks.append(asyncio.create_task(self.physics()))
         self.tasks.append(asyncio.create_task(self.supervise()))
+        self.tasks.append(asyncio.create_task(self.watchdog()))
         say("SIM READY control=127.0.0.1:%d" % self.control_port)
 
     async def stop(self):
@@ -397,6 +407,10 @@ class Sim:
                 break
             if not self.power_on:
                 continue
+            if self.wdt_fired:
+                say("[sim] MCU reset by the watchdog")
+                self.reset_cause = "watchdog"
+                continue
             if rc == EXIT_REBOOT or self.reset_requested:
                 say("[sim] MCU reboot")
                 self.reset_cause = "soft"
@@ -407,6 +421,8 @@ class Sim:
 
     async def run_mcu(self):
         self.reset_requested = False
+        self.wdt_ms = None  # a reset disarms the watchdog until the firmware feeds it again
+        self.wdt_fired = False
         self.rig.powered = True
         self.rig.mcu_outputs_reset()
         self.update()
@@ -430,6 +446,22 @@ class Sim:
         self.event("mcu", state="exit", rc=rc)
         self.update()
         return rc
+
+    async def watchdog(self):
+        """The board's hardware watchdog: once armed, an MCU that stops feeding it within its timeout is reset."""
+        while True:
+            await asyncio.sleep(0.05)
+            proc = self.proc
+            if proc is None or self.wdt_ms is None or self.wdt_fired:
+                continue
+            if time.monotonic() - self.wdt_fed > self.wdt_ms / 1000:
+                self.wdt_fired = True
+                self.wdt_resets += 1
+                self.event("wdt", state="reset", timeout_ms=self.wdt_ms)
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
 
     async def forward(self, stream):
         while True:
@@ -507,6 +539,11 @@ class Sim:
             self.event("led", name=msg["led"], on=rig.leds[msg["led"]])
         if "blocking" in msg:
             self.event("block", ms=int(msg["blocking"]))
+        if "wdt" in msg:
+            if self.wdt_ms is None:
+                self.event("wdt", state="armed", timeout_ms=int(msg["wdt"]))
+            self.wdt_ms = int(msg["wdt"])
+            self.wdt_fed = time.monotonic()
         if msg.get("reset"):
             self.reset_requested = True
             self.event("reset")
@@ -581,7 +618,8 @@ class Sim:
                 "leds": dict(rig.leds), "rcd": rig.faults["rcd"], "ignore_pwm": rig.ignore_pwm,
                 "limit_a": None if rig.limit_da is None else rig.limit_da / 10,
                 "faults": [k for k in FAULTS if rig.faults[k]],
-                "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter}
+                "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter,
+                "wdt_ms": self.wdt_ms, "wdt_resets": self.wdt_resets}
 
     async def cmd_plug(self, req):
         rig = self.rig

@@ -47,6 +47,7 @@ class Connector:
         self._next_sample_ms = 0
         self._next_aligned = 0
         self._authorizing = False
+        self.beats = 0  # turns of run(), for the watchdog
         txq.on_conf = self._on_conf
 
     # ---- boot ----
@@ -457,4 +458,5 @@ class Connector:
     async def run(self):
         while True:
             self.tick()
+            self.beats += 1
             await asyncio.sleep_ms(100)

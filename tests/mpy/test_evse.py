@@ -450,6 +450,16 @@ def test_fixed_cable_ignores_pp():
     assert b.cmd and e.plugged
 
 
+def test_watch_opens_when_the_loop_hangs():
+    b, m, e = charging()
+    run(b, m, e, E.LOOP_DEAD_MS - 100, update=False)  # the slow path stops: a hung loop
+    assert b.cmd, "a stall shorter than LOOP_DEAD_MS leaves the energy on"
+    run(b, m, e, 200, update=False)
+    assert not b.cmd and not e.contactor and e.hung_trips == 1
+    run(b, m, e, 2000)  # the loop is back: everything is checked again, and the session goes on
+    assert b.cmd and e.contactor
+
+
 def test_watch_does_not_allocate():
     # It runs from a timer callback on the ESP32: no heap allocation allowed there.
     import gc
