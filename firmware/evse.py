@@ -188,7 +188,10 @@ class Evse:
 
     @property
     def ev_connected(self):
-        return pilot.B <= self.state <= pilot.D
+        # Socket: an EV is connected only through a cable in the socket. The PP is taken as read while the pilot
+        # is debounced, so an unplug shows "no cable" up to one debounce before the pilot shows A; every reader
+        # (the connector's status above all) must see one story, never "no cable, EV in C" (issue 9).
+        return pilot.B <= self.state <= pilot.D and (self.cable_variant or self.cable_a is not None)
 
     @property
     def ev_ready(self):
@@ -372,7 +375,9 @@ class Evse:
                 self._clear = True
         sf = self._sf
         if sf == F_LOCK:
-            if b.lock_feedback() or not (self.want_lock and self.cable_a is not None):
+            # Not when the lock is merely no longer wanted: a connector whose lock failed stays Faulted until the
+            # lock confirms or the cable leaves the socket, so the Central System always hears of it (issue 9).
+            if (b.lock_feedback() and self.want_lock) or self.cable_a is None:
                 self._sf = 0
         elif sf == F_METER:
             if self.meter.ok:

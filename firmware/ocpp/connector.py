@@ -19,6 +19,11 @@ CONNECTOR = const(1)
 _TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
 
 
+def same_tag(a, b):
+    # IdToken is a CiString20: a card read as "abc123" is the card that started as "ABC123".
+    return a is not None and b is not None and a.upper() == b.upper()
+
+
 class Connector:
     def __init__(self, session, txq, evse, meter, cfg, auth, state_dir):
         self.session = session
@@ -38,6 +43,7 @@ class Connector:
         self._pending_parent = None
         self._pending_res = None
         self._pending_until = 0
+        self._pending_lock = False  # the pending start asked for the lock (released if the start is dropped)
         self.finishing = False
         self.stopping = None  # the task that sends StopTransaction after the last meter reading
         self.status = None  # current OCPP status
@@ -45,6 +51,7 @@ class Connector:
         self.reported = None  # last status the Central System acknowledged
         self._status_evt = asyncio.Event()
         self._next_sample_ms = 0
+        self._sample_s = 0  # the MeterValueSampleInterval _next_sample_ms was planned with
         self._next_aligned = 0
         self._authorizing = False
         self.beats = 0  # turns of run(), for the watchdog
@@ -84,13 +91,13 @@ class Connector:
             return
         tx = self.tx
         if tx is not None:
-            if tag == tx["tag"]:
+            if same_tag(tag, tx["tag"]):
                 self.stop("Local", tag)  # the same card stops without an Authorize (OCPP 1.6 §3.5)
             else:
                 asyncio.create_task(self._authorize_stop(tag))
             return
-        if self.pending_tag == tag:
-            self.pending_tag = None  # a second swipe cancels the pending start
+        if same_tag(tag, self.pending_tag):
+            self._drop_pending("cancelled by the same card")  # a second swipe cancels the pending start
             self.tick()
             return
         asyncio.create_task(self.authorize_start(tag))
@@ -160,10 +167,36 @@ class Connector:
         self._pending_until = time.ticks_add(time.ticks_ms(), self.cfg.get("ConnectionTimeOut") * 1000)
         self.tick()
 
+    def _await_ev(self, now):
+        """An authorised start waits for the EV, then for the lock: a socket's cable is locked, and the lock's
+        feedback confirms it, before StartTransaction goes out, so no transaction opens on a connector that
+        cannot hold the cable (issue 9). A fault (a lock that does not engage reports ConnectorLockFailure)
+        keeps the start waiting; ConnectionTimeOut drops it."""
+        evse = self.evse
+        if evse.ev_connected and evse.plugged:
+            if not evse.want_lock:
+                evse.want_lock = True
+                self._pending_lock = True
+            if not evse.fault and (evse.cable_variant or evse.locked):
+                self._start()
+                return
+        if time.ticks_diff(now, self._pending_until) >= 0:
+            self._drop_pending("connector not locked" if evse.ev_connected and evse.plugged else "no EV")
+
+    def _drop_pending(self, why):
+        log.info(_TAG, "start for %s cancelled: %s" % (self.pending_tag, why))
+        self.pending_tag = None
+        if self._pending_lock:
+            self._pending_lock = False
+            self.evse.want_lock = False
+        if self.smart is not None:
+            self.smart.drop_pending()  # its RemoteStart profile must not govern a later session
+
     # ---- transactions ----
     def _start(self):
         tag = self.pending_tag
         self.pending_tag = None
+        self._pending_lock = False
         lid = self.txq.new_local_id()
         now = clock.now()
         snap = metering.snapshot(self.meter, self.evse)
@@ -180,7 +213,8 @@ class Connector:
         self.txq.push(START, lid, payload)
         log.info(_TAG, "transaction %d started for %s at %d Wh" % (lid, tag, wh0))
         self.evse.want_lock = True
-        self._next_sample_ms = time.ticks_add(time.ticks_ms(), self.cfg.get("MeterValueSampleInterval") * 1000)
+        self._sample_s = self.cfg.get("MeterValueSampleInterval")
+        self._next_sample_ms = time.ticks_add(time.ticks_ms(), self._sample_s * 1000)
         self._apply_allow()
 
     def stop(self, reason, tag=None):
@@ -285,6 +319,11 @@ class Connector:
     # ---- meter values ----
     def _sample(self, now_ms):
         interval = self.cfg.get("MeterValueSampleInterval")
+        if interval != self._sample_s:
+            # A changed interval applies at once, counted from the change, not after the old timer (issue 9).
+            self._sample_s = interval
+            self._next_sample_ms = time.ticks_add(now_ms, interval * 1000)
+            return
         if not interval or time.ticks_diff(now_ms, self._next_sample_ms) < 0:
             return
         self._next_sample_ms = time.ticks_add(now_ms, interval * 1000)
@@ -340,23 +379,26 @@ class Connector:
         evse = self.evse
         if self.tx is None:
             if self.pending_tag is not None:
-                if evse.ev_connected and evse.plugged:
-                    self._start()
-                elif time.ticks_diff(now, self._pending_until) >= 0:
-                    log.info(_TAG, "no EV within ConnectionTimeOut, start cancelled")
-                    self.pending_tag = None
-                    if self.smart is not None:
-                        self.smart.drop_pending()  # its RemoteStart profile must not govern a later session
+                self._await_ev(now)
             elif self.cfg.get("FreeVendEnabled") and evse.ev_connected and evse.plugged and not self.finishing \
                     and evse.operative and not evse.fault:
                 self.arm(self.cfg.get("FreeVendIdTag"))  # free vend: every plug-in charges (digest §2.8 A3)
                 return
             if self.finishing and not self._plug_present():
                 self.finishing = False
-        elif not self._plug_present():
-            self.stop("EVDisconnected")
+                if self.tx is None and self.pending_tag is None:
+                    evse.want_lock = False  # a lock kept after an EV-side disconnect ends with the cable
+        elif not evse.cable_variant and not evse.plugged:
+            self.stop("EVDisconnected")  # the cable left the socket
         elif evse.state == pilot.A and self.cfg.get("StopTransactionOnEVSideDisconnect"):
+            # The cable left the EV (for a tethered cable, "unplugged" is exactly this). With the key false the
+            # transaction stays, SuspendedEV with the contactor open, and resumes when the EV is back (TC_005_3).
             self.stop("EVDisconnected")
+        elif evse.lock_failed:
+            # The lock let go during the session: the connector cannot hold the cable, so the session ends
+            # (issue 9); the EVSE has already opened the contactor, and reports ConnectorLockFailure.
+            log.warn(_TAG, "lock lost during transaction %d" % self.tx["l"])
+            self.stop("Other")
         else:
             if self.tx["inv"]:
                 self._apply_allow()
