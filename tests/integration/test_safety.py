@@ -6,6 +6,8 @@ The safety proof: with the firmware's asyncio loop stalled on purpose for 2 s (s
 which runs off the loop, still opens the contactor within 100 ms of C->B, unplug, a CP short and an RCD trip."""
 import statistics
 
+import pytest
+
 from conftest import wait_until
 
 CP = "CP1"
@@ -146,6 +148,7 @@ def _run_actions(csms, sim, block):
           % ("blocked loop" if block else "free loop", statistics.median(times), max(times), len(times)))
 
 
+@pytest.mark.long
 def test_watch_opens_within_100ms_while_the_loop_is_blocked(csms_factory, sim_factory):
     csms, sim = _boot(csms_factory, sim_factory)
     _charge(csms, sim)
