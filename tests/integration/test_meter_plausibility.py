@@ -4,6 +4,8 @@ the demo Central System. The energy that really flowed is the sim's energy_wh - 
 the Central System received can be checked against it."""
 import time
 
+import pytest
+
 from conftest import wait_until
 from core_helpers import CP, boot, board_until, start_charging, status_seen
 
@@ -69,6 +71,7 @@ def test_meter_lost_while_idle_is_reported_and_refuses_sessions(csms_factory, si
     board_until(sim, lambda s: s["contactor"], msg="charging after the meter came back")
 
 
+@pytest.mark.long
 def test_register_shifted_during_a_power_cut_is_not_billed(csms_factory, sim_factory):
     # Item 10: +200 kWh while the MCU is off must not reach the PowerLoss StopTransaction.
     csms, sim = boot(csms_factory, sim_factory, config={"MeterValueSampleInterval": 4})
@@ -122,6 +125,7 @@ def test_transient_glitch_is_ignored_and_never_billed(csms_factory, sim_factory)
     assert not any(p["status"] == "Faulted" for p in connector_statuses(csms, mark))
 
 
+@pytest.mark.long
 def test_step_backwards_recovers_and_says_what_is_wrong(csms_factory, sim_factory):
     # Item 12: a permanent step back is reported as such (not "not answering") and the charger re-anchors on the
     # new register value instead of staying Faulted until a reboot; the step is never billed.
@@ -146,6 +150,7 @@ def test_step_backwards_recovers_and_says_what_is_wrong(csms_factory, sim_factor
     assert delivered - 60 <= billed <= delivered + TOL_WH, (billed, delivered)
 
 
+@pytest.mark.long
 def test_no_stale_samples_during_a_meter_outage(csms_factory, sim_factory):
     # Item 13: while the meter does not answer, no MeterValues repeats the last reading as a fresh sample.
     csms, sim = boot(csms_factory, sim_factory, config={"MeterValueSampleInterval": 4})
