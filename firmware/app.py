@@ -34,7 +34,8 @@ class App:
         self.cfg = cfg = config.Config(state)
         model = cfg.get("MeterModel")
         baud, parity, stop = _METER_SERIAL[model]
-        self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"))
+        self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"),
+                           cfg.get("MaxCurrent"))
         self.evse = Evse(board, self.meter, cfg)
         self._avail_path = state + "/availability.json"
         avail = store.read_json(self._avail_path, None) or {}
@@ -173,12 +174,16 @@ class App:
     # ---- tasks ----
     async def _poll_meter(self):
         meter = self.meter
-        was_ok = True
+        said = None
         while True:
-            ok = await meter.poll()
-            if ok != was_ok:
-                log.warn(_TAG, "meter %s" % ("back" if ok else "lost: %s" % meter.last_error))
-                was_ok = ok
+            await meter.poll()
+            trouble = meter.trouble
+            if trouble is not said:
+                if trouble:
+                    log.warn(_TAG, "meter: %s (%s)" % (trouble, meter.last_error))
+                else:
+                    log.info(_TAG, "meter back at %d Wh" % meter.energy_wh)
+                said = trouble
             self._meter_beats += 1
             await asyncio.sleep_ms(_METER_POLL_MS)
 

@@ -24,7 +24,7 @@ _DEB_FAST_MS = const(30)  # towards A/E/F, or leaving C/D while energised (diges
 _DEB_MS = const(250)  # other changes (OpenEVSE 250 ms)
 _DEB_C_MS = const(500)  # B -> C/D must hold this long before the contactor closes (SmartEVSE 500 ms)
 _LOCK_TIMEOUT_MS = const(1500)
-METER_GRACE_MS = const(5000)  # a session survives this long without a meter answer, then PowerMeterFailure
+METER_GRACE_MS = const(5000)  # this long without a trusted meter reading, then PowerMeterFailure
 OVERCURRENT_MS = const(5000)  # IEC 61851-1: the EV follows a lower duty within 5 s
 OVERCURRENT_MARGIN_DA = const(20)  # 2 A over the offer before the EV counts as not following it
 STOP_IN_C_MS = const(6000)  # X1 while the EV stays in C: open under load after 6 s (digest §4.4, seq. 10)
@@ -180,7 +180,10 @@ class Evse:
     @property
     def fault_info(self):
         """StatusNotification.info text of the latched fault, None without one."""
-        return _INFO[self._wf or self._sf]
+        code = self._wf or self._sf
+        if code == F_METER:
+            return self.meter.trouble or _INFO[F_METER]  # not answering, or which reading cannot be true
+        return _INFO[code]
 
     @property
     def lock_failed(self):
@@ -330,11 +333,13 @@ class Evse:
             self._sf = F_LOCK
 
     def _check_meter(self, now):
+        # Idle too: a charger that cannot bill must say so and take no session (issue 9). The grace keeps one
+        # lost poll or a short glitch from flapping the status.
         m = self.meter
-        if m.ok or not (self.allow or self.contactor) or self._sf:
+        if m.ok or m.trouble is None or self._sf:
             return
-        last = m.last_ok_ms
-        if last is None or time.ticks_diff(now, last) >= METER_GRACE_MS:
+        since = m.last_ok_ms if m.last_ok_ms is not None else m.bad_since
+        if since is None or time.ticks_diff(now, since) >= METER_GRACE_MS:
             self._sf = F_METER
 
     def _check_current(self, now):
@@ -397,7 +402,7 @@ class Evse:
         code = self._wf or self._sf
         if code != self._logged_fault:
             if code:
-                log.warn(_TAG, "fault %s: %s" % (_CODES[code], _INFO[code]))
+                log.warn(_TAG, "fault %s: %s" % (_CODES[code], self.fault_info))
             else:
                 log.info(_TAG, "fault cleared")
             self._logged_fault = code

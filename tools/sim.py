@@ -20,8 +20,8 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
                          0 without PWM), contactor (contacts closed), locked (lock position), energy_wh, power_w,
                          powered (power switch on); extras: t (board ms), cp_mv [hi, lo], pp_ohms, plugged, ev,
                          max_a, phases, current_a, pwm (permille, null when unpowered), contactor_cmd, lock_cmd,
-                         leds, faults (active kinds), mcu_pid, variant, meter, wdt_ms (the watchdog timeout once
-                         the firmware armed it, else null), wdt_resets
+                         leds, faults (active kinds), mcu_pid, variant, meter, meter_shift_wh (see "meter"),
+                         wdt_ms (the watchdog timeout once the firmware armed it, else null), wdt_resets
     {"cmd":"plug","cable_a":13|20|32|63[,"pp_ohms":N|null]}   socket: cable in, EV connected (state B);
                          pp_ohms forces an out-of-band coding. cable: the tethered 32 A cable goes into the car.
     {"cmd":"unplug"}
@@ -35,9 +35,15 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
                          null = none), read by the firmware as board.local_limit_da()
     {"cmd":"mcu","block_ms":N}  test hook: the firmware's asyncio loop stalls N ms on purpose (it reads
                          board.take_block_ms()); -> delivered. The MCU's "blocking" ack is the event "block"
+    {"cmd":"meter","add_wh":N}  shifts the meter's energy register by N Wh (negative allowed) without any energy
+                         flowing: a glitch, a swapped or reset meter (plausibility tests)
+    {"cmd":"meter","energy_wh":N}  sets the energy register to N Wh (N >= 0)
+                         -> energy_wh (the register now), meter_shift_wh (all shifts so far: the energy that
+                         really flowed is energy_wh - meter_shift_wh; status reports it too)
     {"cmd":"events","since":N} -> {"events":[{"seq","t","kind",...}],"next":M,"now":T}: board events with board
                          time in monotonic ms (kinds: pilot, pwm, contactor, lock, lock_fb, led, reset, mcu, power,
-                         plug, unplug, ev, tag, fault, limit, block, wdt); pass "next" as "since" to read on.
+                         plug, unplug, ev, tag, fault, limit, block, meter, wdt); pass "next" as "since" to read
+                         on.
 
 Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
     sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b,"limit_da":n|null} on
@@ -218,6 +224,15 @@ class NullMeter:
     def set_fault(self, on):
         pass
 
+    def shift_energy(self, wh):
+        return self.set_energy(self.energy_wh + wh)
+
+    def set_energy(self, wh):
+        if wh < 0:
+            raise ValueError("the energy register cannot go below 0 Wh (asked %s)" % wh)
+        self.energy_wh = float(wh)
+        return self.energy_wh
+
 
 def make_meter(model):
     try:
@@ -291,6 +306,7 @@ class Sim:
         self.power_on = True
         self.power_evt = asyncio.Event()
         self.romfs_image = BUILD_DIR + ".romfs" if getattr(args, "romfs", False) else None
+        self.meter_shift_wh = 0.0  # register shifts by the "meter" command: delivered = energy_wh - shift
         self.reset_cause = "power"  # told to the MCU as machine.reset_cause() would: power | watchdog | soft
         self.reset_requested = False
         self.wdt_ms = None          # the hardware watchdog's timeout once the firmware armed it
@@ -619,7 +635,7 @@ class Sim:
                 "limit_a": None if rig.limit_da is None else rig.limit_da / 10,
                 "faults": [k for k in FAULTS if rig.faults[k]],
                 "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter,
-                "wdt_ms": self.wdt_ms, "wdt_resets": self.wdt_resets}
+                "meter_shift_wh": self.meter_shift_wh, "wdt_ms": self.wdt_ms, "wdt_resets": self.wdt_resets}
 
     async def cmd_plug(self, req):
         rig = self.rig
@@ -731,6 +747,27 @@ class Sim:
         self.event("mcu", state="block", ms=ms, delivered=delivered)
         return {"delivered": delivered}
 
+    async def cmd_meter(self, req):
+        keys = [k for k in ("add_wh", "energy_wh") if k in req]
+        if len(keys) != 1:
+            raise CommandError("meter needs exactly one of \"add_wh\" (shift the energy register by N Wh) or "
+                               "\"energy_wh\" (set it to N Wh)")
+        value = req[keys[0]]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                or abs(value) == float("inf"):
+            raise CommandError("meter %s must be a number of Wh (got %r)" % (keys[0], value))
+        before = self.meter.energy_wh
+        try:
+            if keys[0] == "add_wh":
+                after = self.meter.shift_energy(value)
+            else:
+                after = self.meter.set_energy(value)
+        except ValueError as e:
+            raise CommandError("meter: %s" % e)
+        self.meter_shift_wh += after - before
+        self.event("meter", energy_wh=after, shift_wh=after - before)
+        return {"energy_wh": after, "meter_shift_wh": self.meter_shift_wh}
+
     async def cmd_events(self, req):
         since = req.get("since", 0)
         if not isinstance(since, int):
@@ -740,7 +777,7 @@ class Sim:
 
 COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_unplug, "ev": Sim.cmd_ev,
             "tag": Sim.cmd_tag, "console": Sim.cmd_console, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events,
-            "limit": Sim.cmd_limit, "mcu": Sim.cmd_mcu}
+            "limit": Sim.cmd_limit, "mcu": Sim.cmd_mcu, "meter": Sim.cmd_meter}
 
 
 def parse_args(argv=None):

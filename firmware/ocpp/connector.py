@@ -17,6 +17,7 @@ from firmware.ocpp.txqueue import START, STOP, METER
 _TAG = "conn"
 CONNECTOR = const(1)
 _TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
+_SAMPLE_SLACK_S = const(8)  # a sample may come this much after its time: the meter grace (5 s) and a late poll
 
 
 def same_tag(a, b):
@@ -39,6 +40,8 @@ class Connector:
         # l local id, tag, parent, wh0 meterStart, t0 start epoch, wh/t last stored reading, inv (not accepted
         # by the Central System), res reservation id, td samples for transactionData.
         self.tx = store.read_json(self._tx_path, None)
+        if self.tx is not None:
+            self._anchor_meter(self.tx)
         self.pending_tag = None  # authorised tag waiting for the EV (ConnectionTimeOut)
         self._pending_parent = None
         self._pending_res = None
@@ -73,6 +76,19 @@ class Connector:
             # Its state file was lost (corrupt flash): the Central System still gets exactly one Stop.
             log.warn(_TAG, "closing transaction %d whose state was lost" % lid)
             self._push_stop({"l": lid, "td": []}, "PowerLoss", self.meter.energy_wh, clock.now(), None)
+
+    def _anchor_meter(self, tx):
+        # The first reading after the boot is checked against the reading stored with the transaction (issue 9):
+        # energy flowed at most while the contactor could be closed after it, which is until the next sample
+        # was due (while the meter reads true the samples keep coming; without true readings the contactor opens
+        # after the grace), and never longer than the wall clock says. A clock that runs behind the stored time
+        # (no RTC after a power loss) and no sampling leave only the margin: the stored reading is then billed.
+        interval = self.cfg.get("MeterValueSampleInterval")
+        window = interval + _SAMPLE_SLACK_S if interval else -1
+        elapsed = clock.now() - tx["t"] + 1  # + 1: both times are whole seconds
+        if elapsed > 0 and (window < 0 or elapsed < window):
+            window = elapsed
+        self.meter.anchor(tx["wh"], self.meter.max_w * window // 3600 if window > 0 else 0)
 
     def _orphans(self):
         """Local ids started (queued or acknowledged) but neither stopped nor queued for a Stop."""
@@ -177,8 +193,8 @@ class Connector:
             if not evse.want_lock:
                 evse.want_lock = True
                 self._pending_lock = True
-            if not evse.fault and (evse.cable_variant or evse.locked):
-                self._start()
+            if not evse.fault and (evse.cable_variant or evse.locked) and self.meter.fresh(now):
+                self._start()  # meterStart must be a true reading
                 return
         if time.ticks_diff(now, self._pending_until) >= 0:
             self._drop_pending("connector not locked" if evse.ev_connected and evse.plugged else "no EV")
@@ -209,6 +225,7 @@ class Connector:
             payload["reservationId"] = self._pending_res
             self.reservations.consumed(self._pending_res)
         self.tx = tx
+        self.meter.hold = True  # a register that moves from now on is bridged, not billed (firmware/meter.py)
         store.write_json(self._tx_path, tx)  # before the message: a Start must never lack its Stop
         self.txq.push(START, lid, payload)
         log.info(_TAG, "transaction %d started for %s at %d Wh" % (lid, tag, wh0))
@@ -236,8 +253,10 @@ class Connector:
         return True
 
     async def _stop_after_reading(self, tx, reason, when, tag):
-        await self.meter.poll()  # a failed poll keeps the last good reading
+        await self.meter.poll()  # a failed or implausible poll keeps the last trusted reading
         self._push_stop(tx, reason, self.meter.energy_wh, when, tag)
+        if self.tx is None:
+            self.meter.release()
         self.stopping = None
 
     def _push_stop(self, tx, reason, wh, when, tag):
@@ -326,6 +345,8 @@ class Connector:
             return
         if not interval or time.ticks_diff(now_ms, self._next_sample_ms) < 0:
             return
+        if not self.meter.fresh(now_ms):
+            return  # never the last reading as a new one: the sample goes out once the meter reads true again
         self._next_sample_ms = time.ticks_add(now_ms, interval * 1000)
         self._send_values(PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
 
@@ -341,6 +362,9 @@ class Connector:
             return
         slot = self._next_aligned
         self._next_aligned = (now // interval + 1) * interval
+        if not self.meter.fresh(time.ticks_ms()):
+            log.warn(_TAG, "clock-aligned sample skipped: no fresh meter reading")  # its time is gone
+            return
         self._send_values(CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
 
     def _send_values(self, ctx, keys, t):
@@ -364,7 +388,11 @@ class Connector:
             log.warn(_TAG, "MeterValues failed: %r" % (e,))
 
     async def send_triggered_values(self):
-        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger."""
+        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger; nothing
+        while the meter has no fresh reading (a stale one would be taken as current)."""
+        if not self.meter.fresh(time.ticks_ms()):
+            log.warn(_TAG, "triggered MeterValues not sent: no fresh meter reading")
+            return
         snap = metering.snapshot(self.meter, self.evse)
         payload = {"connectorId": CONNECTOR, "meterValue": [{"timestamp": clock.iso(), "sampledValue":
                    metering.values_from(snap, self.cfg.get("MeterValuesSampledData"), metering.TRIGGER)}]}

@@ -39,3 +39,13 @@ def test_soak_has_no_crash():
     assert res["exchanges"] >= 1000
     assert res["crashes"] == {}, res["crashes"]
     assert res["live_start"] > 0 and res["live_end"] > 0
+
+
+@pytest.mark.long
+def test_meter_glitches_are_never_billed_and_never_leave_it_faulted():
+    # One scenario of each kind: transient, up, down, across a power cut, idle.
+    res = run(torture.glitches(5, seed=15, log=lambda *_: None))
+    assert sum(res["shifts"].values()) >= 4 and res["transactions"] >= 4
+    assert res["values_checked"] > 10
+    assert (res["implausible"], len(res["stuck"]), res["unclosed"]) == (0, 0, 0), res
+    assert res["crashes"] == {}, res["crashes"]
