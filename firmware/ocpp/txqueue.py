@@ -29,6 +29,9 @@ class TxQueue:
         # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
         self.ids = store.read_json(self._ids_path, None) or {"n": 0}
         self._wake = asyncio.Event()
+        # Failed attempts at the head message: kept here, not in run(), so a restarted task cannot send it
+        # again and again past TransactionMessageAttempts.
+        self._attempts = 0
         self.on_conf = None  # fn(action, local_id, conf or None) after a message is delivered or dropped
 
     def new_local_id(self):
@@ -62,7 +65,6 @@ class TxQueue:
             pass
 
     async def run(self):
-        attempts = 0
         session = self.session
         while True:
             head = self.journal.peek()
@@ -89,8 +91,9 @@ class TxQueue:
             except Offline:
                 await self._idle(500)  # being offline is not a failed attempt (digest §1.6)
                 continue
-            except (rpc.CallError, asyncio.TimeoutError) as e:
-                attempts += 1
+            except (rpc.CallError, asyncio.TimeoutError) as e:  # a CALLERROR, a malformed answer, no answer
+                self._attempts += 1
+                attempts = self._attempts
                 limit = self.cfg.get("TransactionMessageAttempts")
                 log.warn(_TAG, "%s attempt %d/%d failed: %r" % (action, attempts, limit, e))
                 if attempts < limit:
@@ -98,7 +101,7 @@ class TxQueue:
                     continue
                 log.warn(_TAG, "giving up on " + action)
                 conf = None
-            attempts = 0
+            self._attempts = 0
             self._delivered(seq, action, key, conf)
 
     def _delivered(self, seq, action, key, conf):
