@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
 # Debian packages the tests and tools need (installed only when missing).
-APT_PACKAGES :=
+APT_PACKAGES := mosquitto
 
 .PHONY: test sim bench torture romfs deps clean mpy
 
