@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
 # Debian packages the tests and tools need, as command:package pairs: the package is installed only when the
 # command is missing (a Node.js from another source already brings npm, and Debian's npm would clash with it).
-APT_COMMANDS := node:nodejs npm:npm
+APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto
 # Parallel test workers: the tests mostly wait on simulated boards and Central Systems, not on the CPU.
 TEST_WORKERS ?= 8
 
@@ -12,7 +12,7 @@ TEST_WORKERS ?= 8
 
 .PHONY: apt
 apt:
-	@missing=""; for pair in $(APT_COMMANDS); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	@missing=""; for pair in $(APT_COMMANDS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
