@@ -564,9 +564,10 @@ def _code_figures(res):
             "lazy": sum(b for name, b, *_ in res["modules"] if name in LAZY_MODULES)}
 
 
-# the optional profiles firmware/app.py imports on their first CALL
+# the optional profiles firmware/app.py imports on their first CALL, and the transfer clients that an
+# UpdateFirmware or GetDiagnostics loads (issue 11)
 LAZY_MODULES = ("firmware.ocpp.smartcharging", "firmware.ocpp.schedule", "firmware.ocpp.reservation",
-                "firmware.ocpp.trigger")
+                "firmware.ocpp.trigger", "lib.http", "lib.ftp", "lib.tcp", "lib.url")
 
 
 # ---------------------------------------------------------------------------------------------------------------
