@@ -38,8 +38,10 @@ OUT = "build/unix"
 SKIP = ("hal.esp32",)
 # The WebAssembly port has no sockets, threads or terminals: the virtual board's modules stay out there too.
 SKIP_WASM = ("hal.unix", "hal.unix_uart")
-# Imported only when a feature is enabled: measured after the boot figure, not in it.
+# Imported only when a feature is enabled: measured after the boot figure, not in it, with the objects it keeps.
 OPTIONAL = ("lib.mqtt",)
+# What a board imports at boot: its HAL and the application, with everything they import at module level.
+BOOT_ROOTS = ("firmware.app", "hal.unix")
 NODE_RUNNER = os.path.join(ROOT, "tools", "mpwasm.mjs")
 # Loaded before the first project module, so a module's figure is its own cost only.
 STDLIB = ("gc", "sys", "micropython", "time", "os", "json", "struct", "binascii", "hashlib", "errno", "array",
@@ -125,6 +127,23 @@ def _opt(name, fn):
         return
     print('{"kind":"opt","name":"%%s","bytes":%%d}' %% (name, _m() - _a))
 
+# Loaded on first use (an optional profile's first CALL, an update, a reader on the ESP32 only...): each measured
+# alone on top of the boot state, with whatever lazy modules it needs itself, then dropped again.
+for _n in %(lazy)r:
+    _was = set(sys.modules)
+    _a = _m()
+    try:
+        __import__(_n)
+        print('{"kind":"lazy","name":"%%s","bytes":%%d}' %% (_n, _m() - _a))
+    except Exception as e:
+        print('{"kind":"err","name":"import %%s","error":"%%s"}' %% (_n, repr(e).replace('"', "'")))
+    for _k in [k for k in sys.modules if k not in _was]:
+        del sys.modules[_k]
+    _pkg, _, _leaf = _n.rpartition(".")
+    if _pkg in sys.modules and _leaf in sys.modules[_pkg].__dict__:
+        delattr(sys.modules[_pkg], _leaf)
+gc.collect()
+
 for _n in %(optional)r:
     _opt("import " + _n, lambda: __import__(_n))
 
@@ -175,7 +194,9 @@ def _imports(path, modname):
 
 
 def modules():
-    """Project modules in dependency order: each after everything it imports at load time."""
+    """(boot, lazy, paths): the project modules that main.py's board and firmware.app import at load time, in
+    dependency order (each after everything it imports), and the others, which the firmware imports only when
+    a feature is first used, also in dependency order."""
     found = {}
     for rel in build.sources():
         name = rel[:-3].replace(os.sep, ".")
@@ -197,7 +218,21 @@ def modules():
 
     for name in sorted(found):
         visit(name)
-    return order, found
+    boot = set()
+
+    def reach(name):
+        if name in boot or name not in found:
+            return
+        boot.add(name)
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            reach(".".join(parts[:i]))
+        for dep in _imports(found[name], name):
+            reach(dep)
+
+    for root in BOOT_ROOTS:
+        reach(root)
+    return [m for m in order if m in boot], [m for m in order if m not in boot], found
 
 
 def _mpy_size(name):
@@ -211,19 +246,21 @@ def _mpy_size(name):
 def measure(heap="110wK", wasm32=False):
     """{"stdlib": bytes, "modules": [(name, heap bytes, mpy bytes, new qstrs, qstr pool bytes)], "imports": total
     heap bytes of the project modules, "mpy": total .mpy bytes, "qstrs", "qstr_bytes": their totals,
-    "objects": [(name, bytes)], "after_boot": bytes, "free": bytes, "optional": [(name, bytes)] (OPTIONAL modules
+    "objects": [(name, bytes)], "after_boot": bytes, "free": bytes, "lazy": [(name, bytes)] (modules loaded on first
+    use, each measured alone after the boot figure), "optional": [(name, bytes)] (OPTIONAL modules
     and their objects, not in the other figures)}. The qstr pool bytes are included in the heap bytes; they grow in
     doubling chunks, so one module can pay for the next ones' qstrs."""
     build.build(OUT)
-    order, _ = modules()
+    order, lazy, _ = modules()
     if wasm32:
         order = [m for m in order if m not in SKIP_WASM]
+        lazy = [m for m in lazy if m not in SKIP_WASM]
         heap = "wasm32"
     with tempfile.TemporaryDirectory(prefix="memreport") as state:
         script = os.path.join(state, "memreport_mpy.py")
         with open(script, "w") as f:
             f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": "/tmp" if wasm32 else state,
-                               "optional": OPTIONAL})
+                               "optional": OPTIONAL, "lazy": tuple(lazy)})
         if wasm32:
             cmd, env = ["node", NODE_RUNNER, script, os.path.join(ROOT, OUT)], None
         else:
@@ -231,7 +268,7 @@ def measure(heap="110wK", wasm32=False):
             env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, OUT))
         r = subprocess.run(cmd, cwd=state, env=env, capture_output=True, text=True, timeout=120)
     res = {"heap": heap, "stdlib": 0, "modules": [], "objects": [], "errors": [], "after_boot": None, "free": None,
-           "optional": []}
+           "optional": [], "lazy": []}
     qstrs = None
     for line in r.stdout.splitlines():
         m = re.match(r"qstr pool: n_pool=\d+, n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", line)
@@ -253,6 +290,8 @@ def measure(heap="110wK", wasm32=False):
             res["objects"].append((d["name"], d["bytes"]))
         elif d["kind"] == "err":
             res["errors"].append((d["name"], d["error"]))
+        elif d["kind"] == "lazy":
+            res["lazy"].append((d["name"], d["bytes"]))
         elif d["kind"] == "opt":
             res["optional"].append((d["name"], d["bytes"]))
         elif d["kind"] == "total":
@@ -283,6 +322,10 @@ def table(res):
     elif res["after_boot"] is not None:
         lines.append("%-32s %9d   (%d free, heap %s)" % ("after boot, total", res["after_boot"], res["free"],
                                                          res["heap"]))
+    if res["lazy"]:
+        lines.append("loaded on first use, each alone (not in the figures above):")
+    for name, b in res["lazy"]:
+        lines.append("%-32s %9d" % ("  " + name, b))
     if res["optional"]:
         lines.append("optional features (not in the figures above):")
     for name, b in res["optional"]:
