@@ -2,17 +2,24 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
-# Debian packages the tests and tools need (installed only when missing).
-APT_PACKAGES :=
+# Debian packages the tests and tools need, as command:package pairs: the package is installed only when the
+# command is missing (a Node.js from another source already brings npm, and Debian's npm would clash with it).
+APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto
+# Parallel test workers: the tests mostly wait on simulated boards and Central Systems, not on the CPU.
+TEST_WORKERS ?= 8
 
 .PHONY: test sim bench torture romfs deps clean mpy
 
+.PHONY: apt
+apt:
+	@missing=""; for pair in $(APT_COMMANDS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; fi
+
 $(STAMP): requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: the MicroPython unix wheel needs CPython 3.11"; exit 1; }
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; fi
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
 	rm -f $(VENV)/.installed-*; touch $@
@@ -25,18 +32,18 @@ $(NODE_STAMP): package-lock.json
 	npm ci --silent --no-audit --no-fund
 	rm -f node_modules/.installed-*; touch $@
 
-deps: $(STAMP) $(NODE_STAMP)
+deps: apt $(STAMP) $(NODE_STAMP)
 
-test: $(STAMP) $(NODE_STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+test: apt $(STAMP) $(NODE_STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) tests
 
-sim: $(STAMP)
+sim: apt $(STAMP)
 	$(VENV)/bin/python tools/demo.py
 
-bench: $(STAMP) $(NODE_STAMP)
+bench: apt $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python tools/bench.py
 
-torture: $(STAMP)
+torture: apt $(STAMP)
 	$(VENV)/bin/python tools/torture.py
 
 # The firmware for an ESP32 as a ROMFS image (build/esp32.romfs), for `mpremote romfs deploy build/esp32.romfs`.

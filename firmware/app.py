@@ -4,7 +4,7 @@ import gc
 import micropython
 import sys
 
-from firmware import config, log, store
+from firmware import config, leds, log, store
 from firmware.evse import Evse
 from firmware.meter import Meter
 from firmware.ocpp import localauth
@@ -13,6 +13,7 @@ from firmware.ocpp.connector import Connector, CONNECTOR
 from firmware.ocpp.core import Core, VENDOR_ID
 from firmware.ocpp.session import Session
 from firmware.ocpp.txqueue import TxQueue
+from firmware.watchdog import Watchdog
 from lib.modbus import RtuMaster
 
 VERSION = "0.1.0"
@@ -33,7 +34,8 @@ class App:
         self.cfg = cfg = config.Config(state)
         model = cfg.get("MeterModel")
         baud, parity, stop = _METER_SERIAL[model]
-        self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"))
+        self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"),
+                           cfg.get("MaxCurrent"))
         self.evse = Evse(board, self.meter, cfg)
         self._avail_path = state + "/availability.json"
         avail = store.read_json(self._avail_path, None) or {}
@@ -64,6 +66,10 @@ class App:
         self._status0_again = False   # kick_status0: connector 0's status changed since the task last sent
         self._status0_running = False
         self._reporting = False
+        self.watchdog = Watchdog(board)
+        self._meter_beats = 0
+        self._input_beats = 0
+        self._led_status = None
 
     def load_smart(self):
         if self.smart is None:
@@ -186,12 +192,17 @@ class App:
     # ---- tasks ----
     async def _poll_meter(self):
         meter = self.meter
-        was_ok = True
+        said = None
         while True:
-            ok = await meter.poll()
-            if ok != was_ok:
-                log.warn(_TAG, "meter %s" % ("back" if ok else "lost: %s" % meter.last_error))
-                was_ok = ok
+            await meter.poll()
+            trouble = meter.trouble
+            if trouble is not said:
+                if trouble:
+                    log.warn(_TAG, "meter: %s (%s)" % (trouble, meter.last_error))
+                else:
+                    log.info(_TAG, "meter back at %d Wh" % meter.energy_wh)
+                said = trouble
+            self._meter_beats += 1
             await asyncio.sleep_ms(_METER_POLL_MS)
 
     async def _poll_inputs(self):
@@ -207,6 +218,10 @@ class App:
                 asyncio.create_task(self._console(line))
             if self.scheduled_operative is not None and conn.tx is None:
                 self._apply_availability(self.scheduled_operative)
+            if conn.status != self._led_status:
+                self._led_status = conn.status
+                leds.show(board, conn.status)
+            self._input_beats += 1
             await asyncio.sleep_ms(100)
 
     async def _console(self, line):
@@ -239,8 +254,15 @@ class App:
         log.info(_TAG, "firmware %s starting, heap %d used, %d free" % (VERSION, gc.mem_alloc(), gc.mem_free()))
         await self.meter.poll()
         self.connector.recover(self.board.reset_cause())
+        # The tasks that loop on a short period are watched; the session and the queue wait on the network for
+        # as long as its timeouts say, so their progress proves nothing about a hang.
+        wd = self.watchdog
+        wd.watch("evse", lambda: self.evse.beats, 2000)
+        wd.watch("connector", lambda: self.connector.beats, 2000)
+        wd.watch("inputs", lambda: self._input_beats, 2000)
+        wd.watch("meter", lambda: self._meter_beats, 10000)  # a dead bus costs its read timeouts per poll
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
-                   self.connector.report_status, self._poll_inputs):
+                   self.connector.report_status, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))
         while True:
             await asyncio.sleep(60)

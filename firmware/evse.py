@@ -24,10 +24,14 @@ _DEB_FAST_MS = const(30)  # towards A/E/F, or leaving C/D while energised (diges
 _DEB_MS = const(250)  # other changes (OpenEVSE 250 ms)
 _DEB_C_MS = const(500)  # B -> C/D must hold this long before the contactor closes (SmartEVSE 500 ms)
 _LOCK_TIMEOUT_MS = const(1500)
-METER_GRACE_MS = const(5000)  # a session survives this long without a meter answer, then PowerMeterFailure
+METER_GRACE_MS = const(5000)  # this long without a trusted meter reading, then PowerMeterFailure
 OVERCURRENT_MS = const(5000)  # IEC 61851-1: the EV follows a lower duty within 5 s
 OVERCURRENT_MARGIN_DA = const(20)  # 2 A over the offer before the EV counts as not following it
 STOP_IN_C_MS = const(6000)  # X1 while the EV stays in C: open under load after 6 s (digest §4.4, seq. 10)
+# The slow path silent this long means the loop is hung: the meter, current and authorisation checks have
+# stopped, so the watch takes the energy away until the hardware watchdog (8 s) resets the MCU. Longer than any
+# stall the loop makes on purpose or while a TLS handshake runs in C on an ESP32 (1-2 s).
+LOOP_DEAD_MS = const(4000)
 
 # Fault codes, in priority order (a smaller one replaces a larger one in the latch).
 F_RCD = const(1)
@@ -67,6 +71,8 @@ class Evse:
         self.state = pilot.A  # debounced
         self._cand = pilot.A
         self._since = board.ticks_ms()
+        self._loop_ms = self._since  # when the slow path last ran: the watch's proof that the loop lives
+        self.beats = 0  # turns of run(): the firmware watchdog's proof that this task makes progress
         self.cable_a = None
         self.local_da = None  # load-management input of the board, 0.1 A, None = none
         # Requests from the OCPP layer.
@@ -88,7 +94,9 @@ class Evse:
         self._n_pwm = 0
         self._seen_pwm = 1000
         self.tripped = 0  # watch opens, counted; the slow path logs them
+        self.hung_trips = 0  # of which because the loop had stopped
         self._logged_trips = 0
+        self._logged_hung = 0
         # Slow-path state.
         self._sf = 0
         self._logged_fault = 0
@@ -135,10 +143,13 @@ class Evse:
             self._latch(F_DIODE)
         if self.contactor:
             self._n_weld = 0
-            if self._wf or self._n_bad >= _FAST_N:
+            hung = time.ticks_diff(b.ticks_ms(), self._loop_ms) > LOOP_DEAD_MS
+            if self._wf or self._n_bad >= _FAST_N or hung:
                 b.set_contactor(False)  # IEC 61851-1 A.6: open within 100 ms
                 self.contactor = False
                 self.tripped += 1
+                if hung:
+                    self.hung_trips += 1
         elif b.contactor_feedback():
             if self._n_weld < _WELD_N:
                 self._n_weld += 1
@@ -169,7 +180,10 @@ class Evse:
     @property
     def fault_info(self):
         """StatusNotification.info text of the latched fault, None without one."""
-        return _INFO[self._wf or self._sf]
+        code = self._wf or self._sf
+        if code == F_METER:
+            return self.meter.trouble or _INFO[F_METER]  # not answering, or which reading cannot be true
+        return _INFO[code]
 
     @property
     def lock_failed(self):
@@ -177,7 +191,10 @@ class Evse:
 
     @property
     def ev_connected(self):
-        return pilot.B <= self.state <= pilot.D
+        # Socket: an EV is connected only through a cable in the socket. The PP is taken as read while the pilot
+        # is debounced, so an unplug shows "no cable" up to one debounce before the pilot shows A; every reader
+        # (the connector's status above all) must see one story, never "no cable, EV in C" (issue 9).
+        return pilot.B <= self.state <= pilot.D and (self.cable_variant or self.cable_a is not None)
 
     @property
     def ev_ready(self):
@@ -218,6 +235,7 @@ class Evse:
         """Re-evaluates outputs from the inputs and requests; safe to call from any loop task."""
         b = self.board
         now = b.ticks_ms()
+        self._loop_ms = now
         self._debounce(now)
         if not self.cable_variant:
             self.cable_a = pilot.pp_amps(b.read_pp_ohms())
@@ -315,11 +333,13 @@ class Evse:
             self._sf = F_LOCK
 
     def _check_meter(self, now):
+        # Idle too: a charger that cannot bill must say so and take no session (issue 9). The grace keeps one
+        # lost poll or a short glitch from flapping the status.
         m = self.meter
-        if m.ok or not (self.allow or self.contactor) or self._sf:
+        if m.ok or m.trouble is None or self._sf:
             return
-        last = m.last_ok_ms
-        if last is None or time.ticks_diff(now, last) >= METER_GRACE_MS:
+        since = m.last_ok_ms if m.last_ok_ms is not None else m.bad_since
+        if since is None or time.ticks_diff(now, since) >= METER_GRACE_MS:
             self._sf = F_METER
 
     def _check_current(self, now):
@@ -360,7 +380,9 @@ class Evse:
                 self._clear = True
         sf = self._sf
         if sf == F_LOCK:
-            if b.lock_feedback() or not (self.want_lock and self.cable_a is not None):
+            # Not when the lock is merely no longer wanted: a connector whose lock failed stays Faulted until the
+            # lock confirms or the cable leaves the socket, so the Central System always hears of it (issue 9).
+            if (b.lock_feedback() and self.want_lock) or self.cable_a is None:
                 self._sf = 0
         elif sf == F_METER:
             if self.meter.ok:
@@ -372,11 +394,15 @@ class Evse:
     def _log_changes(self):
         if self.tripped != self._logged_trips:
             self._logged_trips = self.tripped
-            log.warn(_TAG, "watch opened the contactor (pilot %s)" % pilot.NAMES[self.raw_state])
+            if self.hung_trips != self._logged_hung:
+                self._logged_hung = self.hung_trips
+                log.warn(_TAG, "watch opened the contactor: the loop was stalled over %d ms" % LOOP_DEAD_MS)
+            else:
+                log.warn(_TAG, "watch opened the contactor (pilot %s)" % pilot.NAMES[self.raw_state])
         code = self._wf or self._sf
         if code != self._logged_fault:
             if code:
-                log.warn(_TAG, "fault %s: %s" % (_CODES[code], _INFO[code]))
+                log.warn(_TAG, "fault %s: %s" % (_CODES[code], self.fault_info))
             else:
                 log.info(_TAG, "fault cleared")
             self._logged_fault = code
@@ -388,6 +414,7 @@ class Evse:
         board = self.board
         while True:
             self.update()
+            self.beats += 1
             block = board.take_block_ms()
             if block:
                 # Test hook (tools/sim.py "mcu" command): stall the loop on purpose; the watch must still act.

@@ -11,6 +11,9 @@
 #   contactor_fb  contactor auxiliary contact, high = closed
 #   rcd           RCD/RDC-DD trip output, high = tripped
 #   uart_id, uart_tx, uart_rx   RS485 transceiver; rs485_de: driver-enable pin, None for an auto-direction part
+#   spi_id, rfid_sck, rfid_mosi, rfid_miso, rfid_cs, rfid_rst   MFRC522 (RC522) RFID reader on SPI (lib/mfrc522.py);
+#                 rfid_cs None = no reader fitted (its code is then never imported); rfid_rst None = not wired
+#                 (soft reset instead). Wiring and power: docs/hardware.md.
 #
 # The safety watch (start_watch) runs from machine.Timer. On the ESP32 port its callback is a soft IRQ: it is
 # scheduled between bytecodes, so it waits while a long C call runs (a TLS handshake: about 1-2 s on this chip;
@@ -19,7 +22,7 @@
 import time
 import asyncio
 import machine
-from machine import Pin, PWM, ADC, UART, Timer
+from machine import Pin, PWM, ADC, UART, Timer, SPI
 from micropython import const
 
 PINS = {
@@ -28,6 +31,7 @@ PINS = {
     "led_green": 18, "led_blue": 19, "led_red": 21,
     "lock_fb": 34, "contactor_fb": 35, "rcd": 32,
     "uart_id": 2, "uart_tx": 17, "uart_rx": 16, "rs485_de": None,
+    "spi_id": 1, "rfid_sck": 14, "rfid_mosi": 13, "rfid_miso": 4, "rfid_cs": 33, "rfid_rst": 22,
 }
 
 _CP_HZ = const(1000)             # IEC 61851-1: 1 kHz +-2 %
@@ -40,6 +44,8 @@ _PP_VCC_MV = const(3300)
 _PP_PULLUP_OHMS = const(1000)
 _PP_OPEN_OHMS = const(10000)     # far above the 1500 ohm band: treat as no cable
 _WDT_MS = const(8000)
+_RFID_POLL_MS = const(150)       # a card is seen within ~0.15 s; a poll costs about 1.5 ms of the loop
+_RFID_SPI_HZ = const(1000000)    # the chip takes 10 MHz; 1 MHz forgives long wires to a reader on the front
 
 _LEDS = ("green", "blue", "red")
 # hal.board parity spellings -> machine.UART's (None, 0 = even, 1 = odd)
@@ -86,6 +92,15 @@ class _Rs485(asyncio.StreamReader):
         self._de.value(0)
 
 
+def _reader(p):
+    from lib.mfrc522 import Mfrc522  # imported only when a reader is fitted: its code costs heap
+
+    spi = SPI(p["spi_id"], baudrate=_RFID_SPI_HZ, polarity=0, phase=0,
+              sck=Pin(p["rfid_sck"]), mosi=Pin(p["rfid_mosi"]), miso=Pin(p["rfid_miso"]))
+    rst = p.get("rfid_rst")
+    return Mfrc522(spi, Pin(p["rfid_cs"], Pin.OUT, value=1), None if rst is None else Pin(rst, Pin.OUT, value=1))
+
+
 class Board:
     def __init__(self, pins=None):
         p = dict(PINS)
@@ -105,6 +120,8 @@ class Board:
         self._contactor_fb = Pin(p["contactor_fb"], Pin.IN)
         self._rcd = Pin(p["rcd"], Pin.IN)
         self._tags = []
+        self.rfid = _reader(p) if p.get("rfid_cs") is not None else None
+        self._rfid_due = time.ticks_ms()
         self._timers = []
         self._wdt = None
 
@@ -166,13 +183,26 @@ class Board:
         return 0
 
     def push_tag(self, uid):
-        # Called by the RFID reader driver (none is wired yet); keeps the newest cards.
+        # A tag from another source than the RC522 (a second reader, a test); keeps the newest cards.
         if len(self._tags) >= 8:
             self._tags.pop(0)
         self._tags.append(uid)
 
     def poll_tag(self):
-        return self._tags.pop(0) if self._tags else None
+        if self._tags:
+            return self._tags.pop(0)
+        r = self.rfid
+        if r is None:
+            return None
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._rfid_due) < 0:
+            return None  # however often the firmware asks, the reader is polled every _RFID_POLL_MS
+        self._rfid_due = time.ticks_add(now, _RFID_POLL_MS)
+        try:
+            return r.poll()
+        except OSError:
+            r.restart()  # an SPI bus error: bring the chip up again from a reset
+            return None
 
     def poll_console(self):
         # The service console shares the REPL UART; a line-reading driver is not wired yet.

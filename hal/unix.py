@@ -12,6 +12,7 @@
 #     {"pwm": permille}  {"contactor": bool}  {"lock": bool}  {"led": "green"|"blue"|"red", "on": bool}
 #     {"reset": true}                         sent by reset() just before the process exits with code 3
 #     {"blocking": N}                         take_block_ms() handed out N (the sim timestamps it)
+#     {"wdt": timeout_ms}                     wdt_feed(): a watchdog feed; the first one arms the sim's watchdog
 # A reader thread stores the inputs in plain attributes, so reads are instant and never wait for the asyncio loop
 # (DESIGN.md §2). Outputs are sent by whichever thread calls them, under one lock. If the link drops, the board
 # has lost power: the process kills itself, as the MCU would die with it.
@@ -27,6 +28,7 @@ _READY_WAIT_MS = const(5000)
 _MAX_TAGS = const(8)
 _RX_CHUNK = const(512)
 _EXIT_REBOOT = const(3)
+_WDT_LINE = b'{"wdt":8000}\n'  # the timeout hal/esp32.py gives machine.WDT
 
 # name -> (off, on) lines, built once so the watch thread can drive LEDs without formatting
 _LEDS = {}
@@ -251,7 +253,12 @@ class Board:
                 due = time.ticks_ms()  # fell behind: skip the missed ticks instead of bursting
 
     def wdt_feed(self):
-        pass  # the sim restarts a dead MCU itself; there is no hang detection on the host
+        # The watchdog is the sim's (it is hardware outside the MCU): each feed is a line; the first arms it.
+        with self._tx:
+            try:
+                self._sock.send(_WDT_LINE)
+            except OSError:
+                pass
 
     def reset(self):
         # Tell the sim first: if a non-main thread calls this, sys.exit only ends that thread, and the sim's

@@ -27,6 +27,8 @@ _TOO_BIG = const(1009)
 _CLOSE_WAIT_MS = const(1000)
 _CHUNK = const(1024)  # outgoing payloads are masked through a buffer this big (a multiple of 4: key alignment)
 _MAX_HEADERS = const(40)  # bounds the handshake so a hostile server cannot stall us forever
+_MAX_HEAD = const(8192)  # bytes of the whole response head (nginx's default header buffer is 8 KB)
+_MAX_LINE = const(256)  # bytes kept of one response line: the headers we check are far shorter
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
@@ -309,18 +311,31 @@ class WS:
             code, reason = _NO_STATUS, ""
             if data:
                 if len(data) < 2:
-                    raise _Fail(_PROTOCOL_ERROR, "bad close frame")
+                    await self._refuse_close(_PROTOCOL_ERROR)
+                    raise WSError("close frame with a 1-byte payload")
                 code = (data[0] << 8) | data[1]
+                if not close_code_ok(code):
+                    await self._refuse_close(_PROTOCOL_ERROR)
+                    raise WSError("invalid close code %d" % code)
                 try:
                     reason = str(data[2:], "utf-8")
                 except UnicodeError:
-                    pass
+                    await self._refuse_close(_BAD_DATA)  # RFC 6455 §5.5.1: the reason is UTF-8
+                    raise WSError("close reason is not UTF-8")
             if not self._closing:
                 self._closing = True
                 await self._send_close(code if code != _NO_STATUS else None)
             await self._shut(code, reason)
             raise WSClosed(code, reason)
         # an unsolicited pong only proves the link is alive (last_rx_ms)
+
+    async def _refuse_close(self, code):
+        # The server's close frame is invalid: answer with our own code and shut, without echoing it. Its close
+        # frame was read already, so there is nothing left to drain.
+        if not self._closing:
+            self._closing = True
+            await self._send_close(code)
+        await self._shut(code, "protocol error")
 
     async def _send_close(self, code):
         try:
@@ -379,6 +394,12 @@ class WS:
             if op == _CLOSE:  # its payload is read too: unread bytes would turn our FIN into a RST
                 return
             b0, op, skip = await _read_header(self._s, self._rhdr)
+
+
+def close_code_ok(code):
+    """True for a status code a peer may send in a close frame (RFC 6455 §7.4.1, §7.4.2, IANA registry):
+    1004 is reserved, 1005/1006/1015 must never be on the wire, 1016-2999 are unassigned, 5000+ undefined."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 # ---- opening handshake ----
@@ -465,18 +486,19 @@ async def handshake(stream, host, path, protocol, auth=None, key=None):
     stream.write((req + "\r\n").encode())
     await stream.drain()
     got = None  # the headers we check, once the status line said 101
+    line = bytearray(_MAX_LINE)
+    left = _MAX_HEAD
     for _ in range(_MAX_HEADERS + 1):
-        line = await stream.readline()
-        if not line:
-            raise WSError("connection closed during handshake")
+        n, used = await _head_line(stream, line, left)
+        left -= used
         try:
-            text = str(line, "utf-8").strip()
+            text = str(memoryview(line)[:n], "utf-8").strip()
         except UnicodeError:  # would otherwise pass for a TLS error (both are ValueError)
-            raise WSError("handshake response is not text: %r" % line[:40])
+            raise WSError("handshake response is not text: %r" % bytes(line[:min(n, 40)]))
         if got is None:
             parts = text.split(None, 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-                raise WSError("not an HTTP response: %r" % line[:40])
+                raise WSError("not an HTTP response: %r" % bytes(line[:min(n, 40)]))
             if parts[1] != "101":
                 raise WSError("HTTP %s %s" % (parts[1], parts[2] if len(parts) > 2 else ""))
             got = {}
@@ -486,6 +508,8 @@ async def handshake(stream, host, path, protocol, auth=None, key=None):
         name, _, value = text.partition(":")
         name = name.strip().lower()
         if name in ("upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"):
+            if used > n + 1:
+                raise WSError("handshake header %s longer than %d bytes" % (name, _MAX_LINE))
             got[name] = value.strip()
     else:
         raise WSError("too many HTTP headers in handshake response")
@@ -495,6 +519,29 @@ async def handshake(stream, host, path, protocol, auth=None, key=None):
         raise WSError("bad Sec-WebSocket-Accept")
     if got.get("sec-websocket-protocol") != protocol:
         raise WSError("server did not accept subprotocol %s" % protocol)
+
+
+async def _head_line(stream, line, left):
+    # One line of the response head, read a byte at a time: the server's first frame may follow in the same
+    # packet and must stay in the stream (asyncio streams have no peek). Only the first len(line) bytes are
+    # kept, so an endless line costs no memory; the whole head is bounded by left. -> (kept, consumed)
+    one = memoryview(bytearray(1))
+    n = used = 0
+    while True:
+        r = await stream.readinto(one)
+        if r is None:  # TLS record not complete yet
+            continue
+        if not r:
+            raise WSError("connection closed during handshake")
+        used += 1
+        if used > left:
+            raise WSError("handshake response head longer than %d bytes" % _MAX_HEAD)
+        c = one[0]
+        if c == 10:
+            return n, used
+        if n < len(line):
+            line[n] = c
+            n += 1
 
 
 # ---- connect ----
@@ -556,11 +603,13 @@ async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
 
 async def connect(url, protocol="ocpp1.6", user=None, password=None, cadata=None, timeout_ms=10000,
                   max_frame=16384):
-    """Opens a WebSocket; cadata (DER or PEM) is required for wss:// and the server is always verified."""
+    """Opens a WebSocket; cadata (DER or PEM) is required for wss:// and the server is always verified.
+    HTTP Basic auth is sent only with a password."""
     tls, host, port, path = parse_url(url)
     if tls and not cadata:
         raise WSError("wss needs a CA certificate")
-    auth = basic_auth(user, password or b"") if user is not None else None
+    # No password, no Authorization header: "CP1:" would tell the server a password is empty, not absent.
+    auth = basic_auth(user, password) if user is not None and password else None
     try:
         return await asyncio.wait_for_ms(_open(tls, host, port, path, protocol, auth, cadata, max_frame),
                                          timeout_ms)

@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 MICROPYTHON = os.path.join(ROOT, ".venv", "bin", "micropython")
 TAIL_LINES = 80
+# Debian puts the broker in /usr/sbin, which a non-root PATH may lack
+MOSQUITTO = shutil.which("mosquitto", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
@@ -313,6 +315,57 @@ class SimProc(ChildProcess):
         return self.cmd({"cmd": "status"})
 
 
+class MosquittoProc(ChildProcess):
+    """Debian's mosquitto broker on 127.0.0.1 with a password file and no anonymous access: a plain listener
+    (port) and a TLS one (tls_port) whose certificate pki["ca"] signed (tools/pki.py). pause()/resume() freeze
+    and thaw it (SIGSTOP/SIGCONT): a broker that holds its connections open but answers nothing."""
+
+    name = "mosquitto"
+    ready_pattern = r"mosquitto version \S+ running"
+
+    def __init__(self, pki, users=None):
+        super().__init__()
+        self.pki = pki
+        self.users = dict(users or {"evse": "secret"})
+        self.port = free_port()
+        self.tls_port = free_port()
+        self._tmp = tempfile.mkdtemp(prefix="mosquitto-")
+        self.conf = os.path.join(self._tmp, "mosquitto.conf")
+
+    def start(self):
+        passwd = os.path.join(self._tmp, "passwd")
+        for i, (user, password) in enumerate(self.users.items()):
+            subprocess.run(["mosquitto_passwd", "-b"] + (["-c"] if i == 0 else []) + [passwd, user, password],
+                           check=True, capture_output=True)
+        with open(self.conf, "w") as f:
+            f.write("\n".join([
+                "per_listener_settings false", "allow_anonymous false", "password_file " + passwd,
+                # as root it would switch to user mosquitto, who cannot read our files; stderr: stdout is
+                # block-buffered into a pipe, so the ready line would only come at exit
+                "persistence false", "user root",
+                "log_dest stderr", "log_type error", "log_type warning", "log_type notice", "log_type information",
+                "listener %d 127.0.0.1" % self.port,
+                "listener %d 127.0.0.1" % self.tls_port,
+                "certfile " + self.pki["server_cert"], "keyfile " + self.pki["server_key"], ""]))
+        self._spawn([MOSQUITTO, "-c", self.conf])
+        return self
+
+    def pause(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self):
+        if self.running:
+            self.resume()  # a stopped process would not see SIGTERM
+        self._terminate(10)
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
 def _register(request, proc):
     request.node.__dict__.setdefault("_ev_procs", []).append(proc)
 
@@ -359,6 +412,26 @@ def sim_factory(request, tmp_path):
         _stop_all(procs)
 
 
+@pytest.fixture
+def mosquitto_factory(request, pki):
+    """mosquitto_factory(users={"evse": "secret"}) -> a started MosquittoProc (.port, .tls_port, .pki["ca"]);
+    all are stopped at teardown. Needs Debian's mosquitto (Makefile APT_PACKAGES)."""
+    if not MOSQUITTO:
+        pytest.fail("mosquitto is not installed: `make deps` installs it (apt-get install mosquitto)")
+    procs = []
+
+    def make(**kwargs):
+        proc = MosquittoProc(pki, **kwargs)
+        procs.append(proc)
+        _register(request, proc)
+        return proc.start()
+
+    try:
+        yield make
+    finally:
+        _stop_all(procs)
+
+
 def _stop_all(procs):
     errors = []
     for proc in reversed(procs):
@@ -368,6 +441,25 @@ def _stop_all(procs):
             errors.append("%s: %r" % (proc.name, e))
     if errors:
         raise RuntimeError("could not stop: " + "; ".join(errors))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a test that takes tens of seconds; scheduled first so that the "
+                            "parallel workers finish together")
+
+
+def pytest_sessionstart(session):
+    # Build the firmware once, in the controller, before any worker starts a simulator: every sim builds too
+    # (incrementally), and parallel first builds would compile each module once per worker.
+    if hasattr(session.config, "workerinput"):
+        return
+    import build
+    out, _ = build.build(os.path.join(ROOT, "build", "unix"))
+    build.romfs(out)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: file order otherwise kept
 
 
 @pytest.hookimpl(hookwrapper=True)

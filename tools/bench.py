@@ -578,12 +578,7 @@ def code_heap():
 def _code_figures(res):
     return {"stdlib": res["stdlib"], "imports": res["imports"], "mpy": res["mpy"],
             "app_objects": dict(res["objects"]).get("App(board)"), "after_boot": res["after_boot"],
-            "lazy": sum(b for name, b, *_ in res["modules"] if name in LAZY_MODULES)}
-
-
-# the optional profiles firmware/app.py imports on their first CALL
-LAZY_MODULES = ("firmware.ocpp.smartcharging", "firmware.ocpp.schedule", "firmware.ocpp.reservation",
-                "firmware.ocpp.trigger")
+            "lazy": sum(b for _, b in res["lazy"])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1206,7 +1201,7 @@ def table(r):
     if ch:
         u = ch["unix64"]
         row("heap", "code imported from .mpy files, 64-bit", "%d B" % u["imports"],
-            "%d B of .mpy; %d B of it the optional profiles" % (u["mpy"], u["lazy"]))
+            "%d B of .mpy; modules loaded on first use: %d B more" % (u["mpy"], u["lazy"]))
         w = ch.get("wasm32")
         if w:
             row("heap", "code imported from .mpy files, 32-bit", "%d B" % w["imports"],

@@ -4,7 +4,8 @@
 
 Importing precompiled .mpy saves MicroPython the compile step, which on an ESP32-sized heap (110 KB) is the
 difference between booting and a MemoryError. main.py and boot.py stay source (they are tiny) and are copied
-next to the packages, so running <out>/main.py imports only compiled code. Incremental: a module is compiled
+next to the packages, so running <out>/main.py imports only compiled code; slotboot.py (the firmware slot
+selector boot.py runs, docs/ota.md) is compiled to <out>/slotboot.mpy. Incremental: a module is compiled
 again only when its source is newer than its .mpy. Prints the total size.
 
 --romfs also packs the built tree into a ROMFS image, <out>.romfs, for `mpremote romfs deploy` on a board whose
@@ -20,6 +21,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("firmware", "hal", "lib")
 ENTRY_POINTS = ("main.py", "boot.py")
+BOOT_MODULES = ("slotboot.py",)  # compiled to the root, beside the entry points, outside the slots (docs/ota.md)
 
 
 def mpy_cross():
@@ -37,22 +39,24 @@ def sources():
 def build(out, march=None):
     out = os.path.join(ROOT, out) if not os.path.isabs(out) else out
     total = 0
-    for rel in sources():
+    for rel in list(sources()) + list(BOOT_MODULES):
         src = os.path.join(ROOT, rel)
         dst = os.path.join(out, rel[:-3] + ".mpy")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
             # -O3 drops line-number tables (about 3 KB of heap for the whole firmware); tracebacks still
             # name the file and function.
-            cmd = [mpy_cross(), "-O3", "-o", dst + ".tmp", "-s", rel]
+            tmp = "%s.%d.tmp" % (dst, os.getpid())  # parallel test workers may build at the same moment
+            cmd = [mpy_cross(), "-O3", "-o", tmp, "-s", rel]
             if march:
                 cmd.append("-march=" + march)
             subprocess.run(cmd + [src], check=True)
-            os.replace(dst + ".tmp", dst)  # a board starting meanwhile never imports half a file
+            os.replace(tmp, dst)  # a board starting meanwhile never imports half a file
         total += os.path.getsize(dst)
     for name in ENTRY_POINTS:
-        shutil.copy2(os.path.join(ROOT, name), os.path.join(out, name + ".tmp"))
-        os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+        tmp = os.path.join(out, "%s.%d.tmp" % (name, os.getpid()))
+        shutil.copy2(os.path.join(ROOT, name), tmp)
+        os.replace(tmp, os.path.join(out, name))
     return out, total
 
 

@@ -16,7 +16,12 @@ Control requests (one JSON object per line, one reply line each):
                                              | {"ok":false,"error":"..."} (timeout, disconnect, invalid result)
     {"cmd":"raw","cp":ID,"text":"...","timeout":10} -> {"ok":true,"reply":frame|null} (null: no answer)
     {"cmd":"set","boot_status":..,"interval":..,"tags":[..],"auth":{ID:PW|null},"start_status":..|null,
-     "tag_status":{TAG:"Blocked"|"Expired"|..},"parents":{TAG:PARENT},"fail":{ACTION:N}}
+     "tag_status":{TAG:"Blocked"|"Expired"|..},"parents":{TAG:PARENT},"fail":{ACTION:N},
+     "answer":{ACTION:VALUE|null},"silent":{ACTION:N}}
+        fail: the next N CALLs of ACTION get a CALLERROR (InternalError).
+        answer: every CALL of ACTION is answered [3, id, VALUE] with VALUE exactly as given (any JSON: a list,
+                a payload with a wrong type...), without schema checks, until set to null again.
+        silent: the next N CALLs of ACTION get no answer at all (-1: all of them, 0: answer again).
     {"cmd":"disconnect","cp":ID}
 CALLERRORs we send use the OCPP 1.6 spellings (FormationViolation, OccurenceConstraintViolation).
 Passwords (--auth, "set") are text, "hex:<hex>" for raw bytes, and 32-40 hex digits are taken as the raw bytes
@@ -171,6 +176,8 @@ class Settings:
         self.tag_statuses = {}     # idTag -> status other than Accepted/Invalid (Blocked, Expired, ...)
         self.parents = {}          # idTag -> parentIdTag (the group a card belongs to)
         self.fail = {}             # action -> how many of its next CALLs to answer with a CALLERROR
+        self.answers = {}          # action -> the raw CALLRESULT payload every CALL of it gets
+        self.silent = {}           # action -> how many of its next CALLs get no answer (-1: all)
         self.tx_ids = itertools.count(1)
         self.start_ids = {}     # (charger, connector, idTag, meterStart, timestamp) -> transactionId
 
@@ -197,11 +204,29 @@ class Settings:
         self.tag_statuses.update(req.get("tag_status") or {})
         self.parents.update(req.get("parents") or {})
         self.fail.update(req.get("fail") or {})
+        self.silent.update(req.get("silent") or {})
+        for action, value in (req.get("answer") or {}).items():
+            if value is None:
+                self.answers.pop(action, None)
+            else:
+                self.answers[action] = value
         for cp_id, pw in (req.get("auth") or {}).items():
             if pw is None:
                 self.auth.pop(cp_id, None)
             else:
                 self.auth[cp_id] = password_bytes(pw)
+
+    def override(self, action):
+        """What to do instead of the normal answer to a CALL of action: ("silent",), ("answer", payload) or
+        None (answer normally). Spends one planned silence."""
+        left = self.silent.get(action, 0)
+        if left:
+            if left > 0:
+                self.silent[action] = left - 1
+            return ("silent",)
+        if action in self.answers:
+            return ("answer", self.answers[action])
+        return None
 
     def failing(self, action):
         """Spends one planned failure of action (tests of TransactionMessageAttempts)."""
@@ -227,6 +252,13 @@ class DemoChargePoint(ChargePoint):
         self._ids = itertools.count(1)
 
     async def route_message(self, raw_msg):
+        msg = parse_frame(raw_msg)
+        if isinstance(msg, list) and len(msg) == 4 and msg[0] == 2 and isinstance(msg[2], str):
+            how = self.settings.override(msg[2])
+            if how is not None:
+                if how[0] == "answer":  # raw, past the ocpp package and its schema checks
+                    await self._send(json.dumps([3, msg[1], how[1]], separators=(",", ":")))
+                return
         # A CP under test sends garbage on purpose; the ocpp package must never end the connection over it.
         try:
             await super().route_message(raw_msg)
@@ -529,7 +561,8 @@ class CentralSystem:
         self.settings.update(req)
         s = self.settings
         return {"ok": True, "boot_status": s.boot_status, "interval": s.interval,
-                "tags": sorted(s.tags), "start_status": s.start_status, "auth": sorted(s.auth)}
+                "tags": sorted(s.tags), "start_status": s.start_status, "auth": sorted(s.auth),
+                "answer": s.answers, "silent": s.silent}
 
     async def cmd_disconnect(self, req):
         cp = self.cp(req)

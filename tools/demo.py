@@ -36,6 +36,7 @@ HELP = """Commands:
   status                 what the board sees: pilot, PWM offer, contactor, lock, meter
   power off|on           cut / restore the charger's power (the MCU is killed / boots again)
   fault KIND on|off      KIND: lock meter rcd weld diode cp_short
+  meter add|set WH       shift the meter's energy register by WH (negative allowed) / set it: a glitch
   csms ACTION [JSON]     send a CALL from the bundled CSMS, e.g. csms Reset {"type":"Soft"}
   sleep N | wait REGEX   (scripts) pause N s | wait for an output line matching REGEX
   help, quit"""
@@ -193,7 +194,13 @@ def sim_request(words):
         return {"cmd": "power", "on": on_off(args[0])}
     if verb == "fault" and len(args) == 2 and args[0] in FAULTS:
         return {"cmd": "fault", "kind": args[0], "on": on_off(args[1])}
-    if verb in ("plug", "unplug", "car", "tag", "power", "fault"):
+    if verb == "meter" and len(args) == 2 and args[0] in ("add", "set"):
+        try:
+            wh = float(args[1])
+        except ValueError:
+            raise UsageError("meter add|set takes a number of Wh, not %r" % args[1])
+        return {"cmd": "meter", "add_wh" if args[0] == "add" else "energy_wh": wh}
+    if verb in ("plug", "unplug", "car", "tag", "power", "fault", "meter"):
         raise UsageError("usage: " + next(h.strip() for h in HELP.splitlines() if h.strip().startswith(verb)))
     return None
 

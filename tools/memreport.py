@@ -15,6 +15,9 @@ port (a 32-bit build, from the npm registry, through node and tools/mpwasm.mjs),
 the ESP32: that is the code's cost on a board that loads .mpy files from its file system.
 
     .venv/bin/python tools/memreport.py --wasm32
+
+Modules the firmware imports only when a feature is configured (OPTIONAL, e.g. the MQTT client) are measured after
+the boot figure, with the objects they keep, so "after boot" stays what a board without the feature pays.
 """
 import argparse
 import ast
@@ -35,6 +38,10 @@ OUT = "build/unix"
 SKIP = ("hal.esp32",)
 # The WebAssembly port has no sockets, threads or terminals: the virtual board's modules stay out there too.
 SKIP_WASM = ("hal.unix", "hal.unix_uart")
+# Imported only when a feature is enabled: measured after the boot figure, not in it, with the objects it keeps.
+OPTIONAL = ("lib.mqtt",)
+# What a board imports at boot: its HAL and the application, with everything they import at module level.
+BOOT_ROOTS = ("firmware.app", "hal.unix")
 NODE_RUNNER = os.path.join(ROOT, "tools", "mpwasm.mjs")
 # Loaded before the first project module, so a module's figure is its own cost only.
 STDLIB = ("gc", "sys", "micropython", "time", "os", "json", "struct", "binascii", "hashlib", "errno", "array",
@@ -110,6 +117,65 @@ except ImportError as e:
     print('{"kind":"err","name":"App","error":"%%s"}' %% e)
 gc.collect()
 print('{"kind":"total","name":"after boot","bytes":%%d,"free":%%d}' %% (gc.mem_alloc() - _base, gc.mem_free()))
+
+def _opt(name, fn):
+    _a = _m()
+    try:
+        _objs.append(fn())
+    except Exception as e:
+        print('{"kind":"err","name":"%%s","error":"%%s"}' %% (name, repr(e).replace('"', "'")))
+        return
+    print('{"kind":"opt","name":"%%s","bytes":%%d}' %% (name, _m() - _a))
+
+# Loaded on first use (an optional profile's first CALL, an update, a reader on the ESP32 only...): each measured
+# alone on top of the boot state, with whatever lazy modules it needs itself, then dropped again.
+for _n in %(lazy)r:
+    _was = set(sys.modules)
+    _a = _m()
+    try:
+        __import__(_n)
+        print('{"kind":"lazy","name":"%%s","bytes":%%d}' %% (_n, _m() - _a))
+    except Exception as e:
+        print('{"kind":"err","name":"import %%s","error":"%%s"}' %% (_n, repr(e).replace('"', "'")))
+    for _k in [k for k in sys.modules if k not in _was]:
+        del sys.modules[_k]
+    _pkg, _, _leaf = _n.rpartition(".")
+    if _pkg in sys.modules and _leaf in sys.modules[_pkg].__dict__:
+        delattr(sys.modules[_pkg], _leaf)
+gc.collect()
+
+for _n in %(optional)r:
+    _opt("import " + _n, lambda: __import__(_n))
+
+class _Broker:
+    # A stand-in stream: a broker that accepted the connection (CONNACK) and then says nothing.
+    def __init__(self):
+        self.rx = b"\x20\x02\x00\x00"
+    async def readinto(self, buf):
+        n = min(len(buf), len(self.rx))
+        buf[:n] = self.rx[:n]
+        self.rx = self.rx[n:]
+        return n
+    def write(self, b): pass
+    async def drain(self): pass
+    def close(self): pass
+    async def wait_closed(self): pass
+
+def _connected(c, stream):
+    co = c.start(stream)  # completes without waiting: the stand-in answers at once
+    try:
+        co.send(None)
+    except StopIteration:
+        pass
+    return c
+
+if "lib.mqtt" in sys.modules:
+    from lib.mqtt import MQTTClient
+    _opt("MQTTClient(max_packet=1024)", lambda: MQTTClient("evse-0123456789ab", max_packet=1024))
+    _c = MQTTClient("evse-0123456789ab", max_packet=1024)
+    _s = _Broker()
+    # The WebAssembly port's asyncio is its own JS-timer variant, whose tasks cost more than on the ESP32's.
+    _opt("+ connected (2 tasks, no socket)", lambda: _connected(_c, _s))
 """
 
 
@@ -128,13 +194,15 @@ def _imports(path, modname):
 
 
 def modules():
-    """Project modules in dependency order: each after everything it imports at load time."""
+    """(boot, lazy, paths): the project modules that main.py's board and firmware.app import at load time, in
+    dependency order (each after everything it imports), and the others, which the firmware imports only when
+    a feature is first used, also in dependency order."""
     found = {}
     for rel in build.sources():
         name = rel[:-3].replace(os.sep, ".")
         if name.endswith(".__init__"):
             name = name[:-9]
-        if name not in SKIP:
+        if name not in SKIP and name not in OPTIONAL:
             found[name] = os.path.join(ROOT, rel)
     order = []
 
@@ -150,7 +218,21 @@ def modules():
 
     for name in sorted(found):
         visit(name)
-    return order, found
+    boot = set()
+
+    def reach(name):
+        if name in boot or name not in found:
+            return
+        boot.add(name)
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            reach(".".join(parts[:i]))
+        for dep in _imports(found[name], name):
+            reach(dep)
+
+    for root in BOOT_ROOTS:
+        reach(root)
+    return [m for m in order if m in boot], [m for m in order if m not in boot], found
 
 
 def _mpy_size(name):
@@ -164,24 +246,29 @@ def _mpy_size(name):
 def measure(heap="110wK", wasm32=False):
     """{"stdlib": bytes, "modules": [(name, heap bytes, mpy bytes, new qstrs, qstr pool bytes)], "imports": total
     heap bytes of the project modules, "mpy": total .mpy bytes, "qstrs", "qstr_bytes": their totals,
-    "objects": [(name, bytes)], "after_boot": bytes, "free": bytes}. The qstr pool bytes are included in the heap
-    bytes; they grow in doubling chunks, so one module can pay for the next ones' qstrs."""
+    "objects": [(name, bytes)], "after_boot": bytes, "free": bytes, "lazy": [(name, bytes)] (modules loaded on first
+    use, each measured alone after the boot figure), "optional": [(name, bytes)] (OPTIONAL modules
+    and their objects, not in the other figures)}. The qstr pool bytes are included in the heap bytes; they grow in
+    doubling chunks, so one module can pay for the next ones' qstrs."""
     build.build(OUT)
-    order, _ = modules()
+    order, lazy, _ = modules()
     if wasm32:
         order = [m for m in order if m not in SKIP_WASM]
+        lazy = [m for m in lazy if m not in SKIP_WASM]
         heap = "wasm32"
     with tempfile.TemporaryDirectory(prefix="memreport") as state:
         script = os.path.join(state, "memreport_mpy.py")
         with open(script, "w") as f:
-            f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": "/tmp" if wasm32 else state})
+            f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": "/tmp" if wasm32 else state,
+                               "optional": OPTIONAL, "lazy": tuple(lazy)})
         if wasm32:
             cmd, env = ["node", NODE_RUNNER, script, os.path.join(ROOT, OUT)], None
         else:
             cmd = [MICROPYTHON, "-X", "heapsize=" + heap, script]
             env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, OUT))
         r = subprocess.run(cmd, cwd=state, env=env, capture_output=True, text=True, timeout=120)
-    res = {"heap": heap, "stdlib": 0, "modules": [], "objects": [], "errors": [], "after_boot": None, "free": None}
+    res = {"heap": heap, "stdlib": 0, "modules": [], "objects": [], "errors": [], "after_boot": None, "free": None,
+           "optional": [], "lazy": []}
     qstrs = None
     for line in r.stdout.splitlines():
         m = re.match(r"qstr pool: n_pool=\d+, n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)", line)
@@ -203,6 +290,10 @@ def measure(heap="110wK", wasm32=False):
             res["objects"].append((d["name"], d["bytes"]))
         elif d["kind"] == "err":
             res["errors"].append((d["name"], d["error"]))
+        elif d["kind"] == "lazy":
+            res["lazy"].append((d["name"], d["bytes"]))
+        elif d["kind"] == "opt":
+            res["optional"].append((d["name"], d["bytes"]))
         elif d["kind"] == "total":
             res["after_boot"], res["free"] = d["bytes"], d["free"]
     if r.returncode != 0 or not res["modules"]:
@@ -231,6 +322,14 @@ def table(res):
     elif res["after_boot"] is not None:
         lines.append("%-32s %9d   (%d free, heap %s)" % ("after boot, total", res["after_boot"], res["free"],
                                                          res["heap"]))
+    if res["lazy"]:
+        lines.append("loaded on first use, each alone (not in the figures above):")
+    for name, b in res["lazy"]:
+        lines.append("%-32s %9d" % ("  " + name, b))
+    if res["optional"]:
+        lines.append("optional features (not in the figures above):")
+    for name, b in res["optional"]:
+        lines.append("%-32s %9d" % ("  " + name, b))
     return "\n".join(lines)
 
 

@@ -20,7 +20,8 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
                          0 without PWM), contactor (contacts closed), locked (lock position), energy_wh, power_w,
                          powered (power switch on); extras: t (board ms), cp_mv [hi, lo], pp_ohms, plugged, ev,
                          max_a, phases, current_a, pwm (permille, null when unpowered), contactor_cmd, lock_cmd,
-                         leds, faults (active kinds), mcu_pid, variant, meter
+                         leds, faults (active kinds), mcu_pid, variant, meter, meter_shift_wh (see "meter"),
+                         wdt_ms (the watchdog timeout once the firmware armed it, else null), wdt_resets
     {"cmd":"plug","cable_a":13|20|32|63[,"pp_ohms":N|null]}   socket: cable in, EV connected (state B);
                          pp_ohms forces an out-of-band coding. cable: the tethered 32 A cable goes into the car.
     {"cmd":"unplug"}
@@ -34,14 +35,24 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
                          null = none), read by the firmware as board.local_limit_da()
     {"cmd":"mcu","block_ms":N}  test hook: the firmware's asyncio loop stalls N ms on purpose (it reads
                          board.take_block_ms()); -> delivered. The MCU's "blocking" ack is the event "block"
+    {"cmd":"meter","add_wh":N}  shifts the meter's energy register by N Wh (negative allowed) without any energy
+                         flowing: a glitch, a swapped or reset meter (plausibility tests)
+    {"cmd":"meter","energy_wh":N}  sets the energy register to N Wh (N >= 0)
+                         -> energy_wh (the register now), meter_shift_wh (all shifts so far: the energy that
+                         really flowed is energy_wh - meter_shift_wh; status reports it too)
     {"cmd":"events","since":N} -> {"events":[{"seq","t","kind",...}],"next":M,"now":T}: board events with board
                          time in monotonic ms (kinds: pilot, pwm, contactor, lock, lock_fb, led, reset, mcu, power,
-                         plug, unplug, ev, tag, fault, limit, block); pass "next" as "since" to read on.
+                         plug, unplug, ev, tag, fault, limit, block, meter, wdt); pass "next" as "since" to read
+                         on.
 
 Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
     sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b,"limit_da":n|null} on
                 connect and on every change; {"tag":"UID"}; {"block_ms":N}
     MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true} {"blocking":N}
+                {"wdt":timeout_ms} (a watchdog feed; the first one arms it)
+
+The hardware watchdog: once the firmware has fed it, an MCU that goes timeout_ms without a feed is killed and
+started again at once with reset cause "watchdog" (event "wdt", state "armed" / "reset").
 
 Physical model: CP high level A 12 V / B 9 V / C 6 V / D 3 V (IEC 61851-1 A.2, digest 4.1); low level -12 V while
 PWM runs (diode fault with an EV connected: 0 V); no PWM: both plateaus are the steady level; steady -12 V output
@@ -213,6 +224,15 @@ class NullMeter:
     def set_fault(self, on):
         pass
 
+    def shift_energy(self, wh):
+        return self.set_energy(self.energy_wh + wh)
+
+    def set_energy(self, wh):
+        if wh < 0:
+            raise ValueError("the energy register cannot go below 0 Wh (asked %s)" % wh)
+        self.energy_wh = float(wh)
+        return self.energy_wh
+
 
 def make_meter(model):
     try:
@@ -286,8 +306,13 @@ class Sim:
         self.power_on = True
         self.power_evt = asyncio.Event()
         self.romfs_image = BUILD_DIR + ".romfs" if getattr(args, "romfs", False) else None
+        self.meter_shift_wh = 0.0  # register shifts by the "meter" command: delivered = energy_wh - shift
         self.reset_cause = "power"  # told to the MCU as machine.reset_cause() would: power | watchdog | soft
         self.reset_requested = False
+        self.wdt_ms = None          # the hardware watchdog's timeout once the firmware armed it
+        self.wdt_fed = 0.0
+        self.wdt_fired = False
+        self.wdt_resets = 0
         self.stopping = False
         self.lock_gen = 0
         self.servers = []
@@ -335,6 +360,7 @@ class Sim:
         self.update()
         self.tasks.append(asyncio.create_task(self.physics()))
         self.tasks.append(asyncio.create_task(self.supervise()))
+        self.tasks.append(asyncio.create_task(self.watchdog()))
         say("SIM READY control=127.0.0.1:%d" % self.control_port)
 
     async def stop(self):
@@ -397,6 +423,10 @@ class Sim:
                 break
             if not self.power_on:
                 continue
+            if self.wdt_fired:
+                say("[sim] MCU reset by the watchdog")
+                self.reset_cause = "watchdog"
+                continue
             if rc == EXIT_REBOOT or self.reset_requested:
                 say("[sim] MCU reboot")
                 self.reset_cause = "soft"
@@ -407,6 +437,8 @@ class Sim:
 
     async def run_mcu(self):
         self.reset_requested = False
+        self.wdt_ms = None  # a reset disarms the watchdog until the firmware feeds it again
+        self.wdt_fired = False
         self.rig.powered = True
         self.rig.mcu_outputs_reset()
         self.update()
@@ -430,6 +462,22 @@ class Sim:
         self.event("mcu", state="exit", rc=rc)
         self.update()
         return rc
+
+    async def watchdog(self):
+        """The board's hardware watchdog: once armed, an MCU that stops feeding it within its timeout is reset."""
+        while True:
+            await asyncio.sleep(0.05)
+            proc = self.proc
+            if proc is None or self.wdt_ms is None or self.wdt_fired:
+                continue
+            if time.monotonic() - self.wdt_fed > self.wdt_ms / 1000:
+                self.wdt_fired = True
+                self.wdt_resets += 1
+                self.event("wdt", state="reset", timeout_ms=self.wdt_ms)
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
 
     async def forward(self, stream):
         while True:
@@ -507,6 +555,11 @@ class Sim:
             self.event("led", name=msg["led"], on=rig.leds[msg["led"]])
         if "blocking" in msg:
             self.event("block", ms=int(msg["blocking"]))
+        if "wdt" in msg:
+            if self.wdt_ms is None:
+                self.event("wdt", state="armed", timeout_ms=int(msg["wdt"]))
+            self.wdt_ms = int(msg["wdt"])
+            self.wdt_fed = time.monotonic()
         if msg.get("reset"):
             self.reset_requested = True
             self.event("reset")
@@ -581,7 +634,8 @@ class Sim:
                 "leds": dict(rig.leds), "rcd": rig.faults["rcd"], "ignore_pwm": rig.ignore_pwm,
                 "limit_a": None if rig.limit_da is None else rig.limit_da / 10,
                 "faults": [k for k in FAULTS if rig.faults[k]],
-                "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter}
+                "mcu_pid": self.proc.pid if self.proc else None, "variant": rig.variant, "meter": self.args.meter,
+                "meter_shift_wh": self.meter_shift_wh, "wdt_ms": self.wdt_ms, "wdt_resets": self.wdt_resets}
 
     async def cmd_plug(self, req):
         rig = self.rig
@@ -693,6 +747,27 @@ class Sim:
         self.event("mcu", state="block", ms=ms, delivered=delivered)
         return {"delivered": delivered}
 
+    async def cmd_meter(self, req):
+        keys = [k for k in ("add_wh", "energy_wh") if k in req]
+        if len(keys) != 1:
+            raise CommandError("meter needs exactly one of \"add_wh\" (shift the energy register by N Wh) or "
+                               "\"energy_wh\" (set it to N Wh)")
+        value = req[keys[0]]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+                or abs(value) == float("inf"):
+            raise CommandError("meter %s must be a number of Wh (got %r)" % (keys[0], value))
+        before = self.meter.energy_wh
+        try:
+            if keys[0] == "add_wh":
+                after = self.meter.shift_energy(value)
+            else:
+                after = self.meter.set_energy(value)
+        except ValueError as e:
+            raise CommandError("meter: %s" % e)
+        self.meter_shift_wh += after - before
+        self.event("meter", energy_wh=after, shift_wh=after - before)
+        return {"energy_wh": after, "meter_shift_wh": self.meter_shift_wh}
+
     async def cmd_events(self, req):
         since = req.get("since", 0)
         if not isinstance(since, int):
@@ -702,7 +777,7 @@ class Sim:
 
 COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_unplug, "ev": Sim.cmd_ev,
             "tag": Sim.cmd_tag, "console": Sim.cmd_console, "fault": Sim.cmd_fault, "power": Sim.cmd_power, "events": Sim.cmd_events,
-            "limit": Sim.cmd_limit, "mcu": Sim.cmd_mcu}
+            "limit": Sim.cmd_limit, "mcu": Sim.cmd_mcu, "meter": Sim.cmd_meter}
 
 
 def parse_args(argv=None):

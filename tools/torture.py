@@ -1,8 +1,9 @@
 """Torture runs against the firmware on the virtual board: power cuts, Central System outages, bad input, soak,
-damaged flash. Prints one table; exit status 1 when a must-be-zero figure is not zero.
+meter glitches, damaged flash. Prints one table; exit status 1 when a must-be-zero figure is not zero.
 
-    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak,flash] [--cuts N] [--outages N]
-                                      [--frames N] [--exchanges N] [--seed S] [--save-failures DIR]
+    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak,glitch,flash] [--cuts N]
+                                      [--outages N] [--frames N] [--exchanges N] [--glitches N] [--seed S]
+                                      [--save-failures DIR]
 
 Uses tools/bench.py's Central System and sim driver. Every random choice comes from --seed, so a run can be
 repeated. Failing fuzz inputs are written to --save-failures (default tests/regressions/fuzz/) as JSON cases
@@ -193,6 +194,213 @@ async def outages(n=10, seed=2, log=print):
     finally:
         await sim.stop()
         await csms.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Meter glitches
+
+GLITCH_KINDS = ("transient", "up", "down", "cut", "idle")
+GLITCH_TOL_WH = 2       # the SDM630's float32 kWh register and the firmware's rounding to whole Wh
+GLITCH_STUCK_S = 25     # "sane" -> no longer Faulted: the firmware re-anchors after 10 readings, reports after 5 s
+
+
+def _glitch_size(rnd):
+    """A register shift far beyond what a charge could add between two polls (the firmware's bound is some
+    30 Wh a second), from a few hundred Wh to 100 kWh."""
+    return round(10 ** rnd.uniform(2.7, 5.0))
+
+
+async def glitches(n=40, seed=5, log=print):
+    """n scenarios of meter-register shifts (tools/sim.py "meter" command), the kinds in shuffled rounds:
+    transient (a shift up or down for 0.3-4 s, then back, while charging), up / down (a permanent shift while
+    charging), cut (a power cut while charging, the register shifted or not while the MCU is off) and idle (a shift
+    with no session, half of them across a power cut). The sim's energy minus its shifts is the energy that really
+    flowed; every energy value of every transaction message the Central System received is checked against it,
+    and after each scenario the charger must leave Faulted once the register is sane again."""
+    rnd = random.Random(seed)
+    csms = await Csms().start()
+    sim = Sim(csms.url)
+    track = []      # (monotonic t, register Wh, energy that really flowed Wh)
+    shifts = {k: 0 for k in GLITCH_KINDS}
+    stuck, recoveries = [], []
+    state = {"stop": False}
+
+    async def watch():
+        while not state["stop"]:
+            st = await sim.status()
+            track.append((time.monotonic(), st["energy_wh"], st["energy_wh"] - st["meter_shift_wh"]))
+            await asyncio.sleep(0.1)
+
+    async def shift(kind):
+        reg = (await sim.status())["energy_wh"]
+        size = _glitch_size(rnd)
+        sign = -1 if (kind == "down" or (kind != "up" and rnd.random() < 0.5)) and reg - size > 10000 else 1
+        await sim.cmd({"cmd": "meter", "add_wh": sign * size})
+        shifts[kind] += 1
+        return sign * size
+
+    def status1():
+        hits = [(t, f[3]) for t, f in csms.calls_in(CP, "StatusNotification") if f[3].get("connectorId") == 1]
+        return hits[-1] if hits else (0.0, {})
+
+    async def settle(sane_t, at_least_s):
+        """Waits until the register has been sane for at_least_s and the connector is not Faulted."""
+        while True:
+            now = time.monotonic()
+            t, last = status1()
+            if now - sane_t >= at_least_s and last.get("status") != "Faulted":
+                faulted = [tt for tt, f in csms.calls_in(CP, "StatusNotification", since_t=sane_t - 6)
+                           if f[3].get("connectorId") == 1 and f[3].get("status") == "Faulted"]
+                if faulted:
+                    recoveries.append(max(t - sane_t, 0.0))
+                return True
+            if now - sane_t > GLITCH_STUCK_S:
+                stuck.append({"t": now, "status": last, "tail": [l for _, l in sim.lines[-8:]]})
+                log("  stuck Faulted %.0f s after the meter was sane: %s" % (now - sane_t, last.get("info")))
+                return False
+            await asyncio.sleep(0.1)
+
+    async def end_session(first_tid):
+        await sim.cmd({"cmd": "ev", "state": "A"})
+        await sim.cmd({"cmd": "unplug"})
+        deadline = time.monotonic() + 30
+        while any(t["stops"] == 0 for tid, t in csms.tx.items() if tid >= first_tid) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    watcher = None
+    try:
+        await sim.start()
+        await boot_charger(csms, sim)
+        await change_config(csms, CP, "MeterValueSampleInterval", 4)
+        await change_config(csms, CP, "StopTxnSampledData", "Energy.Active.Import.Register")
+        watcher = asyncio.create_task(watch())
+        kinds = []
+        for i in range(n):
+            if not kinds:
+                kinds = list(GLITCH_KINDS)
+                rnd.shuffle(kinds)
+            kind = kinds.pop()
+            first_tid = csms.next_tx
+            if kind == "idle":
+                cut = rnd.random() < 0.5
+                if cut:
+                    await sim.cmd({"cmd": "power", "on": False})
+                await shift(kind)
+                sane = time.monotonic()
+                if cut:
+                    await asyncio.sleep(rnd.uniform(0.1, 1.0))
+                    await sim.cmd({"cmd": "power", "on": True})
+                await settle(sane, 13)
+                continue
+            await start_charging(csms, sim)
+            await asyncio.sleep(rnd.uniform(1, 5))
+            if kind == "transient":
+                size = await shift(kind)
+                await asyncio.sleep(rnd.uniform(0.3, 4.0))
+                await sim.cmd({"cmd": "meter", "add_wh": -size})
+                sane = time.monotonic()
+                await asyncio.sleep(rnd.uniform(2, 6))
+                await end_session(first_tid)
+                await settle(sane, 1)
+            elif kind in ("up", "down"):
+                await shift(kind)
+                sane = time.monotonic()
+                await settle(sane, 13)   # charging again on the re-anchored register
+                await asyncio.sleep(rnd.uniform(2, 6))
+                await end_session(first_tid)
+            else:
+                await sim.cmd({"cmd": "power", "on": False})
+                if rnd.random() < 0.8:
+                    await shift(kind)
+                sane = time.monotonic()
+                await asyncio.sleep(rnd.uniform(0.1, 1.5))
+                await sim.cmd({"cmd": "ev", "state": "A"})
+                await sim.cmd({"cmd": "unplug"})
+                await sim.cmd({"cmd": "power", "on": True})
+                await end_session(first_tid)
+                await settle(sane, 13)
+            if (i + 1) % 5 == 0:
+                log("  meter glitches %d/%d" % (i + 1, n))
+        await asyncio.sleep(1)
+        state["stop"] = True
+        await watcher
+        watcher = None
+        res = _glitch_checks(csms, track)
+        res.update(scenarios=n, shifts=shifts, stuck=stuck, recovery_max_s=max(recoveries, default=0.0),
+                   recoveries=len(recoveries), crashes=sim.crash_summary(True),
+                   unclosed=sum(1 for t in csms.tx.values() if t["stops"] == 0))
+        return res
+    finally:
+        state["stop"] = True
+        if watcher is not None:
+            watcher.cancel()
+        await sim.stop()
+        await csms.stop()
+
+
+def _glitch_checks(csms, track):
+    """Every energy value of every transaction message against the energy that really flowed: a value may not be
+    below meterStart or an earlier value of its transaction, nor exceed meterStart by more than really flowed from
+    2 s before the StartTransaction arrived until the message arrived; meterStart must be the register as it was
+    then. Returns counts, the first offenders, and how much real energy was left unbilled (jumps bridged)."""
+    def true_at(t, after):
+        vals = [x for x in track if (x[0] >= t if after else x[0] <= t)]
+        if not vals:
+            vals = track[-1:] if after else track[:1]
+        return (vals[0] if after else vals[-1])[2]
+
+    def received(payload, action):
+        for t, f in csms.calls_in(CP, action):
+            if f[3] is payload:
+                return t
+        return None
+
+    def values(payload):
+        return [int(v["value"]) for mv in payload.get("meterValue", []) for v in mv["sampledValue"]
+                if v.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register"]
+
+    checked = bad = 0
+    offenders = []
+    unbilled = []
+    delivered_total = 0.0
+    for tid, tx in sorted(csms.tx.items()):
+        start = tx["start"]
+        t0 = received(start, "StartTransaction")
+        base = true_at(t0 - 2.0, after=False)
+        m0 = start["meterStart"]
+        regs = [x[1] for x in track if t0 - 3.0 <= x[0] <= t0 + 0.2]
+        checked += 1
+        if regs and not min(regs) - GLITCH_TOL_WH <= m0 <= max(regs) + GLITCH_TOL_WH:
+            bad += 1
+            offenders.append("tx %d meterStart %d, register %d..%d" % (tid, m0, min(regs), max(regs)))
+        # Two chains, each in order: the MeterValues then meterStop, and the transactionData history.
+        chains = [[(received(p, "MeterValues"), values(p), "MeterValues") for p in tx["meter"]], []]
+        if tx["stop"]:
+            stop = tx["stop"]
+            t = received(stop, "StopTransaction")
+            chains[0].append((t, [stop["meterStop"]], "meterStop"))
+            chains[1].append((t, [v for mv in stop.get("transactionData", []) for v in values({"meterValue": [mv]})],
+                              "transactionData"))
+        for msgs in chains:
+            last = m0
+            for t, vals, action in msgs:
+                flowed = true_at(t, after=True) - base
+                for v in vals:
+                    checked += 1
+                    if v < last or v - m0 > flowed + GLITCH_TOL_WH:
+                        bad += 1
+                        if len(offenders) < 10:
+                            offenders.append("tx %d %s %d: %+d Wh over meterStart, %.0f Wh really flowed" % (
+                                tid, action, v, v - m0, flowed))
+                    last = max(last, v)
+        if tx["stop"]:
+            flowed = true_at(received(tx["stop"], "StopTransaction"), after=True) - true_at(t0 - 2.0, after=False)
+            delivered_total += flowed
+            unbilled.append(flowed - (tx["stop"]["meterStop"] - m0))
+    return {"transactions": len(csms.tx), "values_checked": checked, "implausible": bad, "offenders": offenders,
+            "unbilled_total_wh": sum(unbilled), "unbilled_max_wh": max(unbilled, default=0.0),
+            "delivered_wh": delivered_total}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -680,6 +888,12 @@ def must_be_zero(res):
     s = res.get("soak")
     if s:
         out += [("soak: crashes", sum(s["crashes"].values()))]
+    g = res.get("glitch")
+    if g:
+        out += [("meter glitches: implausible readings in transaction messages", g["implausible"]),
+                ("meter glitches: stuck Faulted after the meter was sane", len(g["stuck"])),
+                ("meter glitches: unclosed transactions", g["unclosed"]),
+                ("meter glitches: crashes", sum(g["crashes"].values()))]
     fl = res.get("flash")
     if fl:
         out += [("flash: lost transactions", fl["lost"]), ("flash: duplicated starts", fl["dup_runs"]),
@@ -744,6 +958,22 @@ def table(res):
             "; ".join("%s %d" % kv for kv in s["errors"].items())[:90])
         row("soak", "crashes (Traceback, MCU exit)", sum(s["crashes"].values()), "must be 0; " + "; ".join(list(s["crashes"])[:1])[:80])
         row("soak", "firmware errors caught", sum(s["fw_errors"].values()), "; ".join(list(s["fw_errors"])[:1])[:80])
+    g = res.get("glitch")
+    if g:
+        row("glitch", "scenarios / register shifts", "%d / %d" % (g["scenarios"], sum(g["shifts"].values())),
+            ", ".join("%s %d" % kv for kv in g["shifts"].items()) + " (cut: while the MCU was off)")
+        row("glitch", "transactions / energy values checked", "%d / %d" % (g["transactions"], g["values_checked"]),
+            "meterStart, MeterValues, transactionData, meterStop against the energy that really flowed")
+        row("glitch", "implausible readings billed", g["implausible"],
+            "must be 0; " + "; ".join(g["offenders"][:1])[:80])
+        row("glitch", "stuck Faulted after the meter was sane", len(g["stuck"]),
+            "must be 0; %d recoveries, slowest %.1f s" % (g["recoveries"], g["recovery_max_s"]))
+        row("glitch", "unclosed transactions", g["unclosed"], "must be 0")
+        row("glitch", "real energy not billed", "%.1f Wh" % g["unbilled_total_wh"],
+            "of %.1f Wh delivered; max %.1f Wh in one: flowed while a jump was bridged, or since the last "
+            "stored reading before a cut" % (g["delivered_wh"], g["unbilled_max_wh"]))
+        row("glitch", "crashes (Traceback, MCU exit)", sum(g["crashes"].values()),
+            "must be 0; " + "; ".join(list(g["crashes"])[:1])[:80])
     fl = res.get("flash")
     if fl:
         row("flash", "runs (file x mode x moment) / file damaged", "%d / %d" % (fl["runs"], fl["damaged"]),
@@ -770,13 +1000,14 @@ def table(res):
 
 
 async def run_all(args, log):
-    only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak", "flash"}
+    only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak", "glitch", "flash"}
     res = {}
     bench.build.build(bench.BUILD_UNIX)
     steps = (("cuts", lambda: power_cuts(args.cuts, args.seed, log=log)),
              ("outages", lambda: outages(args.outages, args.seed + 1, log=log)),
              ("fuzz", lambda: fuzz(args.frames, args.seed + 2, save_dir=args.save_failures, log=log)),
              ("soak", lambda: soak(args.exchanges, log=log)),
+             ("glitch", lambda: glitches(args.glitches, args.seed + 4, log=log)),
              ("flash", lambda: flash(args.quick, log=log)))
     for name, fn in steps:
         if name not in only:
@@ -795,17 +1026,18 @@ async def run_all(args, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the short version (as in make test)")
-    p.add_argument("--only", help="comma-separated subset of cuts,outages,fuzz,soak,flash")
+    p.add_argument("--only", help="comma-separated subset of cuts,outages,fuzz,soak,glitch,flash")
     p.add_argument("--cuts", type=int, default=50)
     p.add_argument("--outages", type=int, default=10)
     p.add_argument("--frames", type=int, default=10000)
     p.add_argument("--exchanges", type=int, default=10000)
+    p.add_argument("--glitches", type=int, default=40, help="meter-glitch scenarios")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--save-failures", default=REGRESSIONS, help="where failing fuzz inputs go ('' = nowhere)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.quick:
-        args.cuts, args.outages, args.frames, args.exchanges = 5, 1, 500, 1000
+        args.cuts, args.outages, args.frames, args.exchanges, args.glitches = 5, 1, 500, 1000, 5
     res = bench.run_cancellable("torture", run_all, args, time.monotonic())
     if res is None:
         return 130

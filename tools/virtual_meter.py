@@ -9,6 +9,7 @@ exception 02, as a strict device does, so a read that strays over a gap in the m
     vm = VirtualMeter("SDM630")
     path = await vm.start()          # inside a running asyncio loop
     vm.set_load((230, 230, 230), (16, 16, 16)); vm.advance(60)
+    vm.shift_energy(-500)            # a glitch: the register jumps (tests of the firmware's plausibility check)
     ...; await vm.stop()
 """
 from __future__ import annotations
@@ -86,6 +87,18 @@ class VirtualMeter:
         # Import register only counts imported energy, so it never goes down.
         self._energy_wh += max(self.power_w, 0.0) * dt_s / 3600.0
         self._update()
+
+    def shift_energy(self, wh: float) -> float:
+        """Moves the energy register by wh (negative allowed) without any energy flowing: a glitch, a meter
+        swapped or reset. Returns the new register value in Wh."""
+        return self.set_energy(self._energy_wh + wh)
+
+    def set_energy(self, wh: float) -> float:
+        if wh < 0:
+            raise ValueError("the energy register cannot go below 0 Wh (asked %s)" % wh)
+        self._energy_wh = float(wh)
+        self._update()
+        return self._energy_wh
 
     def reported_energy_wh(self) -> float:
         """The energy the registers hold right now, in Wh (after the device's own resolution)."""

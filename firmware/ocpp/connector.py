@@ -17,6 +17,12 @@ from firmware.ocpp.txqueue import START, STOP, METER
 _TAG = "conn"
 CONNECTOR = const(1)
 _TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
+_SAMPLE_SLACK_S = const(8)  # a sample may come this much after its time: the meter grace (5 s) and a late poll
+
+
+def same_tag(a, b):
+    # IdToken is a CiString20: a card read as "abc123" is the card that started as "ABC123".
+    return a is not None and b is not None and a.upper() == b.upper()
 
 
 class Connector:
@@ -34,10 +40,13 @@ class Connector:
         # l local id, tag, parent, wh0 meterStart, t0 start epoch, wh/t last stored reading, inv (not accepted
         # by the Central System), res reservation id, td samples for transactionData.
         self.tx = store.read_json(self._tx_path, None)
+        if self.tx is not None:
+            self._anchor_meter(self.tx)
         self.pending_tag = None  # authorised tag waiting for the EV (ConnectionTimeOut)
         self._pending_parent = None
         self._pending_res = None
         self._pending_until = 0
+        self._pending_lock = False  # the pending start asked for the lock (released if the start is dropped)
         self.finishing = False
         self.stopping = None  # the task that sends StopTransaction after the last meter reading
         self.status = None  # current OCPP status
@@ -45,8 +54,10 @@ class Connector:
         self.reported = None  # last status the Central System acknowledged
         self._status_evt = asyncio.Event()
         self._next_sample_ms = 0
+        self._sample_s = 0  # the MeterValueSampleInterval _next_sample_ms was planned with
         self._next_aligned = 0
         self._authorizing = False
+        self.beats = 0  # turns of run(), for the watchdog
         txq.on_conf = self._on_conf
 
     # ---- boot ----
@@ -80,6 +91,19 @@ class Connector:
                 store.note("transaction %d: tx.json lost, stopped with the meter's reading now" % lid)
                 self._push_stop({"l": lid, "td": []}, "PowerLoss", self.meter.energy_wh, clock.now(), None)
 
+    def _anchor_meter(self, tx):
+        # The first reading after the boot is checked against the reading stored with the transaction (issue 9):
+        # energy flowed at most while the contactor could be closed after it, which is until the next sample
+        # was due (while the meter reads true the samples keep coming; without true readings the contactor opens
+        # after the grace), and never longer than the wall clock says. A clock that runs behind the stored time
+        # (no RTC after a power loss) and no sampling leave only the margin: the stored reading is then billed.
+        interval = self.cfg.get("MeterValueSampleInterval")
+        window = interval + _SAMPLE_SLACK_S if interval else -1
+        elapsed = clock.now() - tx["t"] + 1  # + 1: both times are whole seconds
+        if elapsed > 0 and (window < 0 or elapsed < window):
+            window = elapsed
+        self.meter.anchor(tx["wh"], self.meter.max_w * window // 3600 if window > 0 else 0)
+
     def _start_again(self, tx):
         # The queue and the id map both lost this transaction's StartTransaction: rebuilt from tx.json, identical
         # to the first (a Central System that booked it recognises the resend and answers the same id).
@@ -105,13 +129,13 @@ class Connector:
             return
         tx = self.tx
         if tx is not None:
-            if tag == tx["tag"]:
+            if same_tag(tag, tx["tag"]):
                 self.stop("Local", tag)  # the same card stops without an Authorize (OCPP 1.6 §3.5)
             else:
                 asyncio.create_task(self._authorize_stop(tag))
             return
-        if self.pending_tag == tag:
-            self.pending_tag = None  # a second swipe cancels the pending start
+        if same_tag(tag, self.pending_tag):
+            self._drop_pending("cancelled by the same card")  # a second swipe cancels the pending start
             self.tick()
             return
         asyncio.create_task(self.authorize_start(tag))
@@ -181,10 +205,36 @@ class Connector:
         self._pending_until = time.ticks_add(time.ticks_ms(), self.cfg.get("ConnectionTimeOut") * 1000)
         self.tick()
 
+    def _await_ev(self, now):
+        """An authorised start waits for the EV, then for the lock: a socket's cable is locked, and the lock's
+        feedback confirms it, before StartTransaction goes out, so no transaction opens on a connector that
+        cannot hold the cable (issue 9). A fault (a lock that does not engage reports ConnectorLockFailure)
+        keeps the start waiting; ConnectionTimeOut drops it."""
+        evse = self.evse
+        if evse.ev_connected and evse.plugged:
+            if not evse.want_lock:
+                evse.want_lock = True
+                self._pending_lock = True
+            if not evse.fault and (evse.cable_variant or evse.locked) and self.meter.fresh(now):
+                self._start()  # meterStart must be a true reading
+                return
+        if time.ticks_diff(now, self._pending_until) >= 0:
+            self._drop_pending("connector not locked" if evse.ev_connected and evse.plugged else "no EV")
+
+    def _drop_pending(self, why):
+        log.info(_TAG, "start for %s cancelled: %s" % (self.pending_tag, why))
+        self.pending_tag = None
+        if self._pending_lock:
+            self._pending_lock = False
+            self.evse.want_lock = False
+        if self.smart is not None:
+            self.smart.drop_pending()  # its RemoteStart profile must not govern a later session
+
     # ---- transactions ----
     def _start(self):
         tag = self.pending_tag
         self.pending_tag = None
+        self._pending_lock = False
         lid = self.txq.new_local_id()
         now = clock.now()
         snap = metering.snapshot(self.meter, self.evse)
@@ -197,11 +247,13 @@ class Connector:
             payload["reservationId"] = self._pending_res
             self.reservations.consumed(self._pending_res)
         self.tx = tx
+        self.meter.hold = True  # a register that moves from now on is bridged, not billed (firmware/meter.py)
         store.write_json(self._tx_path, tx)  # before the message: a Start must never lack its Stop
         self.txq.push(START, lid, payload)
         log.info(_TAG, "transaction %d started for %s at %d Wh" % (lid, tag, wh0))
         self.evse.want_lock = True
-        self._next_sample_ms = time.ticks_add(time.ticks_ms(), self.cfg.get("MeterValueSampleInterval") * 1000)
+        self._sample_s = self.cfg.get("MeterValueSampleInterval")
+        self._next_sample_ms = time.ticks_add(time.ticks_ms(), self._sample_s * 1000)
         self._apply_allow()
 
     def stop(self, reason, tag=None):
@@ -223,8 +275,10 @@ class Connector:
         return True
 
     async def _stop_after_reading(self, tx, reason, when, tag):
-        await self.meter.poll()  # a failed poll keeps the last good reading
+        await self.meter.poll()  # a failed or implausible poll keeps the last trusted reading
         self._push_stop(tx, reason, self.meter.energy_wh, when, tag)
+        if self.tx is None:
+            self.meter.release()
         self.stopping = None
 
     def _push_stop(self, tx, reason, wh, when, tag):
@@ -306,8 +360,15 @@ class Connector:
     # ---- meter values ----
     def _sample(self, now_ms):
         interval = self.cfg.get("MeterValueSampleInterval")
+        if interval != self._sample_s:
+            # A changed interval applies at once, counted from the change, not after the old timer (issue 9).
+            self._sample_s = interval
+            self._next_sample_ms = time.ticks_add(now_ms, interval * 1000)
+            return
         if not interval or time.ticks_diff(now_ms, self._next_sample_ms) < 0:
             return
+        if not self.meter.fresh(now_ms):
+            return  # never the last reading as a new one: the sample goes out once the meter reads true again
         self._next_sample_ms = time.ticks_add(now_ms, interval * 1000)
         self._send_values(PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
 
@@ -323,6 +384,9 @@ class Connector:
             return
         slot = self._next_aligned
         self._next_aligned = (now // interval + 1) * interval
+        if not self.meter.fresh(time.ticks_ms()):
+            log.warn(_TAG, "clock-aligned sample skipped: no fresh meter reading")  # its time is gone
+            return
         self._send_values(CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
 
     def _send_values(self, ctx, keys, t):
@@ -346,7 +410,11 @@ class Connector:
             log.warn(_TAG, "MeterValues failed: %r" % (e,))
 
     async def send_triggered_values(self):
-        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger."""
+        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger; nothing
+        while the meter has no fresh reading (a stale one would be taken as current)."""
+        if not self.meter.fresh(time.ticks_ms()):
+            log.warn(_TAG, "triggered MeterValues not sent: no fresh meter reading")
+            return
         snap = metering.snapshot(self.meter, self.evse)
         payload = {"connectorId": CONNECTOR, "meterValue": [{"timestamp": clock.iso(), "sampledValue":
                    metering.values_from(snap, self.cfg.get("MeterValuesSampledData"), metering.TRIGGER)}]}
@@ -361,23 +429,26 @@ class Connector:
         evse = self.evse
         if self.tx is None:
             if self.pending_tag is not None:
-                if evse.ev_connected and evse.plugged:
-                    self._start()
-                elif time.ticks_diff(now, self._pending_until) >= 0:
-                    log.info(_TAG, "no EV within ConnectionTimeOut, start cancelled")
-                    self.pending_tag = None
-                    if self.smart is not None:
-                        self.smart.drop_pending()  # its RemoteStart profile must not govern a later session
+                self._await_ev(now)
             elif self.cfg.get("FreeVendEnabled") and evse.ev_connected and evse.plugged and not self.finishing \
                     and evse.operative and not evse.fault:
                 self.arm(self.cfg.get("FreeVendIdTag"))  # free vend: every plug-in charges (digest §2.8 A3)
                 return
             if self.finishing and not self._plug_present():
                 self.finishing = False
-        elif not self._plug_present():
-            self.stop("EVDisconnected")
+                if self.tx is None and self.pending_tag is None:
+                    evse.want_lock = False  # a lock kept after an EV-side disconnect ends with the cable
+        elif not evse.cable_variant and not evse.plugged:
+            self.stop("EVDisconnected")  # the cable left the socket
         elif evse.state == pilot.A and self.cfg.get("StopTransactionOnEVSideDisconnect"):
+            # The cable left the EV (for a tethered cable, "unplugged" is exactly this). With the key false the
+            # transaction stays, SuspendedEV with the contactor open, and resumes when the EV is back (TC_005_3).
             self.stop("EVDisconnected")
+        elif evse.lock_failed:
+            # The lock let go during the session: the connector cannot hold the cable, so the session ends
+            # (issue 9); the EVSE has already opened the contactor, and reports ConnectorLockFailure.
+            log.warn(_TAG, "lock lost during transaction %d" % self.tx["l"])
+            self.stop("Other")
         else:
             if self.tx["inv"]:
                 self._apply_allow()
@@ -479,4 +550,5 @@ class Connector:
     async def run(self):
         while True:
             self.tick()
+            self.beats += 1
             await asyncio.sleep_ms(100)

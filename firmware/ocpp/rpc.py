@@ -28,6 +28,11 @@ class CallError(Exception):
         self.description = description
 
 
+class BadAnswer(CallError):
+    # A CALLRESULT that does not fit the answer schema of our CALL: handled like a CALLERROR (a failed attempt).
+    pass
+
+
 def encode_call(uid, action, payload):
     return json.dumps([CALL, uid, action, payload])
 
@@ -84,7 +89,8 @@ def _bad(uid, why):
 
 
 # Field kinds for validate(). A spec is a tuple of (name, kind, required, limit) where limit is the maximum
-# string length for STR, a tuple of allowed values for ENUM, and the minimum value for INT (None = no bound).
+# string length for STR, a tuple of allowed values for ENUM, the minimum value for INT and the spec of its
+# fields for OBJ (None = no bound).
 STR = const(1)
 INT = const(2)
 BOOL = const(3)
@@ -95,18 +101,26 @@ NUM = const(7)
 TIME = const(8)  # ISO 8601 date-time string
 
 
-def validate(payload, spec):
-    """Checks a received payload against a spec; raises CallError with the Table 7 code (decision: docs/decisions.md)."""
-    names = [f[0] for f in spec]
-    for key in payload:
-        if key not in names:
-            raise CallError(FORMATION, "unknown field " + key)
+def validate(payload, spec, extra_ok=False):
+    """Checks a received payload against a spec; raises CallError with the Table 7 code (decision: docs/decisions.md).
+    extra_ok: fields the spec does not name are allowed (answers to our CALLs)."""
+    if not extra_ok:
+        names = [f[0] for f in spec]
+        for key in payload:
+            if key not in names:
+                raise CallError(FORMATION, "unknown field " + key)
     for name, kind, required, limit in spec:
         if name not in payload:
             if required:
                 raise CallError(OCCURENCE, "missing required field " + name)
             continue
-        _check(name, payload[name], kind, limit)
+        value = payload[name]
+        _check(name, value, kind, limit)
+        if kind == OBJ and limit is not None:
+            try:
+                validate(value, limit, extra_ok)
+            except CallError as e:
+                raise CallError(e.code, "%s: %s" % (name, e.description))
 
 
 def _check(name, value, kind, limit):

@@ -5,15 +5,21 @@ import asyncio
 import os
 import sys
 import time
+from micropython import const
 
 from firmware import clock, log
 from firmware.jsonbuf import JsonBuf
 from firmware.ocpp import rpc
+from firmware.ocpp.rpc import ENUM, INT, OBJ, STR, TIME
 from lib import ws as wslib
 
 _TAG = "ocpp"
 _REJECTED_RETRY_S = 60  # BootNotification interval 0 means "CP chooses" (digest §2.2)
 _OUT_BUF = 6144  # the largest outgoing frame encoded without a heap allocation (GetConfiguration ~5 KB)
+# Dead-link deadlines that hold whatever WebSocketPingInterval is (docs/decisions.md, Reconnect)
+_UNANSWERED_MAX = const(3)  # CALLs in a row without an answer (other traffic arriving) before a reconnect
+_PROBE_MS = const(120000)  # nothing received for this long (or HeartbeatInterval if shorter): a Heartbeat probes
+
 
 
 class Offline(Exception):
@@ -57,10 +63,14 @@ class Session:
         self._prefix = "%04x" % (int.from_bytes(os.urandom(2), "big"))  # ids never repeat across reboots
         self._counter = 0
         self._boot_now = asyncio.Event()  # a TriggerMessage(BootNotification) cuts the Pending wait short
+        self._sent = False  # the CALL being awaited was written out in full
+        self._unanswered = 0  # our CALLs in a row that timed out while other traffic still arrived
+        self._failures = 0  # connects in a row that failed (kept when the task is restarted)
+        self._plain_warned = False  # the password-over-ws:// warning, once per boot
 
     @property
     def online(self):
-        return self.ws is not None
+        return self.ws is not None and not self._down.is_set()
 
     def handle(self, action, spec, fn):
         self.handlers[action] = (spec, fn)
@@ -74,31 +84,64 @@ class Session:
 
     # ---- outgoing CALLs ------------------------------------------------------------------------------
     async def call(self, action, payload, timeout_ms=None):
-        """Sends one CALL and returns the CALLRESULT payload. Raises Offline, rpc.CallError or
-        asyncio.TimeoutError. Callers queue behind each other: one outstanding CALL per direction."""
+        """Sends one CALL and returns the CALLRESULT payload, checked against the action's answer schema.
+        Raises Offline (no link, or the link found dead while waiting: not a failed attempt), rpc.CallError
+        (a CALLERROR; rpc.BadAnswer, a subclass, for a malformed answer) or asyncio.TimeoutError (no answer
+        while the link lives). Callers queue behind each other: one outstanding CALL per direction."""
         if timeout_ms is None:
             timeout_ms = self.cfg.get("ResponseTimeout") * 1000
         async with self._call_lock:
             ws = self.ws
-            if ws is None:
+            if ws is None or self._down.is_set():
                 raise Offline()
             self._counter += 1
             uid = "%s-%d" % (self._prefix, self._counter)
             self._reply = None
             self._reply_evt.clear()
             self._wait_uid = uid
+            self._sent = False
+            start = time.ticks_ms()
             try:
-                await self._send(ws, [rpc.CALL, uid, action, payload])
-                self.last_send_ms = time.ticks_ms()
-                await asyncio.wait_for_ms(self._reply_evt.wait(), timeout_ms)
+                await asyncio.wait_for_ms(self._exchange(ws, [rpc.CALL, uid, action, payload]), timeout_ms)
+            except asyncio.TimeoutError:
+                self._no_answer(ws, action, start, timeout_ms)
+            except wslib.WSError:  # the link closed under the send: the reader reports why
+                raise Offline()
             finally:
                 self._wait_uid = None
             reply = self._reply
         if reply is None:
             raise Offline()
+        self._unanswered = 0
         if reply[0] == rpc.ERROR:
             raise rpc.CallError(reply[1], reply[2])
-        return reply[1]
+        return _checked(action, reply[1])
+
+    async def _exchange(self, ws, frame):
+        await self._send(ws, frame)
+        self._sent = True
+        self.last_send_ms = time.ticks_ms()
+        await self._reply_evt.wait()
+
+    def _no_answer(self, ws, action, start, timeout_ms):
+        # Raises what a CALL without an answer means. Nothing at all received since it went out (a link that
+        # stalls mid-frame, a frozen server) or a CALL that could not even be written: the link is dead, and
+        # that is being offline, not a failed attempt. Answers missing while other frames arrive: a timeout,
+        # and after a few in a row the Central System's end of the session is taken for stuck.
+        if ws is not self.ws or self._down.is_set():
+            raise Offline()
+        if not self._sent or time.ticks_diff(ws.last_rx_ms, start) < 0:
+            self.link_dead("no answer to %s within %d ms and nothing else received" % (action, timeout_ms))
+            raise Offline()
+        self._unanswered += 1
+        if self._unanswered >= _UNANSWERED_MAX:
+            self.link_dead("%d CALLs in a row unanswered" % self._unanswered)
+        raise asyncio.TimeoutError()
+
+    def link_dead(self, why):
+        """Drops the connection: run() closes it and reconnects after the back-off."""
+        log.warn(_TAG, why + ", reconnecting")
+        self._down.set()
 
     async def _send(self, ws, frame):
         async with self._send_lock:
@@ -190,18 +233,19 @@ class Session:
         return base + "/" + _pct(self.cfg.get("ChargeBoxId"))
 
     async def run(self):
-        failures = 0
         while True:
             try:
                 ws = await self._connect()
-            except wslib.WSError as e:
-                log.warn(_TAG, "connect to %s failed: %s" % (self.url(), e))
-                failures += 1
-                await asyncio.sleep_ms(self._backoff_ms(failures))
+            except Exception as e:  # a WSError, or a MemoryError, or a bug: every failure waits its back-off
+                self._failures += 1
+                log.warn(_TAG, "connect to %s failed: %s" % (self.url(), e if isinstance(e, wslib.WSError)
+                                                             else repr(e)))
+                await asyncio.sleep_ms(self._backoff_ms(self._failures))
                 continue
-            failures = 0
+            self._failures = 0
             log.info(_TAG, "connected to " + self.url())
             self._down.clear()
+            self._unanswered = 0
             self.ws = ws
             reader = asyncio.create_task(self._reader(ws))
             try:
@@ -216,13 +260,19 @@ class Session:
                 except Exception:
                     pass
                 log.warn(_TAG, "disconnected")
-            failures = 1
-            await asyncio.sleep_ms(self._backoff_ms(failures))
+            self._failures = 1
+            await asyncio.sleep_ms(self._backoff_ms(self._failures))
 
     async def _connect(self):
         cfg = self.cfg
-        return await wslib.connect(self.url(), protocol="ocpp1.6", user=cfg.get("ChargeBoxId"),
-                                   password=cfg.password_bytes(), cadata=self._cadata)
+        url = self.url()
+        password = cfg.password_bytes()
+        if password and url[:4].lower() != "wss:" and not self._plain_warned:
+            self._plain_warned = True
+            log.warn(_TAG, "the Basic-auth password goes over unencrypted ws://: anyone on the network path can "
+                     "read it; use a wss:// URL")
+        return await wslib.connect(url, protocol="ocpp1.6", user=cfg.get("ChargeBoxId"), password=password,
+                                   cadata=self._cadata)
 
     def _backoff_ms(self, failures):
         # Exponential back-off with jitter so a fleet does not reconnect in lock-step (digest §1.5).
@@ -302,16 +352,23 @@ class Session:
             if self._down.is_set():
                 return
             now = time.ticks_ms()
-            ping_s = self.cfg.get("WebSocketPingInterval")
+            cfg = self.cfg
+            quiet = time.ticks_diff(now, ws.last_rx_ms)
+            ping_s = cfg.get("WebSocketPingInterval")
             if ping_s > 0:
-                quiet = time.ticks_diff(now, ws.last_rx_ms)
                 if quiet > 2 * ping_s * 1000 + 5000:
                     log.warn(_TAG, "no traffic for %d ms, reconnecting" % quiet)
                     return
                 if quiet > ping_s * 1000:
                     async with self._send_lock:
                         await ws.ping()
-            if time.ticks_diff(now, self.last_send_ms) >= self.cfg.get("HeartbeatInterval") * 1000:
+            # The OCPP-level deadline, WebSocket ping or not: a probe goes out after _PROBE_MS of silence and
+            # every CALL's answer is awaited for ResponseTimeout (call()); this backstop catches the rest.
+            if quiet > _PROBE_MS + 2 * cfg.get("ResponseTimeout") * 1000:
+                self.link_dead("nothing received for %d ms" % quiet)
+                return
+            idle = time.ticks_diff(now, self.last_send_ms)
+            if idle >= cfg.get("HeartbeatInterval") * 1000 or (idle >= _PROBE_MS and quiet >= _PROBE_MS):
                 self.last_send_ms = now  # one Heartbeat per interval even while the CALL slot is busy
                 asyncio.create_task(self.heartbeat())
 
@@ -325,6 +382,42 @@ class Session:
         if t is not None:
             clock.set_now(t)
         return True
+
+
+def _answer_spec(action):
+    # What the answer to our CALL of action must hold (OCPP 1.6 JSON schemas, *.conf): the required fields and
+    # the type of every field we know; unknown fields are ignored (docs/decisions.md). None: an empty object
+    # (anything but an object is malformed). Built on demand: as code it stays in flash (ROMFS), as a table it
+    # would hold ~1 KB of tuples in the heap for good.
+    if action in ("Authorize", "StartTransaction", "StopTransaction"):
+        info = (("status", ENUM, True, ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")),
+                ("expiryDate", TIME, False, None), ("parentIdTag", STR, False, 20))
+        if action == "StartTransaction":
+            return ("idTagInfo", OBJ, True, info), ("transactionId", INT, True, None)
+        return (("idTagInfo", OBJ, action == "Authorize", info),)
+    if action == "BootNotification":
+        return (("status", ENUM, True, ("Accepted", "Pending", "Rejected")), ("currentTime", TIME, True, None),
+                ("interval", INT, True, None))
+    if action == "Heartbeat":
+        return (("currentTime", TIME, True, None),)
+    if action == "DataTransfer":
+        return (("status", ENUM, True, ("Accepted", "Rejected", "UnknownMessageId", "UnknownVendorId")),
+                ("data", STR, False, None))
+    return None
+
+
+def _checked(action, payload):
+    # A malformed answer is a failed attempt, like a CALLERROR (docs/decisions.md).
+    try:
+        if not isinstance(payload, dict):
+            raise rpc.CallError(rpc.FORMATION, "payload is not an object")
+        spec = _answer_spec(action)
+        if spec:
+            rpc.validate(payload, spec, True)
+    except rpc.CallError as e:
+        log.warn(_TAG, "malformed answer to %s: %s" % (action, e.description))
+        raise rpc.BadAnswer(e.code, "%s answer: %s" % (action, e.description))
+    return payload
 
 
 def _pct(text):

@@ -34,6 +34,9 @@ class TxQueue:
         # the transactions it knows against both.
         self.damaged = got >= store.RESTORED or self.journal.damaged
         self._wake = asyncio.Event()
+        # Failed attempts at the head message: kept here, not in run(), so a restarted task cannot send it
+        # again and again past TransactionMessageAttempts.
+        self._attempts = 0
         self.on_conf = None  # fn(action, local_id, conf or None) after a message is delivered or dropped
 
     def new_local_id(self):
@@ -73,7 +76,6 @@ class TxQueue:
             pass
 
     async def run(self):
-        attempts = 0
         session = self.session
         while True:
             head = self.journal.peek()
@@ -100,8 +102,9 @@ class TxQueue:
             except Offline:
                 await self._idle(500)  # being offline is not a failed attempt (digest §1.6)
                 continue
-            except (rpc.CallError, asyncio.TimeoutError) as e:
-                attempts += 1
+            except (rpc.CallError, asyncio.TimeoutError) as e:  # a CALLERROR, a malformed answer, no answer
+                self._attempts += 1
+                attempts = self._attempts
                 limit = self.cfg.get("TransactionMessageAttempts")
                 log.warn(_TAG, "%s attempt %d/%d failed: %r" % (action, attempts, limit, e))
                 if attempts < limit:
@@ -109,7 +112,7 @@ class TxQueue:
                     continue
                 log.warn(_TAG, "giving up on " + action)
                 conf = None
-            attempts = 0
+            self._attempts = 0
             self._delivered(seq, action, key, conf)
 
     def _delivered(self, seq, action, key, conf):

@@ -6,7 +6,8 @@
 # It also prints the load-management input ("PROBE LIMIT <da|None>" on a change) and "PROBE BLOCK <ms>"
 # when board.take_block_ms() hands out a loop stall (the sim's "mcu" command), which it then performs.
 # Tags are commands: RESET (board.reset()), THREADRESET (reset() from a thread), EXIT<n> (sys.exit(n)),
-# BUSY<ms> (spin the main thread without yielding), METER (one Modbus read via board.open_uart), others are echoed.
+# BUSY<ms> (spin the main thread without yielding), METER (one Modbus read via board.open_uart), ENERGY (reads the
+# SDM energy register: "PROBE ENERGY <Wh>"), others are echoed.
 import sys
 import time
 import json
@@ -31,20 +32,28 @@ def watch():
         board.set_contactor(False)
 
 
-def meter_once():
+_master = None
+
+
+def meter_once(addr=0x00, what="METER"):
+    global _master
     try:
         import asyncio
+        import struct
         import lib.modbus
     except ImportError as e:
-        print("PROBE METER skip", e)
+        print("PROBE %s skip" % what, e)
         return
-    stream = board.open_uart(9600, None, 1)
-    master = lib.modbus.RtuMaster(stream, 9600)
+    if _master is None:
+        _master = lib.modbus.RtuMaster(board.open_uart(9600, None, 1), 9600)
     try:
-        regs = asyncio.run(master.read(1, 4, 0x00, 2))
-        print("PROBE METER ok", len(regs))
+        regs = asyncio.run(_master.read(1, 4, addr, 2))
+        if what == "ENERGY":
+            print("PROBE ENERGY %d" % round(struct.unpack(">f", regs)[0] * 1000))
+        else:
+            print("PROBE METER ok", len(regs))
     except Exception as e:
-        print("PROBE METER fail", repr(e))
+        print("PROBE %s fail" % what, repr(e))
 
 
 def on_tag(tag):
@@ -62,6 +71,8 @@ def on_tag(tag):
         print("PROBE BUSY done")
     elif tag == "METER":
         meter_once()
+    elif tag == "ENERGY":
+        meter_once(0x48, "ENERGY")  # SDM630 total import, float32 kWh
 
 
 def step(inputs):

@@ -2,6 +2,8 @@
 carry the OCTT charge-point test case id (digest §5) they follow."""
 import time
 
+import pytest
+
 from conftest import wait_until
 from core_helpers import CP, boot, status_seen, board_until, start_charging, transaction_id, in_calls
 
@@ -23,6 +25,7 @@ def test_tc002_pending_answers_calls_but_initiates_nothing(csms_factory, sim_fac
     status_seen(csms, "Preparing")
 
 
+@pytest.mark.long
 def test_tc019_tc021_tc040_configuration(csms_factory, sim_factory):
     csms, sim = boot(csms_factory, sim_factory)
     everything = csms.call(CP, "GetConfiguration", {})
@@ -162,6 +165,7 @@ def test_tc069_stop_with_a_tag_of_the_same_group(csms_factory, sim_factory):
     assert stop["idTag"] == "TAG2" and stop["reason"] == "Local"
 
 
+@pytest.mark.long
 def test_tc070_sampled_meter_values(csms_factory, sim_factory):
     csms, sim = boot(csms_factory, sim_factory, config={
         "MeterValueSampleInterval": 4, "StopTxnSampledData": "Energy.Active.Import.Register,Current.Import"})
@@ -346,6 +350,7 @@ def test_tc064_data_transfer_to_the_central_system(csms_factory, sim_factory):
     sim.wait_line(r"\[mcu\].*DataTransfer answer: .*UnknownVendorId")
 
 
+@pytest.mark.long
 def test_transaction_message_attempts_and_retry_interval(csms_factory, sim_factory):
     csms, sim = boot(csms_factory, sim_factory, config={"TransactionMessageAttempts": 3,
                                                         "TransactionMessageRetryInterval": 2})
@@ -364,6 +369,7 @@ def test_transaction_message_attempts_and_retry_interval(csms_factory, sim_facto
     assert len(csms.calls("StopTransaction", since=mark)) == 3  # not a fourth time
 
 
+@pytest.mark.long
 def test_websocket_ping_detects_a_dead_link(csms_factory, sim_factory):
     import os
     import signal

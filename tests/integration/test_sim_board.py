@@ -338,6 +338,34 @@ def test_meter_poll_over_the_pty_and_meter_fault(sim):
     sim.wait_line(r"PROBE METER fail", after=mark)
 
 
+def test_meter_command_shifts_and_sets_the_energy_register(sim):
+    # What the MCU reads over Modbus follows the command; the status tells the shift apart from real energy.
+    mark = sim.mark()
+    r = sim.ctl(cmd="meter", energy_wh=5000)
+    assert r["ok"] and r["energy_wh"] == 5000
+    assert sim.ctl(cmd="tag", id="ENERGY")["delivered"]
+    sim.wait_line(r"PROBE ENERGY 5000$", after=mark)
+    mark = sim.mark()
+    r = sim.ctl(cmd="meter", add_wh=-1500)
+    assert r["ok"] and r["energy_wh"] == 3500
+    assert sim.ctl(cmd="tag", id="ENERGY")["delivered"]
+    sim.wait_line(r"PROBE ENERGY 3500$", after=mark)
+    mark = sim.mark()
+    assert sim.ctl(cmd="meter", add_wh=250.5)["energy_wh"] == 3750.5
+    assert sim.ctl(cmd="tag", id="ENERGY")["delivered"]
+    sim.wait_line(r"PROBE ENERGY 3750$", after=mark)
+    st = sim.status()
+    assert st["energy_wh"] == 3750.5
+    assert st["meter_shift_wh"] == st["energy_wh"] - 1234567  # no energy flowed: all of the change is shift
+    kinds = [e for e in sim.events() if e["kind"] == "meter"]
+    assert [e["shift_wh"] for e in kinds] == [5000 - 1234567, -1500, 250.5]
+    for bad in ({}, {"add_wh": "5"}, {"add_wh": True}, {"energy_wh": -1}, {"add_wh": -10 ** 9},
+                {"add_wh": 1, "energy_wh": 2}, {"energy_wh": None}):
+        r = sim.ctl(cmd="meter", **bad)
+        assert r["ok"] is False and r["error"], (bad, r)
+    assert sim.status()["energy_wh"] == 3750.5  # a refused command changes nothing
+
+
 def test_tags_reset_and_crash_restart(sim):
     mark = sim.mark()
     assert sim.ctl(cmd="tag", id="04A1B2C3")["delivered"] is True

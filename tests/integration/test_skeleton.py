@@ -3,11 +3,14 @@ demo Central System (the `ocpp` package) over real WebSockets and real TLS (issu
 import json
 import time
 
+import pytest
+
 from conftest import wait_until
 
 CP = "CP1"
 
 
+@pytest.mark.long
 def test_boot_over_ws_reports_status_and_heartbeats(csms_factory, sim_factory):
     # TC_001 cold boot: BootNotification -> Accepted, StatusNotification for connectors 0 and 1, Heartbeat at
     # the interval the Central System gave.
@@ -74,6 +77,7 @@ def _sim_events(sim, kind=None):
     return [e for e in events if kind is None or e.get("kind") == kind]
 
 
+@pytest.mark.long
 def test_full_charge_session(csms_factory, sim_factory):
     csms = csms_factory(tags=("TAG1",))
     sim = sim_factory(csms.url)

@@ -166,6 +166,7 @@ def test_composite_schedule_and_clear(csms_factory, sim_factory):
     healthy(sim)
 
 
+@pytest.mark.long
 def test_stacked_profile_falls_back_when_its_duration_ends(csms_factory, sim_factory):
     # TC_072: the higher stackLevel wins while it runs, then the lower one governs again.
     csms, sim = boot(csms_factory, sim_factory)

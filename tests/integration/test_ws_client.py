@@ -303,3 +303,100 @@ def test_server_close_reported(servers):
     port, _ = servers.start()
     out = run_probe("ws://127.0.0.1:%d/ocpp/%s/close" % (port, CP_ID), "--recv", 1)
     assert "CLOSED 4000 bye" in out, out
+
+
+# ---- a raw server for what a well-behaved library will not send (issue 9, items 15-17) ----
+
+class RawServer:
+    """One connection at a time on a plain socket; serve(conn, request_bytes) is the script."""
+
+    def __init__(self, serve):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.result = {}
+        self.thread = threading.Thread(target=self._run, args=(serve,), daemon=True)
+        self.thread.start()
+
+    def _run(self, serve):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            req = b""
+            try:
+                while b"\r\n\r\n" not in req:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    req += chunk
+                serve(conn, req, self.result)
+            except OSError as e:
+                self.result.setdefault("error", e)
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(15)
+
+
+def _upgrade(conn, req):
+    key = [line.split(b":", 1)[1].strip() for line in req.split(b"\r\n")
+           if line.lower().startswith(b"sec-websocket-key:")][0]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n")
+
+
+def _read_client_frame(conn):
+    head = b""
+    while len(head) < 6:
+        head += conn.recv(6 - len(head))
+    n = head[1] & 0x7F
+    body = b""
+    while len(body) < n:
+        body += conn.recv(n - len(body))
+    return head[0] & 0x0F, bytes(b ^ head[2 + i % 4] for i, b in enumerate(body))
+
+
+def test_endless_handshake_header_refused_within_the_bound():
+    def endless(conn, req, result):
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nX-Endless: ")
+        sent = 0
+        try:
+            while sent < 4 << 20:
+                conn.sendall(b"a" * 4096)
+                sent += 4096
+        finally:
+            result["sent"] = sent
+
+    server = RawServer(endless)
+    try:
+        out = run_probe("ws://127.0.0.1:%d/ocpp/%s" % (server.port, CP_ID))
+    finally:
+        server.close()
+    assert "ERROR handshake response head longer than 8192 bytes" in out, out
+
+
+def test_invalid_close_code_answered_with_1002():
+    def close_1006(conn, req, result):
+        _upgrade(conn, req)
+        conn.sendall(b"\x88\x05\x03\xeebye")  # close 1006: never valid on the wire (RFC 6455 §7.4.1)
+        result["answer"] = _read_client_frame(conn)
+
+    server = RawServer(close_1006)
+    try:
+        out = run_probe("ws://127.0.0.1:%d/ocpp/%s" % (server.port, CP_ID), "--recv", 1)
+    finally:
+        server.close()
+    assert "ERROR invalid close code 1006" in out, out
+    assert server.result["answer"] == (8, b"\x03\xea"), server.result  # 1002 protocol error, not an echo
+
+
+def test_user_without_password_sends_no_authorization(servers):
+    port, state = servers.start()
+    out = run_probe("ws://127.0.0.1:%d/ocpp/%s" % (port, CP_ID), "--user", CP_ID)
+    assert "CONNECTED" in out, out
+    assert state["auth"] == [None]  # not "Basic Q1AwMDE6" (CP001 and an empty password)

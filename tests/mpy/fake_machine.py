@@ -8,6 +8,8 @@ adcs = {}      # pin id -> ADC
 pwms = {}      # pin id -> PWM
 uarts = {}     # uart id -> UART
 timers = {}    # timer id -> Timer
+spis = {}      # SPI id -> SPI
+listeners = {}  # pin id -> fn(level), called on every level written (a chip watching its CS or reset line)
 wdts = []
 
 
@@ -17,7 +19,7 @@ class ResetCalled(Exception):
 
 def clear():
     del calls[:]
-    for d in (pins, adcs, pwms, uarts, timers):
+    for d in (pins, adcs, pwms, uarts, timers, spis, listeners):
         for k in list(d):
             del d[k]
     del wdts[:]
@@ -42,12 +44,16 @@ class Pin:
         self.level = 0 if value is None else int(bool(value))
         pins[id] = self
         calls.append(("Pin", id, mode, pull, value))
+        if value is not None and id in listeners:
+            listeners[id](self.level)
 
     def value(self, v=None):
         if v is None:
             return self.level
         self.level = int(bool(v))
         calls.append(("Pin.value", self.id, self.level))
+        if self.id in listeners:
+            listeners[self.id](self.level)
 
     def __call__(self, v=None):
         return self.value(v)
@@ -146,6 +152,48 @@ class UART:
 
     def flush(self):
         calls.append(("UART.flush", self.id))
+
+
+class SPI:
+    # Bytes go to `device` (an object with xfer(byte) -> byte, e.g. tests/mpy/fake_mfrc522.Chip), which sees
+    # its chip select through `listeners`; with no device the bus reads 0xFF (MISO pulled up, nothing there).
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id, baudrate=1000000, polarity=0, phase=0, bits=8, firstbit=0, sck=None, mosi=None,
+                 miso=None):
+        self.id = id
+        self.settings = {"baudrate": baudrate, "polarity": polarity, "phase": phase, "bits": bits,
+                         "firstbit": firstbit, "sck": sck and sck.id, "mosi": mosi and mosi.id,
+                         "miso": miso and miso.id}
+        self.device = None
+        self.transfers = 0
+        spis[id] = self
+        calls.append(("SPI", id, baudrate, polarity, phase))
+
+    def _xfer(self, b):
+        return self.device.xfer(b) if self.device else 0xFF
+
+    def write(self, buf):
+        self.transfers += 1
+        for b in buf:
+            self._xfer(b)
+
+    def write_readinto(self, wbuf, rbuf):
+        self.transfers += 1
+        out = [self._xfer(b) for b in wbuf]
+        for i in range(len(out)):
+            rbuf[i] = out[i]
+
+    def readinto(self, buf, write=0):
+        self.transfers += 1
+        for i in range(len(buf)):
+            buf[i] = self._xfer(write)
+
+    def read(self, n, write=0):
+        buf = bytearray(n)
+        self.readinto(buf, write)
+        return bytes(buf)
 
 
 class Timer:

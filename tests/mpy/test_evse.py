@@ -76,19 +76,29 @@ class Board:
 
 
 class Meter:
+    # The fields of firmware/meter.py the EVSE reads; trouble says why the latest reading is not trusted.
     def __init__(self):
         self.ok = True
         self.alive = True
+        self.implausible = False
         self.last_ok_ms = 0
+        self.trouble = None
+        self.bad_since = None
         self.current_a = [0.0, 0.0, 0.0]
         self.power_w = 0.0
         self.ev_max_a = 16
         self.ignores_pwm = False
 
     def poll(self, board, ev):
-        if not self.alive:
+        if not self.alive or self.implausible:
             self.ok = False
+            self.trouble = "implausible meter reading: energy went backwards" if self.alive else \
+                "energy meter not answering"
+            if self.bad_since is None:
+                self.bad_since = board.t
             return
+        self.trouble = None
+        self.bad_since = None
         amps = 0
         if board.contacts and board.ev in "CD":
             offered = pilot.amps_from_duty(board.pwm) // 10
@@ -267,6 +277,46 @@ def test_meter_loss_opens_after_the_grace():
     m.alive = True
     run(b, m, e, 2500)
     assert e.fault is None and b.cmd  # back to charging once it answers
+
+
+def test_meter_lost_while_idle_faults_after_the_grace_and_recovers():
+    # Issue 9 item 3: without a session too, a charger that cannot bill reports PowerMeterFailure.
+    b, m, e = rig()
+    run(b, m, e, 2000)
+    m.alive = False
+    run(b, m, e, 4000)
+    assert e.fault is None  # one lost poll or a short outage is not reported
+    run(b, m, e, 2000)
+    assert e.fault == "PowerMeterFailure" and e.fault_info == "energy meter not answering"
+    m.alive = True
+    run(b, m, e, 1100)
+    assert e.fault is None
+
+
+def test_meter_never_answering_since_boot_faults_after_the_grace():
+    b, m, e = rig()
+    m.alive = False
+    m.ok = False
+    m.last_ok_ms = None
+    run(b, m, e, 4000)
+    assert e.fault is None
+    run(b, m, e, 2000)
+    assert e.fault == "PowerMeterFailure"
+
+
+def test_implausible_readings_fault_with_their_reason_and_recover():
+    # Issue 9 item 12: the info says what is wrong (not "not answering"), and the fault ends with a trusted
+    # reading: a latch that only a reboot clears is gone.
+    b, m, e = charging()
+    m.implausible = True
+    run(b, m, e, 3000)
+    assert b.cmd and e.fault is None  # a glitch shorter than the grace does not stop the charge
+    run(b, m, e, 3000)
+    assert not b.cmd and e.fault == "PowerMeterFailure"
+    assert e.fault_info == "implausible meter reading: energy went backwards"
+    m.implausible = False
+    run(b, m, e, 1100)
+    assert e.fault is None and b.cmd
 
 
 def test_stops_open_at_once():
@@ -448,6 +498,16 @@ def test_fixed_cable_ignores_pp():
     b.ev = "C"
     run(b, m, e, 1000)
     assert b.cmd and e.plugged
+
+
+def test_watch_opens_when_the_loop_hangs():
+    b, m, e = charging()
+    run(b, m, e, E.LOOP_DEAD_MS - 100, update=False)  # the slow path stops: a hung loop
+    assert b.cmd, "a stall shorter than LOOP_DEAD_MS leaves the energy on"
+    run(b, m, e, 200, update=False)
+    assert not b.cmd and not e.contactor and e.hung_trips == 1
+    run(b, m, e, 2000)  # the loop is back: everything is checked again, and the session goes on
+    assert b.cmd and e.contactor
 
 
 def test_watch_does_not_allocate():

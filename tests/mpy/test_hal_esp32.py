@@ -1,7 +1,9 @@
 # hal/esp32.py against a recording fake `machine` module (tests/mpy/fake_machine.py).
 import sys
+import time
 import asyncio
 import fake_machine as fm
+import fake_mfrc522
 import tinytest
 
 sys.modules["machine"] = fm
@@ -184,6 +186,88 @@ def test_tags_queue():
     assert b.poll_tag() == "04A1"
     assert b.poll_tag() == "04B2"
     assert b.poll_tag() is None
+
+
+def wire_reader(b, cards=()):
+    # The simulated RC522 on the board's SPI bus, watching its CS and reset lines.
+    chip = fake_mfrc522.Chip(cards=cards)
+    fm.spis[PINS["spi_id"]].device = chip
+    fm.listeners[PINS["rfid_cs"]] = chip.cs
+    fm.listeners[PINS["rfid_rst"]] = chip.rst
+    return chip
+
+
+def tags_within(b, ms):
+    # poll_tag as the firmware's input task calls it (every 100 ms; faster here), for ms of real time.
+    got = []
+    end = time.ticks_add(time.ticks_ms(), ms)
+    while time.ticks_diff(end, time.ticks_ms()) > 0:
+        t = b.poll_tag()
+        if t is not None:
+            got.append(t)
+        del fm.calls[:]  # every CS edge is recorded: keep the unit-test heap for the test
+        time.sleep_ms(10)
+    return got
+
+
+def test_rfid_spi_bus_settings():
+    fresh()
+    spi = fm.spis[PINS["spi_id"]]
+    st = spi.settings
+    assert st["polarity"] == 0 and st["phase"] == 0 and st["baudrate"] <= 10000000  # MFRC522: mode 0, <= 10 MHz
+    assert (st["sck"], st["mosi"], st["miso"]) == (PINS["rfid_sck"], PINS["rfid_mosi"], PINS["rfid_miso"])
+    assert fm.pins[PINS["rfid_cs"]].level == 1 and fm.pins[PINS["rfid_rst"]].level == 1
+
+
+def test_poll_tag_reads_a_card_from_the_rc522():
+    b = fresh()
+    card = fake_mfrc522.Card(b"\x04\xa1\xb2\xc3\xd4\xe5\xf6")
+    chip = wire_reader(b, [card])
+    got = []
+    end = time.ticks_add(time.ticks_ms(), 5000)
+    while not got and time.ticks_diff(end, time.ticks_ms()) > 0:  # bring-up takes a few polls
+        t = b.poll_tag()
+        if t is not None:
+            got.append(t)
+        del fm.calls[:]
+        time.sleep_ms(10)
+    assert got == ["04A1B2C3D4E5F6"], (got, b.rfid.last_error)
+    assert chip.resets == 1 and (0x01, 0x0F) not in chip.writes()  # reset through NRSTPD, not SoftReset
+    assert tags_within(b, 700) == []  # held on the reader: one presentation, one tag
+    chip.remove(card)
+    assert tags_within(b, 700) == []
+    chip.insert(card)
+    assert tags_within(b, 700) == ["04A1B2C3D4E5F6"]
+
+
+def test_poll_tag_polls_the_reader_at_most_every_150_ms():
+    b = fresh()
+    wire_reader(b)
+    spi = fm.spis[PINS["spi_id"]]
+    b.poll_tag()
+    n = spi.transfers
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < 100:
+        assert b.poll_tag() is None
+    assert spi.transfers == n  # calls in between cost no SPI traffic
+
+
+def test_no_reader_fitted_or_answering():
+    b = fresh({"rfid_cs": None})
+    assert b.rfid is None and PINS["spi_id"] not in fm.spis
+    assert b.poll_tag() is None
+    b = fresh()  # configured, but nothing on the bus: MISO reads 0xFF
+    assert tags_within(b, 400) == []
+    for _ in range(12):  # what 12 more poll intervals do
+        b.rfid.poll()
+    assert not b.rfid.ready and "no MFRC522" in b.rfid.last_error, b.rfid.last_error
+
+
+def test_pushed_tags_come_first():
+    b = fresh()
+    wire_reader(b, [fake_mfrc522.Card(b"\xde\xad\xbe\xef")])
+    b.push_tag("04B2")
+    assert b.poll_tag() == "04B2"
 
 
 tinytest.run(globals())

@@ -218,10 +218,16 @@ class _Ws:
         self.sent.append(json.loads(bytes(data)))  # the session hands over its encode buffer
 
 
+# One Session for the whole file, made while the heap is whole, as the firmware makes one per boot: its 6 KB
+# frame buffer may find no block in a heap the earlier tests left fragmented.
+_SESSION = Session(Config(tinytest.tempdir("smart-session")), {})
+
+
 def _session(tx=(None, None, 230.0)):
     d = _fresh()
     cfg = Config(d)
-    session = Session(cfg, {})
+    session = _SESSION
+    session.handlers = {}
     sc = SmartCharging(cfg, d)
     register(session, sc, lambda: tx)
     return session, sc

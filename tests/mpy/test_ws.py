@@ -234,6 +234,56 @@ async def test_handshake_failures():
         assert b"Authorization" not in s.tx
 
 
+class EndlessStream(FakeStream):
+    # A server whose handshake answer never ends: `head`, then `fill` bytes for ever (issue 9 item 15).
+    def __init__(self, head, fill=b"a"):
+        super().__init__(head, chunk=4096)
+        self.fill = fill * 512
+        self.served = 0
+
+    async def readinto(self, buf):
+        if self.pos < len(self.rx):
+            return await super().readinto(buf)
+        n = min(len(buf), len(self.fill))
+        buf[:n] = self.fill[:n]
+        self.served += n
+        return n
+
+    async def readline(self):
+        # as asyncio's Stream.readline: joins reads until a newline
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = bytearray(1024)
+            n = await self.readinto(chunk)
+            line += chunk[:n]
+        return line
+
+
+async def test_endless_header_line_is_refused_within_the_bound():
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    for head, fill in ((b"HTTP/1.1 101 Switching Protocols\r\nX-Junk: ", b"a"),   # one endless line
+                       (b"HTTP/1.1 101 Switching Protocols\r\n", b"X: 1\r\n"),   # endless short lines
+                       (b"HTTP/1.1 200 OK", b"a")):                               # endless status line
+        s = EndlessStream(head, fill)
+        e = await expect_raise(ws.handshake(s, "h", "/", "ocpp1.6", None, key))
+        assert isinstance(e, ws.WSError), repr(e)
+        assert "longer than 8192 bytes" in str(e) or "too many HTTP headers" in str(e), str(e)
+        assert s.pos + s.served <= 8192 + 64, s.served  # it stopped reading at the bound
+
+
+async def test_long_headers_we_ignore_are_skipped_long_ones_we_check_refused():
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    cookie = b"Set-Cookie: AWSALB=" + b"x" * 2000 + b"; Path=/\r\n"
+    good = response(key)
+    s = FakeStream(good[:good.index(b"\r\n") + 2] + cookie + good[good.index(b"\r\n") + 2:]
+                   + ws.encode_frame(1, b"hi"))
+    await ws.handshake(s, "h", "/", "ocpp1.6", None, key)
+    assert await ws.WS(s).recv() == "hi"
+    s = FakeStream(response(key, protocol="ocpp1.6" + " " * 300))
+    e = await expect_raise(ws.handshake(s, "h", "/", "ocpp1.6", None, key))
+    assert "header sec-websocket-protocol longer than 256 bytes" in str(e), str(e)
+
+
 # ---- recv() behaviour ----
 
 async def test_recv_text_binary_and_reassembly():
@@ -348,6 +398,33 @@ async def test_close_frame_answered_and_raised():
     assert e.code == 1001
 
 
+async def test_invalid_close_codes_answered_1002_not_echoed():
+    # RFC 6455 §7.4: 1004 reserved, 1005/1006/1015 never on the wire, 1016-2999 unassigned, 5000+ undefined
+    for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535):
+        s = FakeStream(ws.encode_frame(8, bytes((code >> 8, code & 0xFF)) + b"bye") + ws.encode_frame(1, b"x"))
+        c = ws.WS(s)
+        e = await expect_raise(c.recv())
+        assert type(e) is ws.WSError and "invalid close code %d" % code in str(e), (code, repr(e))
+        assert client_frames(s.tx) == [(1, 8, b"\x03\xea")], (code, client_frames(s.tx))
+        assert s.closed
+        assert isinstance(await expect_raise(c.recv()), ws.WSClosed)
+    s = FakeStream(ws.encode_frame(8, b"\x03"))  # a 1-byte payload cannot hold a code
+    e = await expect_raise(ws.WS(s).recv())
+    assert "1-byte" in str(e) and client_frames(s.tx) == [(1, 8, b"\x03\xea")]
+    s = FakeStream(ws.encode_frame(8, b"\x03\xe8\xff\xfe"))  # a reason that is not UTF-8
+    e = await expect_raise(ws.WS(s).recv())
+    assert "not UTF-8" in str(e) and client_frames(s.tx) == [(1, 8, b"\x03\xef")]
+
+
+async def test_valid_close_codes_echoed():
+    for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4000, 4999):
+        payload = bytes((code >> 8, code & 0xFF))
+        s = FakeStream(ws.encode_frame(8, payload + b"ok"))
+        e = await expect_closed(ws.WS(s))
+        assert (e.code, e.reason) == (code, "ok")
+        assert client_frames(s.tx) == [(1, 8, payload)], code
+
+
 async def test_empty_close_answered_empty():
     s = FakeStream(ws.encode_frame(8, b""))
     e = await expect_closed(ws.WS(s))
@@ -454,6 +531,7 @@ async def test_long_send_is_masked_in_chunks_byte_exact():
         assert client_frames(s.tx) == [(1, 1, text.encode()), (1, 2, b"\x00\x01" * 700)]
     finally:
         real_key()
+
 
 
 tinytest.run(globals())

@@ -1,0 +1,358 @@
+# firmware/ocpp/connector.py: the session lifecycle and the OCPP status machine, with the real Evse, TxQueue,
+# Auth and Config on a fake board whose pilot and PP follow a simulated EV and cable, and a fake meter. The
+# connector's clock is the board clock, and the test plays the app's tasks in a fixed order (watch every 10 ms,
+# EVSE slow path every 50 ms, connector tick every 100 ms at a chosen phase), so the interleavings that the
+# asyncio loop produces now and then on the virtual board are replayed exactly, every time.
+import asyncio
+import json
+import tinytest
+from firmware import config, pilot
+from firmware import evse as E
+from firmware.ocpp import connector as C
+from firmware.ocpp.auth import Auth
+from firmware.ocpp.session import Offline
+from firmware.ocpp.txqueue import TxQueue, START, STOP, METER
+
+_LEVEL = {"A": 12000, "B": 9000, "C": 6000, "D": 3000}
+_PP = {13: 1500, 20: 680, 32: 220, 63: 100}
+
+
+class Board:
+    def __init__(self):
+        self.t = 1000
+        self.ev = "A"  # pilot as the EV sets it: A = no EV (or, fixed cable, the cable not in a car)
+        self.cable = None  # socket: the cable's rating while it is in the socket
+        self.lock_works = True
+        self.pwm = 1000
+        self.cmd = False
+        self.lock_cmd = False
+        self.lock_fb = False
+        self.closes = 0
+
+    def ticks_ms(self):
+        return self.t
+
+    def set_pwm(self, p):
+        self.pwm = p
+
+    def set_contactor(self, on):
+        if on and not self.cmd:
+            self.closes += 1
+        self.cmd = on
+
+    def set_lock(self, on):
+        self.lock_cmd = on
+        if self.lock_works:
+            self.lock_fb = on
+
+    def read_cp(self):
+        level = _LEVEL[self.ev]
+        return level, (level if self.pwm >= 1000 else -12000)
+
+    def read_pp_ohms(self):
+        return None if self.cable is None else _PP[self.cable]
+
+    def lock_feedback(self):
+        return self.lock_fb
+
+    def contactor_feedback(self):
+        return self.cmd
+
+    def rcd_tripped(self):
+        return False
+
+    def local_limit_da(self):
+        return None
+
+    def take_block_ms(self):
+        return 0
+
+    def start_watch(self, ms, fn):
+        pass
+
+
+class Meter:
+    model = "SDM630"
+
+    def __init__(self):
+        self.ok = True
+        self.last_ok_ms = 0
+        self.energy_wh = 1000
+        self.power_w = 0.0
+        self.current_a = [0.0, 0.0, 0.0]
+        self.voltage_v = [230.0, 230.0, 230.0]
+
+    async def poll(self):
+        return self.ok
+
+    def step(self, board):
+        amps = 0
+        if board.cmd and board.ev in "CD":
+            amps = min(16, pilot.amps_from_duty(board.pwm) // 10)
+        self.current_a = [float(amps)] * 3
+        self.power_w = 690.0 * amps
+        self.energy_wh += amps * 690 // 3600 + (1 if amps else 0)
+        self.last_ok_ms = board.t
+
+
+class Session:
+    registered = False
+    online = False
+
+    async def call(self, action, payload, timeout_ms=None):
+        raise Offline()
+
+
+class BoardTime:
+    """The connector's `time` module, running on board time."""
+
+    def __init__(self, board):
+        self.board = board
+
+    def ticks_ms(self):
+        return self.board.t
+
+    def ticks_add(self, t, delta):
+        return t + delta
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+
+class Rig:
+    def __init__(self, variant="socket", **keys):
+        d = tinytest.tempdir("conn")
+        with open(d + "/provision.json", "w") as f:
+            f.write(json.dumps({"Variant": variant}))
+        self.cfg = cfg = config.Config(d)
+        for k, v in keys.items():
+            assert cfg.set(k, v)[0] == "Accepted", k
+        self.board = b = Board()
+        self.meter = m = Meter()
+        self.evse = E.Evse(b, m, cfg)
+        self.txq = TxQueue(Session(), cfg, d)
+        C.time = BoardTime(b)
+        self.conn = conn = C.Connector(Session(), self.txq, self.evse, m, cfg, Auth(cfg, d), d)
+        self.statuses = []  # every status the connector took, in order (what the reporter would send)
+        update = conn._update_status
+
+        def record():
+            update()
+            if not self.statuses or self.statuses[-1] != conn.status:
+                self.statuses.append(conn.status)
+        conn._update_status = record
+        self.phase = 0  # board ms (mod 100) at which the connector ticks
+
+    async def run(self, ms):
+        b = self.board
+        for _ in range(ms // 10):
+            b.t += 10
+            self.evse.watch()
+            if b.t % 50 == 0:
+                self.evse.update()
+            if b.t % 1000 == 0:
+                self.meter.step(b)
+            if b.t % 100 == self.phase:
+                self.conn.tick()
+            await asyncio.sleep_ms(0)  # the connector's own tasks (the Stop after its meter reading) run
+
+    def plug(self):
+        if not self.evse.cable_variant:
+            self.board.cable = 32
+        self.board.ev = "B"
+
+    def unplug(self):
+        self.board.cable = None
+        self.board.ev = "A"
+
+    async def charging(self, tag="TAG1"):
+        self.conn.arm(tag)
+        self.plug()
+        await self.run(1000)
+        assert self.conn.tx is not None
+        self.board.ev = "C"
+        await self.run(1000)
+        assert self.board.cmd and self.conn.status == "Charging", (self.board.cmd, self.conn.status)
+
+    def queued(self, action=None):
+        out = []
+        for _, data in self.txq.journal.records():
+            rec = json.loads(data)
+            if action is None or rec[0] == action:
+                out.append(rec[2])
+        return out
+
+
+def _after(statuses, first):
+    return statuses[statuses.index(first):]
+
+
+# ---- issue 9 item 4: the status follows one view of (plug, pilot, transaction) ----
+async def test_unplug_while_charging_never_reports_preparing():
+    # The PP shows the cable gone at the next slow-path turn, the pilot shows A only after its 30 ms debounce:
+    # a connector tick in between used to stop the transaction and then see "no cable, EV still in C".
+    for phase in range(0, 100, 10):
+        for offset in range(0, 50, 10):
+            r = Rig()
+            r.phase = phase
+            await r.charging()
+            await r.run(offset)
+            r.unplug()
+            await r.run(1000)
+            seq = _after(r.statuses, "Charging")
+            assert "Preparing" not in seq, (phase, offset, seq)
+            assert seq[-1] == "Available", (phase, offset, seq)
+            (stop,) = r.queued(STOP)
+            assert stop["reason"] == "EVDisconnected"
+            assert not r.board.cmd and not r.board.lock_cmd
+
+
+async def test_unplug_race_replayed_step_by_step():
+    r = Rig()
+    await r.charging()
+    r.unplug()
+    r.board.t += 10
+    r.evse.watch()
+    r.board.t += 10
+    r.evse.watch()  # the watch opens the contactor
+    assert not r.board.cmd
+    r.evse.update()  # PP: no cable; pilot A seen for the first time (debounce starts)
+    r.conn.tick()
+    assert r.conn.tx is None and r.conn.status == "Available", r.statuses
+
+
+# ---- issue 9 item 1: EV-side disconnect with StopTransactionOnEVSideDisconnect = false ----
+async def test_fixed_cable_pulled_from_the_car_suspends_and_resumes():
+    r = Rig("cable", StopTransactionOnEVSideDisconnect="false")
+    await r.charging()
+    lid = r.conn.tx["l"]
+    r.board.ev = "A"  # the tethered cable leaves the car
+    await r.run(1000)
+    assert r.conn.tx is not None and r.conn.status == "SuspendedEV", r.statuses
+    assert not r.board.cmd and r.board.pwm == 1000 and r.queued(STOP) == []
+    r.board.ev = "B"  # back into the car: the same transaction, no new tag
+    await r.run(1000)
+    r.board.ev = "C"
+    await r.run(1000)
+    assert r.board.cmd and r.conn.status == "Charging" and r.conn.tx["l"] == lid
+    assert len(r.queued(START)) == 1 and r.queued(STOP) == []
+    r.conn.present_tag("TAG1")
+    await r.run(500)
+    assert r.queued(STOP)[0]["reason"] == "Local"
+
+
+async def test_fixed_cable_pulled_from_the_car_stops_when_the_key_is_true():
+    r = Rig("cable", StopTransactionOnEVSideDisconnect="true")
+    await r.charging()
+    r.board.ev = "A"
+    await r.run(1000)
+    assert r.conn.tx is None and r.queued(STOP)[0]["reason"] == "EVDisconnected"
+    assert r.statuses[-1] == "Available" and "Preparing" not in _after(r.statuses, "Charging")
+
+
+async def test_socket_ev_side_disconnect_suspends_and_resumes():
+    r = Rig(StopTransactionOnEVSideDisconnect="false")
+    await r.charging()
+    r.board.ev = "A"  # the cable leaves the car, stays in the socket
+    await r.run(1000)
+    assert r.conn.tx is not None and r.conn.status == "SuspendedEV" and not r.board.cmd
+    assert r.board.lock_cmd  # the session goes on: the cable stays locked
+    r.board.ev = "B"
+    await r.run(500)
+    r.board.ev = "C"
+    await r.run(1000)
+    assert r.board.cmd and r.queued(STOP) == []
+    r.unplug()  # the cable leaves the socket: that ends it whatever the key says
+    await r.run(500)
+    assert r.queued(STOP)[0]["reason"] == "EVDisconnected"
+
+
+# ---- issue 9 item 2: no transaction on a connector whose lock does not engage ----
+async def test_lock_failure_before_start_sends_no_start_transaction():
+    r = Rig(ConnectionTimeOut="10")
+    r.board.lock_works = False
+    r.conn.arm("TAG1")
+    r.plug()
+    await r.run(3000)
+    assert r.board.lock_cmd  # the lock was tried
+    assert r.conn.tx is None and r.queued(START) == []
+    assert r.conn.status == "Faulted" and r.conn.error_code() == "ConnectorLockFailure"
+    r.board.ev = "C"
+    await r.run(8000)  # ConnectionTimeOut: the authorised start is dropped
+    assert r.conn.pending_tag is None and r.queued() == []
+    assert r.board.closes == 0 and r.board.pwm == 1000 and not r.board.lock_cmd
+
+
+async def test_lock_that_engages_late_starts_the_transaction():
+    r = Rig()
+    r.board.lock_works = False
+    r.conn.arm("TAG1")
+    r.plug()
+    await r.run(3000)
+    assert r.conn.status == "Faulted" and r.queued(START) == []
+    r.board.lock_works = True
+    r.board.set_lock(r.board.lock_cmd)  # the lock reaches its commanded position after all
+    await r.run(500)
+    assert len(r.queued(START)) == 1 and r.conn.status == "SuspendedEV"
+    r.board.ev = "C"
+    await r.run(1000)
+    assert r.board.cmd and r.conn.status == "Charging"
+
+
+async def test_lock_lost_during_a_transaction_ends_it():
+    r = Rig()
+    await r.charging()
+    r.board.lock_works = False
+    r.board.lock_fb = False  # the lock lets go under load
+    await r.run(500)
+    assert not r.board.cmd and r.conn.tx is None
+    (stop,) = r.queued(STOP)
+    assert stop["reason"] == "Other"
+    assert "Faulted" in _after(r.statuses, "Charging")
+    assert r.conn.error_code() == "ConnectorLockFailure" and r.conn.status == "Faulted"
+    await r.run(3000)
+    assert r.board.closes == 1 and not r.board.lock_cmd  # unlocked so the cable can be taken out
+    r.unplug()
+    await r.run(500)
+    assert r.conn.status == "Available"
+
+
+# ---- issue 9 item 5: a new MeterValueSampleInterval applies at once ----
+async def test_new_sample_interval_applies_at_once():
+    r = Rig(MeterValueSampleInterval="30")
+    await r.charging()
+    await r.run(2000)
+    assert r.queued(METER) == []
+    assert r.cfg.set("MeterValueSampleInterval", "5")[0] == "Accepted"
+    await r.run(4900)
+    assert r.queued(METER) == []
+    await r.run(200)
+    assert len(r.queued(METER)) == 1
+    await r.run(5000)
+    assert len(r.queued(METER)) == 2
+    assert r.cfg.set("MeterValueSampleInterval", "60")[0] == "Accepted"
+    await r.run(30000)
+    assert len(r.queued(METER)) == 2  # a longer one applies at once too
+
+
+# ---- issue 9 item 19: IdToken is a CiString ----
+async def test_the_same_card_in_another_case_stops_its_session():
+    r = Rig()
+    await r.charging("ABC123")
+    r.conn.present_tag("abc123")
+    await r.run(500)
+    (stop,) = r.queued(STOP)
+    assert stop["reason"] == "Local" and stop["idTag"] == "abc123"
+
+
+async def test_the_same_card_in_another_case_cancels_a_pending_start():
+    r = Rig()
+    r.conn.arm("ABC123")
+    await r.run(200)
+    assert r.conn.status == "Preparing"
+    r.conn.present_tag("abc123")
+    await r.run(200)
+    assert r.conn.pending_tag is None and r.conn.status == "Available"
+
+
+tinytest.run(globals())
