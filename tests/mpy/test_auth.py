@@ -2,13 +2,19 @@
 # (SendLocalList / GetLocalListVersion, digest §2.5, §7 Q5) and the authorization cache (digest §2.10).
 import os
 import tinytest
-from firmware import clock, store
-from firmware import config_keys as K
 from firmware.config import Config
-from firmware.ocpp import auth as A
-from firmware.ocpp import localauth, rpc
-from firmware.ocpp.auth import Auth, ACCEPTED, FAILED, NOT_SUPPORTED, VERSION_MISMATCH
 from firmware.ocpp.session import Session
+
+# One Session for the handler tests, made first and reused (their handlers are registered again for each Auth):
+# the firmware makes its Session once at boot, and a Session takes a 6 KB frame buffer that the heap, once every
+# module is compiled from source here, may no longer have in one piece.
+_SESSION = Session(Config(tinytest.tempdir("auth-session")), {})
+
+from firmware import clock, store  # noqa: E402
+from firmware import config_keys as K  # noqa: E402
+from firmware.ocpp import auth as A  # noqa: E402
+from firmware.ocpp import localauth, rpc  # noqa: E402
+from firmware.ocpp.auth import Auth, ACCEPTED, FAILED, NOT_SUPPORTED, VERSION_MISMATCH  # noqa: E402
 
 
 _made = tinytest.made
@@ -393,7 +399,7 @@ def test_clear_cache_storage_error_keeps_cache():
 
 # ---- the handlers --------------------------------------------------------------------------------------
 def _session(a):
-    s = Session(a.cfg, {})
+    s = _SESSION
     localauth.register(s, a)
     s.handle("ClearCache", localauth.CLEAR_CACHE, localauth.clear_cache_handler(a))
     return s
