@@ -4,7 +4,7 @@ import gc
 import micropython
 import sys
 
-from firmware import config, leds, log, store
+from firmware import config, leds, log, store, wifi
 from firmware.evse import Evse
 from firmware.meter import Meter
 from firmware.ocpp import localauth
@@ -32,6 +32,7 @@ class App:
         self.board = board
         state = board.state_dir
         self.cfg = cfg = config.Config(state)
+        self.wifi = wifi.start(board, cfg)  # the network link, joined and kept (firmware/wifi.py): .state .ip .error
         model = cfg.get("MeterModel")
         baud, parity, stop = _METER_SERIAL[model]
         self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"),
@@ -284,4 +285,7 @@ async def _supervised(fn):
 
 
 def run(board):
+    from firmware import provision
+    provision.ensure(board)  # first boot without a configuration: the setup on the console (unloads itself)
+    del provision
     asyncio.run(App(board).main())

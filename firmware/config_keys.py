@@ -140,6 +140,11 @@ _T = (
     "MaxCurrent Id 32 6 80\n"              # installation limit, A (IEC 61851 PWM range)
     "Pins Sdb - 0 1024\n"                  # JSON object: board pin map
     "Ventilation Bd 0\n"                   # the site ventilates: IEC 61851 state D may charge
+    # WiFi (firmware/wifi.py): the network the board joins; empty = none (the simulation uses its host's).
+    # The password: empty (the default) = an open network; the setup (firmware/provision.py) also checks the WPA2
+    # form, 8-63 characters or 64 hex digits. Secret: never shown or logged, like Password.
+    "WifiSsid Sdb - 0 32\n"
+    "WifiPassword Sdsb - 0 64\n"
 )
 
 

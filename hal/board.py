@@ -11,6 +11,10 @@
 class Board:
     # Set by the constructor: where "flash" lives ("/" on the ESP32, the --state DIR on unix).
     state_dir = "/"
+    # True when the board reaches the network only through its WiFi radio (the ESP32): a board without a WiFi
+    # network configured then cannot work and the first-boot setup asks for one (firmware/provision.py).
+    # False on the virtual board, whose host is always on the network.
+    wifi_required = True
 
     def __init__(self):
         # Constructs and connects everything (pins, PWM, ADC, link to the simulator).
@@ -72,8 +76,30 @@ class Board:
         # -> "power" (power-on), "watchdog" (restarted after a crash/hang) or "soft" (our own reset()).
         raise NotImplementedError
 
-    def poll_console(self):
-        # -> next line typed on the service console (maintenance UART), or None. Never blocks.
+    def poll_console(self, mask=False):
+        # -> next line typed on the service console, without its line end ("" for an empty line), or None.
+        # Never blocks. The ESP32's console is the USB serial REPL: it echoes what is typed, or "*" for each
+        # character while mask is True (a password); the virtual board gets whole lines and ignores mask.
+        raise NotImplementedError
+
+    # ---- WiFi station (firmware/wifi.py supervises it; nothing here retries or waits) ----
+
+    def wifi_join(self, ssid, password):
+        # Start joining the network (returns at once; wifi_status() tells how it goes). A link that is up on the
+        # same ssid is kept; any other is dropped first. password "" = an open network.
+        raise NotImplementedError
+
+    def wifi_status(self):
+        # -> (state, reason): state "off" (not joining), "joining", "up" (joined, with an address) or "failed";
+        # reason None, or for "failed" a short text for a person: "wrong password", "no AP found", ...
+        raise NotImplementedError
+
+    def wifi_ip(self):
+        # -> the board's IPv4 address as text while the link is up, else None.
+        raise NotImplementedError
+
+    def wifi_leave(self):
+        # Drop the link and stop every attempt to join (the radio stays on).
         raise NotImplementedError
 
     def open_uart(self, baud, parity, stop):
@@ -103,6 +129,6 @@ class Board:
 METHODS = (
     "set_pwm", "set_contactor", "set_lock", "set_led", "read_cp", "read_pp_ohms", "lock_feedback",
     "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "poll_console", "reset_cause", "open_uart",
-    "start_watch", "wdt_feed", "reset", "ticks_ms",
+    "start_watch", "wdt_feed", "reset", "ticks_ms", "wifi_join", "wifi_status", "wifi_ip", "wifi_leave",
 )
 LEDS = ("green", "blue", "red")

@@ -15,10 +15,19 @@
 #                 rfid_cs None = no reader fitted (its code is then never imported); rfid_rst None = not wired
 #                 (soft reset instead). Wiring and power: docs/hardware.md.
 #
+# WiFi: the station interface of network.WLAN. The driver's own reconnects are switched off (reconnects=0) so that
+# firmware/wifi.py alone decides when to try again, with its back-off, and wlan.status() keeps the reason of the
+# last failure, mapped here to a short text (wifi_reason).
+#
+# Service console: the USB serial REPL. poll_console() reads what has arrived without blocking (select.poll on
+# sys.stdin), echoes it (the REPL's own echo is off while main.py runs) and hands out whole lines; Ctrl-C still
+# raises KeyboardInterrupt and so stops the firmware into the REPL, as mpremote expects.
+#
 # The safety watch (start_watch) runs from machine.Timer. On the ESP32 port its callback is a soft IRQ: it is
 # scheduled between bytecodes, so it waits while a long C call runs (a TLS handshake: about 1-2 s on this chip;
 # a flash erase). The firmware must not start such calls while the contactor is closed, or must accept that
 # latency; the hard guarantee is the relay driver dropping on reset or brown-out.
+import sys
 import time
 import asyncio
 import machine
@@ -46,6 +55,35 @@ _PP_OPEN_OHMS = const(10000)     # far above the 1500 ohm band: treat as no cabl
 _WDT_MS = const(8000)
 _RFID_POLL_MS = const(150)       # a card is seen within ~0.15 s; a poll costs about 1.5 ms of the loop
 _RFID_SPI_HZ = const(1000000)    # the chip takes 10 MHz; 1 MHz forgives long wires to a reader on the front
+
+_CONSOLE_MAX = const(256)         # longest console line kept; more is dropped (a URL fits, a paste does not)
+_WIFI_STALE_MS = const(8000)      # see wifi_status()
+_STAT_IDLE = const(1000)          # network.STAT_* (MicroPython's esp32 port)
+_STAT_CONNECTING = const(1001)
+_STAT_GOT_IP = const(1010)
+_WIFI_OFF = ("off", None)
+_WIFI_JOINING = ("joining", None)
+_WIFI_UP = ("up", None)
+# wlan.status() failure codes: ESP-IDF's wifi_err_reason_t, which network.STAT_NO_AP_FOUND (201),
+# STAT_WRONG_PASSWORD (202), STAT_BEACON_TIMEOUT (200), STAT_ASSOC_FAIL (203), STAT_HANDSHAKE_TIMEOUT (204) name.
+# With WPA2 a wrong passphrase mostly shows as a 4-way handshake that never completes (15, 204), not as 202.
+# One string, "|code|text" per reason, searched on a failure: a table of tuples would hold a dozen objects.
+_WIFI_REASONS = (
+    "|202|wrong password|15|wrong password (key handshake timed out)|204|wrong password (key handshake timed out)"
+    "|201|no AP found (SSID not in range)|210|no AP with a supported security mode"
+    "|211|no AP with a supported security mode|212|AP signal too weak|200|AP lost (beacon timeout)"
+    "|203|the AP refused the association|205|connection failed|2|the AP did not complete authentication"
+    "|8|left the network|"
+)
+
+
+def wifi_reason(code):
+    # wlan.status() failure code -> a short text for a person.
+    i = _WIFI_REASONS.find("|%d|" % code)
+    if i < 0:
+        return "disconnected (reason %d)" % code
+    i = _WIFI_REASONS.find("|", i + 1) + 1
+    return _WIFI_REASONS[i:_WIFI_REASONS.find("|", i)]
 
 _LEDS = ("green", "blue", "red")
 # hal.board parity spellings -> machine.UART's (None, 0 = even, 1 = odd)
@@ -102,6 +140,8 @@ def _reader(p):
 
 
 class Board:
+    wifi_required = True  # the Central System is reached only through the WiFi station
+
     def __init__(self, pins=None):
         p = dict(PINS)
         if pins:
@@ -124,6 +164,15 @@ class Board:
         self._rfid_due = time.ticks_ms()
         self._timers = []
         self._wdt = None
+        self._con_poll = None  # select.poll on sys.stdin, made on the first poll_console()
+        self._con_in = None
+        self._con_out = sys.stdout
+        self._con_buf = bytearray()
+        self._con_cr = False   # the last line ended with CR: a LF right after it is the same line end
+        self._sta = None       # network.WLAN(STA_IF), made on the first wifi_join()
+        self._wifi_err = None  # an OSError of the last join, reported as its failure
+        self._joining = False  # a join was asked for and not left since
+        self._join_ms = time.ticks_ms()
 
     # ---- outputs ----
 
@@ -204,9 +253,110 @@ class Board:
             r.restart()  # an SPI bus error: bring the chip up again from a reset
             return None
 
-    def poll_console(self):
-        # The service console shares the REPL UART; a line-reading driver is not wired yet.
+    def poll_console(self, mask=False):
+        if self._con_poll is None:
+            import select
+            self._con_in = getattr(sys.stdin, "buffer", sys.stdin)  # bytes: a UTF-8 character may come split
+            self._con_poll = select.poll()
+            self._con_poll.register(sys.stdin, select.POLLIN)
+        buf = self._con_buf
+        while self._con_ready():
+            c = self._con_in.read(1)
+            if not c:
+                break
+            b = c[0] if isinstance(c, (bytes, bytearray)) else ord(c)
+            if b == 10 and self._con_cr:  # the LF of a CR LF pair
+                self._con_cr = False
+                continue
+            self._con_cr = b == 13
+            if b == 10 or b == 13:
+                self._con_out.write("\r\n")
+                line = bytes(buf).decode("utf-8", "ignore") if buf else ""
+                buf[:] = b""
+                return line
+            if b == 8 or b == 127:  # backspace / delete: erase one byte (an ASCII character) on screen too
+                if buf:
+                    buf[-1:] = b""
+                    self._con_out.write("\b \b")
+            elif b >= 32 and len(buf) < _CONSOLE_MAX:
+                buf.append(b)
+                if b < 0x80 or b >= 0xC0:  # one echo per character, not per UTF-8 continuation byte
+                    self._con_out.write("*" if mask else (chr(b) if b < 0x80 else "?"))
         return None
+
+    def _con_ready(self):
+        # ipoll reuses its result tuple: asked ten times a second, poll()'s fresh list would be steady garbage
+        for _ in self._con_poll.ipoll(0):
+            return True
+        return False
+
+    # ---- WiFi station ----
+
+    def _wlan(self):
+        if self._sta is None:
+            import network
+            self._sta = network.WLAN(network.STA_IF)
+        return self._sta
+
+    def wifi_join(self, ssid, password):
+        self._wifi_err = None
+        self._joining = True
+        try:
+            w = self._wlan()
+            w.active(True)
+            try:
+                w.config(reconnects=0)  # firmware/wifi.py retries, with back-off; see the header
+            except (ValueError, TypeError):
+                pass  # an older firmware without the option: its driver retries too, which does no harm
+            if w.isconnected():
+                try:
+                    if w.config("ssid") == ssid:
+                        return  # joined already (a soft reset keeps the link, or the setup just joined)
+                except (ValueError, OSError):
+                    pass
+                w.disconnect()
+            w.connect(ssid, password)
+        except OSError as e:  # "Wifi Internal Error", "Wifi Invalid Argument", ...
+            self._wifi_err = "radio error: %s" % (e,)
+        self._join_ms = time.ticks_ms()
+
+    def wifi_status(self):
+        if self._wifi_err is not None:
+            return "failed", self._wifi_err
+        w = self._sta
+        if w is None or not w.active():
+            return _WIFI_OFF
+        st = w.status()
+        if st == _STAT_GOT_IP:
+            return _WIFI_UP
+        if not self._joining:
+            return _WIFI_OFF
+        if st == _STAT_CONNECTING:
+            return _WIFI_JOINING
+        # Since MicroPython 1.23 status() names a wrong password or a missing AP as soon as an attempt has met it,
+        # and keeps naming it, or STAT_IDLE after a disconnect(), after connect() until the new attempt ends:
+        # early in a join what it says is the previous attempt's.
+        if time.ticks_diff(time.ticks_ms(), self._join_ms) < _WIFI_STALE_MS:
+            return _WIFI_JOINING
+        if st == _STAT_IDLE:
+            return "failed", "the radio stopped joining"
+        return "failed", wifi_reason(st)
+
+    def wifi_ip(self):
+        w = self._sta
+        if w is None or not w.isconnected():
+            return None
+        return w.ifconfig()[0]
+
+    def wifi_leave(self):
+        self._wifi_err = None
+        self._joining = False
+        w = self._sta
+        if w is not None:
+            try:
+                w.disconnect()
+            except OSError:
+                pass  # not started or not joined: nothing to leave
 
     # ---- services ----
 

@@ -1,12 +1,18 @@
 # The virtual board: hal.board's interface on the MicroPython unix port, wired to tools/sim.py.
 #
-# Command line (read from sys.argv): --board HOST:PORT --state DIR --uart PATH
+# Command line (read from sys.argv): --board HOST:PORT --state DIR --uart PATH [--wifi-ap SSID:PASSWORD]
+#
+# WiFi: the host is always on the network, so the board needs no WiFi (wifi_required False) and a simulated
+# radio stands in for the ESP32's. A join takes _WIFI_JOIN_MS and then succeeds, with the address 127.0.0.1;
+# with --wifi-ap (tools/sim.py --wifi-ap) that is the only access point in range: another SSID fails with
+# "no AP found", another password with "wrong password", as the ESP32 reports them.
 #
 # Link to the sim: one TCP connection, JSON objects one per line ("\n"), both ways.
 #   sim -> MCU (inputs, pushed whenever one changes; the first line arrives right after connect and is complete):
 #     {"cp": [hi_mv, lo_mv], "pp": ohms|null, "lock_fb": bool, "contactor_fb": bool, "rcd": bool}
 #       optional in that line: "limit_da": int|null   the load-management input (a local current limit)
 #     {"tag": "04A1B2C3"}                     an RFID card was presented
+#     {"console": "line"}                     a line typed on the service console ("" = Enter alone)
 #     {"block_ms": N}                         test hook: take_block_ms() hands N to the firmware once
 #   MCU -> sim (outputs, sent only when they change):
 #     {"pwm": permille}  {"contactor": bool}  {"lock": bool}  {"led": "green"|"blue"|"red", "on": bool}
@@ -29,6 +35,10 @@ _MAX_TAGS = const(8)
 _RX_CHUNK = const(512)
 _EXIT_REBOOT = const(3)
 _WDT_LINE = b'{"wdt":8000}\n'  # the timeout hal/esp32.py gives machine.WDT
+_WIFI_JOIN_MS = const(300)  # scan, association and DHCP of a real join take a few seconds; kept short here
+_WIFI_OFF = ("off", None)
+_WIFI_JOINING = ("joining", None)
+_WIFI_UP = ("up", None)
 
 # name -> (off, on) lines, built once so the watch thread can drive LEDs without formatting
 _LEDS = {}
@@ -49,6 +59,8 @@ def _arg(argv, name):
 
 
 class Board:
+    wifi_required = False  # the host's network is always there
+
     def __init__(self, argv=None):
         argv = sys.argv if argv is None else argv
         addr = _arg(argv, "--board")
@@ -57,6 +69,11 @@ class Board:
         self.state_dir = _arg(argv, "--state") or "."
         self._uart_path = _arg(argv, "--uart")
         self._reset_cause = _arg(argv, "--reset-cause") or "power"
+        ap = _arg(argv, "--wifi-ap")  # SSID:PASSWORD; no colon = an open network
+        if ap is not None and ":" not in ap:
+            ap += ":"
+        self._wifi_ap = None if ap is None else ap.split(":", 1)  # [ssid, password]
+        self._wifi = None  # [ssid, password, ticks_ms of the join] while joining or joined
         # Every attribute the reader thread writes exists before it starts: without a GIL, adding a key to the
         # instance dict while the main thread reads it could resize the dict under the reader's feet.
         self._cp = (0, 0)
@@ -184,9 +201,38 @@ class Board:
         """Why the MCU (re)started: "power" (power-on), "watchdog" (a crash restart) or "soft" (reset())."""
         return self._reset_cause
 
-    def poll_console(self):
+    def poll_console(self, mask=False):
+        # Lines come whole from the sim (its "console" command): nothing to echo or mask here.
         with self._rx:
             return self._console.pop(0) if self._console else None
+
+    # ---- WiFi (simulated radio, see the header) ----
+
+    def wifi_join(self, ssid, password):
+        w = self._wifi
+        if w is not None and w[0] == ssid and self.wifi_status() is _WIFI_UP:
+            return
+        self._wifi = [ssid, password, time.ticks_ms()]
+
+    def wifi_status(self):
+        w = self._wifi
+        if w is None:
+            return _WIFI_OFF
+        if time.ticks_diff(time.ticks_ms(), w[2]) < _WIFI_JOIN_MS:
+            return _WIFI_JOINING
+        ap = self._wifi_ap
+        if ap is not None:
+            if w[0] != ap[0]:
+                return "failed", "no AP found"
+            if w[1] != ap[1]:
+                return "failed", "wrong password"
+        return _WIFI_UP
+
+    def wifi_ip(self):
+        return "127.0.0.1" if self.wifi_status() is _WIFI_UP else None
+
+    def wifi_leave(self):
+        self._wifi = None
 
     # ---- outputs (any thread) ----
 

@@ -3,11 +3,16 @@ MicroPython unix port as its MCU.
 
     .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
             [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
-            [--romfs | --files]
+            [--romfs | --files] [--wifi-ap SSID:PASSWORD]
+    .venv/bin/python tools/sim.py --no-provision --state DIR --control PORT [...]
 
-Writes DIR/provision.json, starts the virtual Modbus meter (tools/virtual_meter.py) on a pty, a board link server on
-an ephemeral 127.0.0.1 port and the MCU:
+Writes DIR/provision.json (not with --no-provision: a board fresh from the factory, which starts the first-boot
+setup on its console, firmware/provision.py, answered with the "console" command; --csms and --id are then optional
+and unused), starts the virtual Modbus meter (tools/virtual_meter.py) on a pty, a board link server on an ephemeral
+127.0.0.1 port and the MCU:
     .venv/bin/micropython -X heapsize=SIZE main.py --board 127.0.0.1:PORT --state DIR --uart PTY
+(plus --wifi-ap SSID:PASSWORD when given: the only WiFi access point the board's simulated radio finds, so a
+wrong SSID or password fails as on an ESP32; without it any network joins)
 (env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). By default (--romfs) the firmware runs from a ROMFS
 image of the build (tools/romboot.py), as it is deployed on an ESP32 (README.md): the bytecode stays out of the
 heap, and the heap is SIZE plus the image, which a board keeps in flash. --files imports the .mpy files instead,
@@ -28,7 +33,8 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
     {"cmd":"ev"[,"state":"A"|"B"|"C"|"D"][,"max_a":16][,"phases":1|3][,"ignore_pwm":false|true]}
                          ignore_pwm: a misbehaving EV that draws max_a whatever the duty says (overcurrent tests)
     {"cmd":"tag","id":"ABC123"}                             -> delivered: false when no MCU is listening
-    {"cmd":"console","line":"datatransfer VENDOR [MSGID [DATA]]"} a line typed on the service console
+    {"cmd":"console","line":"datatransfer VENDOR [MSGID [DATA]]"} a line typed on the service console; also
+                         the answers to the first-boot setup's questions ("" = Enter alone: takes a default)
     {"cmd":"fault","kind":"lock"|"meter"|"rcd"|"weld"|"diode"|"cp_short","on":true}
     {"cmd":"power","on":false|true}                         off = SIGKILL the MCU (power cut), on = boot it again
     {"cmd":"limit","a":N|null}  the board's load-management input (a local current limit in A, 0.1 A steps;
@@ -47,7 +53,7 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
 
 Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
     sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b,"limit_da":n|null} on
-                connect and on every change; {"tag":"UID"}; {"block_ms":N}
+                connect and on every change; {"tag":"UID"}; {"console":"line"}; {"block_ms":N}
     MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true} {"blocking":N}
                 {"wdt":timeout_ms} (a watchdog feed; the first one arms it)
 
@@ -348,7 +354,10 @@ class Sim:
     # ---- lifecycle ----
 
     async def start(self):
-        write_provision(self.args)
+        if self.args.provision:
+            write_provision(self.args)
+        else:
+            Path(self.args.state).mkdir(parents=True, exist_ok=True)
         self.meter = make_meter(self.args.meter)
         self.uart_path = await self.meter.start()
         board = await asyncio.start_server(self.on_board, "127.0.0.1", 0)
@@ -399,9 +408,10 @@ class Sim:
                 script.append(os.environ["SIM_MCU_SCRIPT"])  # run after the mount, in place of /rom/main.py
         else:
             script = [script]
+        wifi = ["--wifi-ap", self.args.wifi_ap] if self.args.wifi_ap is not None else []
         return [micropython_binary(), "-X", "heapsize=" + heap, *script,
                 "--board", "127.0.0.1:%d" % self.board_port, "--state", str(self.args.state),
-                "--uart", self.uart_path, "--reset-cause", self.reset_cause]
+                "--uart", self.uart_path, "--reset-cause", self.reset_cause, *wifi]
 
     async def spawn_mcu(self):
         # Own session: a Ctrl-C meant for the sim must not reach the MCU (the sim decides when it dies).
@@ -696,8 +706,8 @@ class Sim:
 
     async def cmd_console(self, req):
         line = req.get("line")
-        if not isinstance(line, str) or not line:
-            raise CommandError("console needs a non-empty string line")
+        if not isinstance(line, str):
+            raise CommandError("console needs a string line (\"\" for Enter alone)")
         delivered = self.to_mcu({"console": line})
         self.event("console", line=line, delivered=delivered)
         return {"delivered": delivered}
@@ -783,8 +793,9 @@ COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_un
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Virtual charge-point board running the firmware (DESIGN.md §6).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--csms", required=True, help="Central System URL (ws:// or wss://) for provision.json")
-    p.add_argument("--id", required=True, help="ChargeBoxId")
+    p.add_argument("--csms", help="Central System URL (ws:// or wss://) for provision.json (required unless "
+                   "--no-provision)")
+    p.add_argument("--id", help="ChargeBoxId (required unless --no-provision)")
     p.add_argument("--state", required=True, help="directory holding the MCU's flash")
     p.add_argument("--control", required=True, type=int, help="control socket port on 127.0.0.1 (0 = any)")
     p.add_argument("--password", help="HTTP Basic password (security profile 1/2)")
@@ -797,7 +808,13 @@ def parse_args(argv=None):
                       help="run the firmware from a ROMFS image of the build, as on an ESP32 (the default)")
     code.add_argument("--files", dest="romfs", action="store_false",
                       help="import the firmware from its .mpy files: all of its code then lives in the heap")
+    p.add_argument("--no-provision", dest="provision", action="store_false",
+                   help="write no provision.json: the firmware starts its first-boot setup on the console")
+    p.add_argument("--wifi-ap", metavar="SSID:PASSWORD",
+                   help="the one WiFi access point in range of the board's simulated radio (default: any joins)")
     args = p.parse_args(argv)
+    if args.provision and (args.csms is None or args.id is None):
+        p.error("--csms and --id are required (unless --no-provision)")
     if args.romfs is None:
         args.romfs = not os.environ.get("SIM_MCU_SCRIPT")  # a test script of the sim runs as it is
     return args

@@ -1,0 +1,242 @@
+# First boot without a configuration: a short setup on the service console (docs/decisions.md, "First boot and
+# WiFi").
+#
+# ensure(board) runs before the application is built (firmware/app.py run()). When the board has no Central System
+# URL or charge box id, or, on a board that reaches the network only through WiFi, no WiFi network, it asks for
+# them on the console, checks every answer with the configuration's own rules (firmware/config.py _parse over the
+# key table of firmware/config_keys.py, plus the few rules of a setup below), stores them and returns: the charger
+# then starts as usual. It unloads itself afterwards, so its code costs no heap while the charger runs.
+#
+# wizard() is an async function over a line reader (await reader.readline(secret) -> str) and a line writer
+# (writer.write(text)), so tests drive it with fakes. Every output line starts with "? " (a question), "! " (an
+# answer refused, and why) or "  " (information): a person reads them, a test waits for them. Secrets (the WiFi
+# and Central System passwords) are never written back, nor logged: the summary says "set" or "none".
+import sys
+import asyncio
+from micropython import const
+from firmware import config, log
+from firmware import config_keys as K
+
+_TAG = "setup"
+_POLL_MS = const(50)
+_HEX = "0123456789abcdefABCDEF"
+# Stored in this order: the two that make a board count as configured go last, so a power cut in the middle of
+# storing leaves a board that asks again rather than one that starts half set up.
+_ORDER = ("WifiSsid", "WifiPassword", "Password", "MeterModel", "Variant", "MaxCurrent", "CentralSystemUrl",
+          "ChargeBoxId")
+
+
+def needed(cfg, wifi_required):
+    """True when the board cannot start without a setup."""
+    return not cfg.get("CentralSystemUrl") or not cfg.get("ChargeBoxId") or (
+        wifi_required and not cfg.get("WifiSsid"))
+
+
+# ---- rules a setup adds to the key table's ---------------------------------------------------------------
+
+def _ssid_rule(ssid):
+    n = len(ssid.encode())
+    return "an SSID has at most 32 bytes, this one %d" % n if n > 32 else None
+
+
+def _wpa_rule(pw):
+    n = len(pw.encode())
+    if not pw or 8 <= n <= 63:
+        return None
+    if n == 64:
+        for c in pw:
+            if c not in _HEX:
+                return "64 characters must be hex digits (a raw WPA2 key); a passphrase has 8-63"
+        return None
+    return "a WPA2 password has 8-63 characters, this one %d (Enter alone: an open network)" % n
+
+
+def _url_rule(url):
+    rest = url[url.find("://") + 3:]
+    host = rest.split("/")[0].split("@")[-1]
+    if not host or host[0] == ":":
+        return "no host name after %s" % url[:url.find("://") + 3]
+    for c in url:
+        if c <= " ":
+            return "must not contain spaces"
+    return None
+
+
+def _required(v):
+    return None if v else "an answer is needed here"
+
+
+# ---- the dialogue ----------------------------------------------------------------------------------------
+
+async def _ask(reader, writer, name, question, default=None, rule=None, secret=False):
+    """Asks until an answer passes the key's rules (and rule): the typed value. Enter alone takes default (shown in
+    brackets) when there is one, else it is the empty answer."""
+    e = K.entry(K.find(name))
+    choices = e[5] if e[1] & K.TYPE == K.STR else None
+    while True:
+        shown = "" if default is None or default == "" else " [%s]" % default
+        writer.write("? %s%s:" % (question, shown))
+        text = await reader.readline(secret)
+        if not secret:
+            text = text.strip()
+        if text == "" and default is not None:
+            text = default if isinstance(default, str) else str(default)
+        if choices:  # "sdm630" means SDM630: the choice is a name, not a spelling test
+            for c in choices:
+                if c.lower() == text.lower():
+                    text = c
+        value, reason = config._parse(e, text)
+        if reason is None and rule is not None:
+            reason = rule(value)
+        if reason is None:
+            return value
+        writer.write("! %s" % reason)
+
+
+async def _yes(reader, writer, question, default):
+    while True:
+        writer.write("? %s (%s):" % (question, "Y/n" if default else "y/N"))
+        text = (await reader.readline(False)).strip().lower()
+        if not text:
+            return default
+        if text in ("y", "yes"):
+            return True
+        if text in ("n", "no"):
+            return False
+        writer.write("! answer y or n")
+
+
+async def _wifi(reader, writer, ssid, join, wifi_required):
+    """-> (ssid, password). With join, the network is tried before the setup goes on."""
+    while True:
+        if wifi_required:
+            ssid = await _ask(reader, writer, "WifiSsid", "WiFi network name (SSID)", ssid or None,
+                              lambda v: _required(v) or _ssid_rule(v))
+        else:
+            ssid = await _ask(reader, writer, "WifiSsid",
+                              "WiFi network name (SSID; Enter alone: none, this board is on a network already)",
+                              ssid or None, _ssid_rule)
+        if not ssid:
+            return "", ""
+        password = await _ask(reader, writer, "WifiPassword", "WiFi password (Enter alone: an open network)",
+                              None, _wpa_rule, True)
+        if join is None:
+            return ssid, password
+        writer.write("  joining %s ..." % ssid)
+        ok, detail = await join(ssid, password)
+        if ok:
+            writer.write("  WiFi up: %s, address %s" % (ssid, detail))
+            return ssid, password
+        writer.write("! could not join %s: %s" % (ssid, detail))
+        if await _yes(reader, writer, "Keep these WiFi settings anyway (the charger keeps trying to join)?", False):
+            return ssid, password
+
+
+async def wizard(reader, writer, cfg, join=None, wifi_required=True):
+    """The setup dialogue: -> {key: typed value} of every answer, once the person confirms them. Nothing is
+    stored here (store() does). join: async (ssid, password) -> (True, address) | (False, reason), or None."""
+    writer.write("  This charger has no configuration yet. Answer each question and press Enter;")
+    writer.write("  Enter alone takes the value in [brackets].")
+    for line in cfg.provision_report:
+        writer.write("  provision.json: %s" % line)
+    a = {}
+    for name in ("WifiSsid", "CentralSystemUrl", "ChargeBoxId", "MeterModel", "Variant", "MaxCurrent"):
+        a[name] = cfg.get(name)
+    while True:
+        a["WifiSsid"], a["WifiPassword"] = await _wifi(reader, writer, a["WifiSsid"], join, wifi_required)
+        a["CentralSystemUrl"] = await _ask(reader, writer, "CentralSystemUrl",
+                                           "Central System URL (ws://host:port/path or wss://...)",
+                                           a["CentralSystemUrl"] or None, lambda v: _required(v) or _url_rule(v))
+        if a["CentralSystemUrl"].startswith("wss://") and not cfg.get("CentralSystemCa"):
+            writer.write("  note: wss:// needs the CA certificate of the Central System (CentralSystemCa, from "
+                         "provision.json or make deploy); the charger cannot connect until it has one")
+        a["ChargeBoxId"] = await _ask(reader, writer, "ChargeBoxId", "Charge box id (the Central System's name for "
+                                      "this charger)", a["ChargeBoxId"] or None, _required)
+        a["Password"] = await _ask(reader, writer, "Password", "Central System password (Enter alone: none)",
+                                   None, None, True)
+        models = "|".join(K.METER_MODELS)
+        a["MeterModel"] = await _ask(reader, writer, "MeterModel", "Energy meter model (%s)" % models,
+                                     a["MeterModel"])
+        a["Variant"] = await _ask(reader, writer, "Variant", "Connector: a socket or a fixed cable (socket|cable)",
+                                  a["Variant"])
+        e = K.entry(K.find("MaxCurrent"))
+        a["MaxCurrent"] = await _ask(reader, writer, "MaxCurrent", "Maximum current of the installation in A "
+                                     "(%d-%d)" % (e[3], e[4]), a["MaxCurrent"])
+        _summary(writer, a)
+        if await _yes(reader, writer, "Save this and start the charger?", True):
+            return a
+        writer.write("  Once more, then (Enter alone keeps an answer; passwords are asked again).")
+
+
+def _summary(writer, a):
+    if a["WifiSsid"]:
+        writer.write("  WiFi: %s (%s)" % (a["WifiSsid"], "password set" if a["WifiPassword"] else "open network"))
+    else:
+        writer.write("  WiFi: none")
+    writer.write("  Central System: %s as %s (%s)" % (a["CentralSystemUrl"], a["ChargeBoxId"],
+                                                      "password set" if a["Password"] else "no password"))
+    writer.write("  Meter %s, %s, %d A" % (a["MeterModel"], a["Variant"], a["MaxCurrent"]))
+
+
+def store(cfg, answers):
+    """Stores the answers through the configuration (its rules apply once more); raises OSError when the flash
+    will not take them."""
+    for name in _ORDER:
+        if name in answers:
+            status, reason = cfg.set_device(name, answers[name])
+            if status == config.REJECTED:
+                raise OSError("the setup could not be stored: %s" % reason)
+
+
+# ---- on a board ------------------------------------------------------------------------------------------
+
+class Console:
+    """The board's service console (board.poll_console) as the wizard's line reader and writer."""
+
+    def __init__(self, board):
+        self._board = board
+
+    async def readline(self, secret=False):
+        while True:
+            line = self._board.poll_console(secret)
+            if line is not None:
+                return line
+            await asyncio.sleep_ms(_POLL_MS)
+
+    def write(self, text):
+        print(text)
+
+
+async def _join(board, ssid, password):
+    from firmware.wifi import Link
+
+    link = Link(board, ssid, password)
+    if await link.join():
+        return True, link.ip
+    return False, link.error
+
+
+def ensure(board):
+    """Runs the setup when the board needs one (needed()); True if it ran. Nothing else runs meanwhile: the
+    contactor stays open and the pilot at +12 V, as the board left them. Unloads this module when done."""
+    try:
+        cfg = config.Config(board.state_dir)
+        wifi_required = board.wifi_required
+        if not needed(cfg, wifi_required):
+            return False
+        log.info(_TAG, "no configuration: setup on the console")
+        con = Console(board)
+        answers = asyncio.run(wizard(con, con, cfg, lambda s, p: _join(board, s, p), wifi_required))
+        store(cfg, answers)
+        log.info(_TAG, "stored: charge box %s, Central System %s" % (answers["ChargeBoxId"],
+                                                                     answers["CentralSystemUrl"]))
+        return True
+    finally:
+        _unload()
+
+
+def _unload():
+    sys.modules.pop(__name__, None)
+    pkg = sys.modules.get("firmware")
+    if pkg is not None and "provision" in pkg.__dict__:
+        delattr(pkg, "provision")
