@@ -3,7 +3,7 @@ MicroPython unix port as its MCU.
 
     .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
             [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
-            [--romfs | --files]
+            [--romfs | --files | --flash-code]
 
 Writes DIR/provision.json, starts the virtual Modbus meter (tools/virtual_meter.py) on a pty, a board link server on
 an ephemeral 127.0.0.1 port and the MCU:
@@ -11,7 +11,11 @@ an ephemeral 127.0.0.1 port and the MCU:
 (env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). By default (--romfs) the firmware runs from a ROMFS
 image of the build (tools/romboot.py), as it is deployed on an ESP32 (README.md): the bytecode stays out of the
 heap, and the heap is SIZE plus the image, which a board keeps in flash. --files imports the .mpy files instead,
-with all of the code in the heap. MCU output is echoed as "[mcu] ...". Exit code 3 is a
+with all of the code in the heap. --flash-code boots from DIR itself as a board boots from its flash: DIR/boot.py
+(slotboot picks DIR/slots/a or b), then DIR/main.py, with the .mpy files `make deploy` (tools/deploy.py) installed
+there, through tools/flashboot.py; nothing is built, and DIR/provision.json is left as deployed unless --csms is
+given (--csms and --id are optional then; --meter and --variant default to the flash's MeterModel and Variant).
+MCU output is echoed as "[mcu] ...". Exit code 3 is a
 reboot request (restart at once); any other exit restarts it after 1 s, as a watchdog would. Prints
 "SIM READY control=127.0.0.1:PORT" once the control socket accepts; SIGTERM/SIGINT stop everything, exit 0.
 
@@ -348,7 +352,8 @@ class Sim:
     # ---- lifecycle ----
 
     async def start(self):
-        write_provision(self.args)
+        if self.args.csms is not None:  # --flash-code without --csms: the flash keeps its deployed settings
+            write_provision(self.args)
         self.meter = make_meter(self.args.meter)
         self.uart_path = await self.meter.start()
         board = await asyncio.start_server(self.on_board, "127.0.0.1", 0)
@@ -392,7 +397,9 @@ class Sim:
         # The firmware runs precompiled, as flashed on a board: compiling it on a 110 KB heap would not fit.
         script = os.environ.get("SIM_MCU_SCRIPT") or os.path.join(BUILD_DIR, "main.py")
         heap = self.args.heap
-        if self.romfs_image:
+        if self.args.flash_code:
+            script = [str(ROOT / "tools" / "flashboot.py"), str(self.args.state)]
+        elif self.romfs_image:
             heap = str(heap_bytes(heap) + os.path.getsize(self.romfs_image))
             script = [str(ROOT / "tools" / "romboot.py"), self.romfs_image]
             if os.environ.get("SIM_MCU_SCRIPT"):
@@ -406,9 +413,12 @@ class Sim:
     async def spawn_mcu(self):
         # Own session: a Ctrl-C meant for the sim must not reach the MCU (the sim decides when it dies).
         path = ROOT if os.environ.get("SIM_MCU_SCRIPT") else BUILD_DIR
+        cwd = ROOT
+        if self.args.flash_code:
+            path, cwd = "", self.args.state  # tools/flashboot.py sets a board's sys.path in the flash directory
         env = dict(os.environ, MICROPYPATH=".frozen:%s" % path, PYTHONUNBUFFERED="1")
         return await asyncio.create_subprocess_exec(
-            *self.mcu_command(), cwd=str(ROOT), env=env, stdin=asyncio.subprocess.DEVNULL,
+            *self.mcu_command(), cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, limit=1 << 20,
             preexec_fn=die_with_parent, start_new_session=True)
 
@@ -783,24 +793,49 @@ COMMANDS = {"status": Sim.cmd_status, "plug": Sim.cmd_plug, "unplug": Sim.cmd_un
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Virtual charge-point board running the firmware (DESIGN.md §6).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--csms", required=True, help="Central System URL (ws:// or wss://) for provision.json")
-    p.add_argument("--id", required=True, help="ChargeBoxId")
+    p.add_argument("--csms", help="Central System URL (ws:// or wss://) for provision.json (required unless "
+                   "--flash-code)")
+    p.add_argument("--id", help="ChargeBoxId (required with --csms)")
     p.add_argument("--state", required=True, help="directory holding the MCU's flash")
     p.add_argument("--control", required=True, type=int, help="control socket port on 127.0.0.1 (0 = any)")
     p.add_argument("--password", help="HTTP Basic password (security profile 1/2)")
     p.add_argument("--cafile", help="PEM file with the CA that signed the CSMS certificate")
     p.add_argument("--heap", default="110wK", help="MicroPython heap size (default 110wK)")
-    p.add_argument("--meter", default="SDM630", choices=METERS)
-    p.add_argument("--variant", default="socket", choices=("socket", "cable"))
+    p.add_argument("--meter", choices=METERS, help="meter model (default SDM630; --flash-code: the flash's)")
+    p.add_argument("--variant", choices=("socket", "cable"), help="default socket; --flash-code: the flash's")
     code = p.add_mutually_exclusive_group()
     code.add_argument("--romfs", dest="romfs", action="store_true", default=None,
                       help="run the firmware from a ROMFS image of the build, as on an ESP32 (the default)")
     code.add_argument("--files", dest="romfs", action="store_false",
                       help="import the firmware from its .mpy files: all of its code then lives in the heap")
+    code.add_argument("--flash-code", action="store_true",
+                      help="boot DIR/boot.py and DIR/main.py with the code make deploy installed in DIR")
     args = p.parse_args(argv)
-    if args.romfs is None:
+    if args.flash_code:
+        args.romfs = False
+        args.state = os.path.abspath(args.state)  # the MCU runs in it
+    elif args.romfs is None:
         args.romfs = not os.environ.get("SIM_MCU_SCRIPT")  # a test script of the sim runs as it is
+    if args.csms is None and not args.flash_code:
+        p.error("--csms is required (unless --flash-code: the flash's provision.json then holds it)")
+    if args.csms is not None and args.id is None:
+        p.error("--id is required with --csms")
+    deployed = flash_settings(args.state) if args.flash_code else {}
+    if args.meter is None:
+        args.meter = deployed.get("MeterModel") if deployed.get("MeterModel") in METERS else "SDM630"
+    if args.variant is None:
+        args.variant = deployed.get("Variant") if deployed.get("Variant") in ("socket", "cable") else "socket"
     return args
+
+
+def flash_settings(state):
+    """The device settings make deploy wrote to a flash directory (provision.json), {} when there are none."""
+    try:
+        with open(os.path.join(state, "provision.json")) as f:
+            prov = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return prov if isinstance(prov, dict) else {}
 
 
 async def amain(args):
@@ -822,7 +857,7 @@ def main(argv=None):
         sys.exit("sim: --cafile %s does not exist" % args.cafile)
     sys.path.insert(0, str(ROOT / "tools"))
     import build
-    if not os.environ.get("SIM_MCU_SCRIPT"):
+    if not os.environ.get("SIM_MCU_SCRIPT") and not args.flash_code:
         build.build(BUILD_DIR)
     if args.romfs:
         build.romfs(str(BUILD_DIR))
