@@ -18,8 +18,10 @@ What a deploy does, in this order; anything refused stops it before the board's 
     .mpy ABI, sys.platform, the machine name, the heap, PSRAM, a frozen firmware) and refuses with a sentence
     when the firmware's .mpy files cannot load there or the board's heap is smaller than heap_need()
     (--ignore-heap installs anyway).
- 3. Compiles the firmware for the board's architecture (tools/build.py --march), packs it as a signed update
-    package with the vendor key (tools/otapack.py) and checks the package against the board's ABI.
+ 3. If the board's main.py knows deploy.hold (one installed by make deploy), restarts the board with its firmware
+    held for that one boot: a firmware stopped with Ctrl-C leaves its watchdog armed, and an ESP32's cannot be
+    stopped. Then compiles the firmware for the board's architecture (tools/build.py --march), packs it as a
+    signed update package with the vendor key (tools/otapack.py) and checks the package against the board's ABI.
  4. Lists the board's files with their SHA-256 (a script run on the board) and copies only what differs into the
     slot layout of docs/ota.md: the running slot (slots/a on a first deploy), whose slot.json is removed first and
     written last; files the new firmware no longer has are removed; then the slot state (that slot active, no
@@ -145,6 +147,11 @@ if _w is not None:
     _d["wifi"] = True
     if not _was:
         _w.active(False)
+try:
+    with open("main.py") as _f:
+        _d["hold"] = "deploy.hold" in _f.read()
+except OSError:
+    _d["hold"] = None  # no main.py: nothing runs at boot
 _p = sys.path[:]
 try:
     sys.path[:] = [".frozen"]
@@ -703,37 +710,42 @@ def follow(lines, timeout, say=print):
     return False, "no BootNotification Accepted within %d s, and nothing in the log says why" % timeout
 
 
-def serial_lines(port, baud=115200, ser=None, idle=0.2):
-    """Lines from a serial port (None when idle); reopens it if it goes away (native USB re-enumerates after a
-    reset)."""
-    import serial
-    buf = b""
-    if ser is not None:
-        ser.timeout = idle
-    while True:
-        if ser is None:
+class SerialLines:
+    """Lines from a serial port (None when idle for a moment); reopens the port if it goes away (native USB
+    re-enumerates after a reset). .ser is the port as open now."""
+
+    def __init__(self, port, baud=115200, ser=None, idle=0.2):
+        self.port, self.baud, self.ser, self.idle = port, baud, ser, idle
+        if ser is not None:
+            ser.timeout = idle
+
+    def __iter__(self):
+        import serial
+        buf = b""
+        while True:
+            if self.ser is None:
+                try:
+                    self.ser = serial.Serial(self.port, self.baud, timeout=self.idle)
+                except (OSError, serial.SerialException):
+                    time.sleep(0.2)
+                    yield None
+                    continue
             try:
-                ser = serial.Serial(port, baud, timeout=idle)
+                data = self.ser.read(256)
             except (OSError, serial.SerialException):
-                time.sleep(0.2)
+                try:
+                    self.ser.close()
+                except (OSError, serial.SerialException):
+                    pass
+                self.ser = None
+                continue
+            if not data:
                 yield None
                 continue
-        try:
-            data = ser.read(256)
-        except (OSError, serial.SerialException):
-            try:
-                ser.close()
-            except (OSError, serial.SerialException):
-                pass
-            ser = None
-            continue
-        if not data:
-            yield None
-            continue
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line.rstrip(b"\r").decode(errors="replace")
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.rstrip(b"\r").decode(errors="replace")
 
 
 # ---- command line ------------------------------------------------------------------------------------------
@@ -776,6 +788,11 @@ def do_deploy(args, say=print):
             if not args.ignore_heap:
                 raise
             say("warning: %s (--ignore-heap: installing anyway)" % e)
+        if info.get("hold"):
+            hold_firmware(board, args, say)
+        elif info.get("hold") is False:
+            say("note: the board's main.py predates deploy.hold: if a running firmware armed its watchdog, the board "
+                "may reset during the install; run make deploy again then")
         march = arch_of(info)
         out, m, raw, sig, blobs = build_package(args.src, march, key, args.version)
         try:
@@ -803,9 +820,31 @@ def do_deploy(args, say=print):
 def reset_and_follow(board, args, say=print):
     say("reset: following the board's log for up to %d s" % args.timeout)
     board.reset()
-    ok, text = follow(serial_lines(args.port, args.baud, board.t.serial), args.timeout, say)
+    ok, text = follow(SerialLines(args.port, args.baud, board.t.serial), args.timeout, say)
     say(text)
     return 0 if ok else 3
+
+
+HOLD_TIMEOUT = 30  # s for a board to reset and come up with its firmware held
+
+
+def hold_firmware(board, args, say=print):
+    """Restarts the board with its firmware held for one boot (main.py's deploy.hold), then takes its REPL again.
+    A firmware stopped with Ctrl-C leaves its watchdog armed (an ESP32's cannot be stopped), which would reset the
+    board in the middle of the copy; after this reset nothing has armed it."""
+    say("reset: the firmware stays off for one boot (deploy.hold), so that its watchdog cannot cut the install")
+    board.write("deploy.hold", b"")
+    board.reset()
+    lines = SerialLines(args.port, args.baud, board.t.serial)
+    deadline = time.monotonic() + HOLD_TIMEOUT
+    for line in lines:
+        if line is not None and "deploy.hold" in line:
+            break
+        if time.monotonic() > deadline:
+            raise Refused("the board did not come back from its reset within %d s (no 'deploy.hold' line from "
+                          "main.py on %s)" % (HOLD_TIMEOUT, args.port))
+    board.t.serial = lines.ser  # the same port, or the one reopened after a USB re-enumeration
+    board.enter()
 
 
 def main(argv=None, say=print):

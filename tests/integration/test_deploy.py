@@ -140,6 +140,9 @@ def test_deploy_again_copies_only_the_changed_file(tmp_path, csms_factory, fake_
 
     rc, out = deploy(port, config, vendor_key[0], "--src", str(src), "--no-reset")
     assert rc == 0 and "slot a: up to date" in out and copied(out) == [], out  # nothing changed: nothing copied
+    # the installed main.py knows deploy.hold: the board was reset with its firmware (and watchdog) off first
+    assert "reset: the firmware stays off for one boot (deploy.hold)" in out, out
+    assert not (flash / "deploy.hold").exists()  # main.py took it: the next boot runs the firmware
 
     with open(src / "firmware" / "leds.py", "a") as f:
         f.write("\n_DEPLOY_TEST_MARK = 1  # changes the module's bytecode\n")
