@@ -1,4 +1,4 @@
-"""tools/deploy.py's decisions, without a board: what it makes of an ESP32's answers (heap, PSRAM, .mpy ABI), the
+"""tools/deploy.py's decisions (and those of boardcheck.py, deviceconfig.py, bootlog.py), without a board: what it makes of an ESP32's answers (heap, PSRAM, .mpy ABI), the
 heap need it reads from the bench, the device config it accepts (checked by the firmware's own code in the unix
 port), and what it concludes from the firmware's log lines. The end-to-end runs are in
 tests/integration/test_deploy.py."""
@@ -12,7 +12,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+import boardcheck  # noqa: E402
+import bootlog  # noqa: E402
 import deploy  # noqa: E402
+import deviceconfig  # noqa: E402
 import pki  # noqa: E402
 
 FIGURES = {"date": "2026-11-25T06:06:26", "commit": "7dea560", "file": "x.json", "wasm32": 162896,
@@ -33,15 +36,15 @@ CROSS = (6, 3)
 
 
 def need(info):
-    return deploy.heap_need(deploy.word_bytes(info), bool(info.get("frozen")), FIGURES)
+    return boardcheck.heap_need(boardcheck.word_bytes(info), bool(info.get("frozen")), FIGURES)
 
 
 def test_stock_wroom_is_refused_and_told_the_fixes():
-    deploy.check_board(WROOM, CROSS)
-    offered, how = deploy.heap_offered(WROOM)
-    assert offered == 56000 + (3840 + 4 + 16384 + 14336 + 61440) - deploy.IDF_RESERVE  # about 108 KB
-    with pytest.raises(deploy.Refused) as e:
-        deploy.check_heap(WROOM, *need(WROOM))
+    boardcheck.check_board(WROOM, CROSS)
+    offered, how = boardcheck.heap_offered(WROOM)
+    assert offered == 56000 + (3840 + 4 + 16384 + 14336 + 61440) - boardcheck.IDF_RESERVE  # about 108 KB
+    with pytest.raises(boardcheck.Refused) as e:
+        boardcheck.check_heap(WROOM, *need(WROOM))
     text = str(e.value)
     assert "offers 108 KB" in text and "needs 175 KB as .mpy files" in text
     assert "SPIRAM build" in text and "ESP32_GENERIC-SPIRAM" in text
@@ -49,20 +52,20 @@ def test_stock_wroom_is_refused_and_told_the_fixes():
 
 
 def test_psram_board_and_the_frozen_build_fit():
-    assert deploy.has_psram(WROVER) and not deploy.has_psram(WROOM)
-    assert deploy.check_heap(WROVER, *need(WROVER)) > 3_000_000
+    assert boardcheck.has_psram(WROVER) and not boardcheck.has_psram(WROOM)
+    assert boardcheck.check_heap(WROVER, *need(WROVER)) > 3_000_000
     n, how = need(WROOM_FROZEN)
-    assert n == 74 * 1024 + deploy.WORKING_MARGIN and "passed from flash at 74wK" in how
-    assert deploy.check_heap(WROOM_FROZEN, n, how) >= n
-    assert "firmware frozen in" in deploy.describe(WROOM_FROZEN)
+    assert n == 74 * 1024 + boardcheck.WORKING_MARGIN and "passed from flash at 74wK" in how
+    assert boardcheck.check_heap(WROOM_FROZEN, n, how) >= n
+    assert "firmware frozen in" in boardcheck.describe(WROOM_FROZEN)
 
 
 def test_heap_need_is_the_benchs_after_boot_figure_plus_the_margin():
-    n, how = deploy.heap_need(4, figures=FIGURES)
-    assert n == 162896 + deploy.WORKING_MARGIN
+    n, how = boardcheck.heap_need(4, figures=FIGURES)
+    assert n == 162896 + boardcheck.WORKING_MARGIN
     assert "162896 B after boot on a 32-bit MicroPython" in how and "commit 7dea560" in how
-    n64, _ = deploy.heap_need(8, figures=FIGURES)
-    assert n64 == 186432 + 2 * deploy.WORKING_MARGIN  # the unix port's own figure, pointers twice as wide
+    n64, _ = boardcheck.heap_need(8, figures=FIGURES)
+    assert n64 == 186432 + 2 * boardcheck.WORKING_MARGIN  # the unix port's own figure, pointers twice as wide
 
 
 def test_bench_figures_come_from_the_newest_run_that_measured_the_code(tmp_path):
@@ -74,23 +77,23 @@ def test_bench_figures_come_from_the_newest_run_that_measured_the_code(tmp_path)
     result("old.json", "2026-11-25T04:00:00", 170000)
     result("new.json", "2026-12-01T10:00:00", 81000)
     result("newest-no-code.json", "2026-12-02T10:00:00", None)  # `make bench --only heap` measures no code
-    fig = deploy.bench_figures(str(tmp_path))
+    fig = boardcheck.bench_figures(str(tmp_path))
     assert fig["wasm32"] == 81000 and fig["unix64"] == 81001 and fig["file"] == "new.json"
-    assert deploy.bench_figures() is not None  # the repository's own bench results have one
+    assert boardcheck.bench_figures() is not None  # the repository's own bench results have one
 
 
 def test_board_abi_checks():
-    assert deploy.arch_of(WROOM) == "xtensawin"
-    assert deploy.arch_of(dict(WROOM, mpy=6 | 3 << 8 | 11 << 10)) == "rv32imc"  # ESP32-C3 / C6
-    assert deploy.arch_of({"mpy": 2822}) == "x64" and deploy.word_bytes({"mpy": 2822}) == 8  # the unix port
+    assert boardcheck.arch_of(WROOM) == "xtensawin"
+    assert boardcheck.arch_of(dict(WROOM, mpy=6 | 3 << 8 | 11 << 10)) == "rv32imc"  # ESP32-C3 / C6
+    assert boardcheck.arch_of({"mpy": 2822}) == "x64" and boardcheck.word_bytes({"mpy": 2822}) == 8  # the unix port
     for board, words in ((dict(WROOM, mpy=None, version=[1, 18, 0]), "does not report its .mpy ABI"),
                          (dict(WROOM, mpy=5 | 10 << 10, version=[1, 18, 0]), "loads .mpy v5 files"),
                          (dict(WROOM, name="circuitpython"), "not MicroPython"),
                          (dict(WROOM, mpy=6 | 3 << 8), "no native code emitter")):
-        with pytest.raises(deploy.Refused) as e:
-            deploy.check_board(board, CROSS)
+        with pytest.raises(boardcheck.Refused) as e:
+            boardcheck.check_board(board, CROSS)
         assert words in str(e.value) and "v6.3 (v1.23 or later" in str(e.value), str(e.value)
-    assert deploy.mpy_cross_version() == (6, 3)
+    assert boardcheck.mpy_cross_version() == (6, 3)
 
 
 # ---- the device config --------------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ def write(tmp_path, name, obj):
 
 def test_config_left_out_settings_take_the_firmware_defaults(tmp_path):
     # a Password dropped from CONFIG must not stay on the board from an earlier deploy
-    settings, defaulted = deploy.load_config(write(tmp_path, "c.json", {
+    settings, defaulted = deviceconfig.load_config(write(tmp_path, "c.json", {
         "centralsystemurl": "ws://cs.example/ocpp", "ChargeBoxId": "CP1", "Pins": {"cp_pwm": 4}}))
     assert settings["CentralSystemUrl"] == "ws://cs.example/ocpp"  # the firmware's spelling
     assert settings["Password"] == "" and settings["MaxCurrent"] == 32 and settings["Variant"] == "socket"
@@ -112,8 +115,8 @@ def test_config_left_out_settings_take_the_firmware_defaults(tmp_path):
 
 
 def test_config_errors_name_the_field_and_the_reason(tmp_path):
-    with pytest.raises(deploy.ConfigError) as e:
-        deploy.load_config(write(tmp_path, "c.json", {"ChargeBoxId": "", "MaxCurrent": "16A",
+    with pytest.raises(deviceconfig.ConfigError) as e:
+        deviceconfig.load_config(write(tmp_path, "c.json", {"ChargeBoxId": "", "MaxCurrent": "16A",
                                                       "Ventilation": "yes", "Wifi": "x"}))
     errors = e.value.errors
     assert "MaxCurrent: '16A' is not a base-10 integer" in errors
@@ -122,8 +125,8 @@ def test_config_errors_name_the_field_and_the_reason(tmp_path):
     assert any(x.startswith("CentralSystemUrl: missing") for x in errors)
     assert any(x.startswith("ChargeBoxId: missing") for x in errors)
     for bad, why in (("[1, 2]", "must be a JSON object"), ("{nope", "not valid JSON")):
-        with pytest.raises(deploy.ConfigError) as e:
-            deploy.load_config(write(tmp_path, "bad.json", bad))
+        with pytest.raises(deviceconfig.ConfigError) as e:
+            deviceconfig.load_config(write(tmp_path, "bad.json", bad))
         assert why in e.value.errors[0]
 
 
@@ -133,7 +136,7 @@ def test_config_ca_file_is_read_and_checked(tmp_path):
     (tmp_path / "ca.pem").write_bytes(pki._cert_pem(ca))
     (tmp_path / "two.pem").write_bytes(pki._cert_pem(ca) + pki._cert_pem(other))
     base = {"CentralSystemUrl": "wss://cs.example/ocpp", "ChargeBoxId": "CP1"}
-    settings, _ = deploy.load_config(write(tmp_path, "c.json", dict(base, CentralSystemCa="ca.pem")))
+    settings, _ = deviceconfig.load_config(write(tmp_path, "c.json", dict(base, CentralSystemCa="ca.pem")))
     assert settings["CentralSystemCa"] == pki._cert_pem(ca).decode()
     cases = ((dict(base, CentralSystemCa="two.pem"), None, "2 certificates; the firmware loads one"),
              (dict(base, CentralSystemCa="ca.pem"), datetime.datetime(2099, 1, 1, tzinfo=datetime.timezone.utc),
@@ -141,8 +144,8 @@ def test_config_ca_file_is_read_and_checked(tmp_path):
              (dict(base, CentralSystemCa="missing.pem"), None, "cannot read the certificate file missing.pem"),
              (base, None, "CentralSystemCa: missing: a wss:// Central System needs the CA certificate"))
     for cfg, now, why in cases:
-        with pytest.raises(deploy.ConfigError) as e:
-            deploy.load_config(write(tmp_path, "c.json", cfg), now=now)
+        with pytest.raises(deviceconfig.ConfigError) as e:
+            deviceconfig.load_config(write(tmp_path, "c.json", cfg), now=now)
         assert any(why in x for x in e.value.errors), (why, e.value.errors)
 
 
@@ -179,7 +182,7 @@ LINES = {
 def test_the_log_lines_deploy_matches_are_the_firmwares():
     for rel, fmt in FIRMWARE_FORMATS:
         with open(os.path.join(ROOT, rel)) as f:
-            assert fmt in f.read(), "%s no longer logs %s: update tools/deploy.py VERDICTS" % (rel, fmt)
+            assert fmt in f.read(), "%s no longer logs %s: update tools/bootlog.py VERDICTS" % (rel, fmt)
 
 
 def test_diagnose_names_the_cause():
@@ -190,23 +193,23 @@ def test_diagnose_names_the_cause():
               "noca": ("tls", "wss needs a CA certificate"), "bootfail": ("noanswer", "did not answer"),
               "wifi": ("wifi", "WiFi join failed (wrong password)")}
     for name, (kind, words) in expect.items():
-        got = deploy.diagnose(LINES[name])
+        got = bootlog.diagnose(LINES[name])
         assert got and got[0] == kind and words in got[1], (name, got)
-    assert deploy.diagnose("4242 I conn: status None -> Available") is None
-    assert deploy.diagnose("4242 I wifi: joined MyNet, 192.168.1.20") is None
+    assert bootlog.diagnose("4242 I conn: status None -> Available") is None
+    assert bootlog.diagnose("4242 I wifi: joined MyNet, 192.168.1.20") is None
 
 
 def test_follow_stops_on_accepted_a_repeated_failure_or_a_crash():
     said = []
-    ok, text = deploy.follow(iter([None, LINES["dns"], LINES["accepted"]]), 5, said.append)
+    ok, text = bootlog.follow(iter([None, LINES["dns"], LINES["accepted"]]), 5, said.append)
     assert ok and "registered" in text and "  | " + LINES["dns"] in said  # one transient failure is not an answer
-    ok, text = deploy.follow(iter([LINES["http401"], None, LINES["http401"], LINES["accepted"]]), 5, said.append)
+    ok, text = bootlog.follow(iter([LINES["http401"], None, LINES["http401"], LINES["accepted"]]), 5, said.append)
     assert not ok and text.startswith("HTTP 401") and text.endswith("(the board keeps retrying)")
     crash = ["Traceback (most recent call last):", '  File "main.py", line 9, in <module>',
              "MemoryError: memory allocation failed, allocating 4096 bytes",
              "MicroPython v1.24.1 on 2024-11-29; Generic ESP32 module with ESP32",
              'Type "help()" for more information.']
-    ok, text = deploy.follow(iter(crash), 5, said.append)
+    ok, text = bootlog.follow(iter(crash), 5, said.append)
     assert not ok and text == ("the firmware raised MemoryError: memory allocation failed, allocating 4096 bytes "
                                "and stopped at the REPL")
 
@@ -219,9 +222,9 @@ def test_follow_gives_up_at_the_timeout_with_the_last_reason():
             yield None
 
     t0 = time.monotonic()
-    ok, text = deploy.follow(idle(), 0.3, lambda s: None)
+    ok, text = bootlog.follow(idle(), 0.3, lambda s: None)
     assert not ok and "no BootNotification Accepted within 0 s" in text and time.monotonic() - t0 < 2
-    ok, text = deploy.follow(idle([LINES["tls"]]), 0.3, lambda s: None)
+    ok, text = bootlog.follow(idle([LINES["tls"]]), 0.3, lambda s: None)
     assert not ok and text.startswith("TLS verification failed")
 
 
