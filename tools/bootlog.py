@@ -3,8 +3,6 @@ coming (WiFi, DNS, TLS verification, HTTP 401, no answer, a crash), read from th
 import re
 import time
 
-
-# ---- following the log -------------------------------------------------------------------------------------
 # The firmware's log lines (firmware/ocpp/session.py, lib/ws.py) that tell whether the charger got in, and why
 # not. The WiFi pattern matches the link code's "wifi" lines that say a join failed.
 VERDICTS = (
