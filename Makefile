@@ -2,13 +2,14 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
-# Debian packages the tests and tools need, as command:package pairs: the package is installed only when the
+# Debian packages the tests and tools need, as command:package pairs (socat: the pseudo-terminal that lets the
+# deploy tests' MicroPython unix port play a board on a serial port): the package is installed only when the
 # command is missing (a Node.js from another source already brings npm, and Debian's npm would clash with it).
-APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto
+APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto socat:socat
 # Parallel test workers: the tests mostly wait on simulated boards and Central Systems, not on the CPU.
 TEST_WORKERS ?= 8
 
-.PHONY: test sim bench torture romfs deps clean mpy
+.PHONY: test sim bench torture romfs deps clean mpy deploy
 
 .PHONY: apt
 apt:
@@ -49,6 +50,12 @@ torture: apt $(STAMP)
 # The firmware for an ESP32 as a ROMFS image (build/esp32.romfs), for `mpremote romfs deploy build/esp32.romfs`.
 romfs: $(STAMP)
 	$(VENV)/bin/python tools/build.py --out build/esp32 --march xtensawin --romfs
+
+# Installs the firmware on a board over its serial port and watches it reach the Central System (tools/deploy.py):
+#   make deploy PORT=/dev/ttyUSB0 CONFIG=charger.json [KEY=keys/ota-vendor-key.pem]
+deploy: $(STAMP)
+	@[ -n "$(PORT)" ] && [ -n "$(CONFIG)" ] || { echo "usage: make deploy PORT=/dev/ttyUSB0 CONFIG=charger.json [KEY=keys/ota-vendor-key.pem]"; exit 2; }
+	$(VENV)/bin/python tools/deploy.py --port $(PORT) --config $(CONFIG) $(if $(KEY),--vendor-key $(KEY))
 
 clean:
 	rm -rf $(VENV) build .pytest_cache node_modules

