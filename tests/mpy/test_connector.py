@@ -81,9 +81,16 @@ class Meter:
         self.power_w = 0.0
         self.current_a = [0.0, 0.0, 0.0]
         self.voltage_v = [230.0, 230.0, 230.0]
+        self.trouble = None
 
     async def poll(self):
         return self.ok
+
+    def fresh(self, now):
+        return self.ok
+
+    def release(self):
+        pass
 
     def step(self, board):
         amps = 0
