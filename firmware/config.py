@@ -79,6 +79,16 @@ def _check_str(e, v):
         for c in v:
             if c <= " " or c in "/?#%":  # it becomes the last URL path segment
                 return "must not contain spaces or / ? # %"
+    if name == "MqttUrl" and v:
+        r = mqtt_url(v)
+        if isinstance(r, str):
+            return r
+    if name == "MqttTopic":
+        for c in v:
+            if c < " " or c in "+#":  # wildcards belong in filters, never in a topic we publish to (MQTT 4.7)
+                return "must not contain + # or control characters"
+        if v[:1] in ("/", "$") or v[-1:] == "/" or "//" in v:
+            return "must not start with / or $, end with /, or hold an empty level"
     if name == "Pins" and v:
         try:
             if not isinstance(json.loads(v), dict):
@@ -86,6 +96,31 @@ def _check_str(e, v):
         except ValueError:
             return "is not valid JSON"
     return None
+
+
+def mqtt_url(v):
+    """mqtt://host[:port] or mqtts://host[:port] (a trailing / allowed) -> (tls, host, port), or the reason it
+    is not one (a str). The MQTT front end connects with what this returns."""
+    tls = v.startswith("mqtts://")
+    if not (tls or v.startswith("mqtt://")):
+        return "must start with mqtt:// or mqtts://"
+    rest = v[8 if tls else 7:]
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if port:
+        p = _parse_int(port)
+        if p is None or not 0 < p < 65536:
+            return "bad port '%s'" % port
+        port = p
+    else:
+        port = 8883 if tls else 1883
+    if not host:
+        return "has no host"
+    for c in host:
+        if c <= " " or c in "/?#@[]":
+            return "host must be a name or an IPv4 address (no user, path or spaces)"
+    return tls, host, port
 
 
 def _parse(e, v):
@@ -100,6 +135,8 @@ def _parse(e, v):
             return None, "%d is below the minimum %d" % (n, e[3])
         if n > e[4]:
             return None, "%d is above the maximum %d" % (n, e[4])
+        if n == 2 and e[0] == "LoadPhases":
+            return None, "must be 1 or 3"
         return n, None
     if t == K.BOOL:
         b = v if isinstance(v, bool) else None

@@ -59,6 +59,7 @@ _SETS = (
     "RATE_UNITS Current,Power\n"
     "METER_MODELS SDM630,SDM120,SDM72,ABB_B23\n"
     "VARIANTS socket,cable\n"
+    "LOAD_MODES off,fixed,load,solar\n"
 )
 
 # Adjacent literals: the compiler joins them into one constant, so the comments cost nothing.
@@ -145,6 +146,29 @@ _T = (
     # form, 8-63 characters or 64 hex digits. Secret: never shown or logged, like Password.
     "WifiSsid Sdb - 0 32\n"
     "WifiPassword Sdsb - 0 64\n"
+    # MQTT (firmware/mqttfront.py, README "MQTT"): an empty URL is off, and then the front end is never imported.
+    # Changes apply at once: the front end reconnects with the new settings. MqttCa: the PEM of the CA that
+    # signed the broker's certificate (mqtts:// needs it). MqttTopic: the base topic, empty = evse/<ChargeBoxId>;
+    # 64 bytes leave room for the longest suffix under lib/mqtt.py's 118-byte topics. MqttInterval: s between
+    # state publications without a change, 0 = on change only. MqttIdTag: publish the session's id tag
+    # (personal data: off by default).
+    "MqttUrl Sd - 0 200\n"
+    "MqttUser Sd - 0 64\n"
+    "MqttPassword Sds - 0 64\n"
+    "MqttCa Sd - 0 8192\n"
+    "MqttTopic Sd - 0 64\n"
+    "MqttDiscovery Bd 1\n"
+    "MqttInterval Id 30 0 3600\n"
+    "MqttIdTag Bd 0\n"
+    # External current limit fed over MQTT (firmware/loadlimit.py): off | fixed | load | solar. Currents in A,
+    # times in s. LoadFallback: the limit while the input is stale (0 = pause: no input, no extra load).
+    "LoadMode Sd off 0 8 LOAD_MODES\n"
+    "LoadFuse Id 25 6 400\n"
+    "LoadPhases Id 3 1 3\n"
+    "LoadFallback Id 0 0 80\n"
+    "LoadStale Id 60 5 3600\n"
+    "LoadStartDelay Id 60 0 3600\n"
+    "LoadStopDelay Id 300 0 3600\n"
 )
 
 
