@@ -438,15 +438,15 @@ class MqttFront:
     def command(self, name, raw):
         """Checks a command (type, range, the charger's state) and hands it to the model: (ok, reason). A refused
         command changes nothing."""
+        if not raw:  # how MQTT deletes a retained message: someone clearing one must not start or stop a session
+            return False, "empty payload (how a retained message is deleted): not a command"
         try:
-            v = json.loads(raw) if raw.strip() else None
+            v = json.loads(raw)
         except ValueError:
             return False, "payload is not JSON"
         s = self.port.snapshot()
         port = self.port
         if name == "start":
-            if v is None:
-                v = {}
             if not isinstance(v, dict):
                 return False, 'expected a JSON object: {} (free vend) or {"id_tag": "..."}'
             for k in v:
@@ -463,8 +463,8 @@ class MqttFront:
                 return False, "the connector is faulted (%s)" % s["error_code"]
             return port.start(tag)
         if name == "stop":
-            if v is not None and v != {}:
-                return False, "expected an empty payload or {}"
+            if v != {}:
+                return False, "expected {}"
             if s["session"] is None:
                 return False, "no session to stop"
             return port.stop()

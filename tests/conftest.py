@@ -85,13 +85,14 @@ class ChildProcess:
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self.cmdline = argv
+        since = len(self.lines)  # before the reader starts: a fast tool's ready line may come at once
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      errors="replace", bufsize=1, start_new_session=True)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
         try:
-            return self.wait_line(self.ready_pattern, timeout=timeout, since=len(self.lines))
+            return self.wait_line(self.ready_pattern, timeout=timeout, since=since)
         except AssertionError:
             self._terminate(2)
             raise AssertionError("%s did not start: %s\n%s" % (self.name, " ".join(argv), self.tail()))

@@ -368,8 +368,11 @@ def test_bad_commands_are_refused_and_change_nothing():
         ("start", b'{"id_tag": "ABCDEFGHIJKLMNOPQRSTU"}', "id_tag must be"),  # 21 characters
         ("start", b'{"id_tag": "TAG 1"}', "id_tag must be"),
         ("start", b'{"idtag": "TAG1"}', "unknown field idtag"),
-        ("stop", b"", "no session to stop"),
-        ("stop", b"[]", "expected an empty payload"),
+        ("stop", b"", "empty payload (how a retained message is deleted): not a command"),
+        ("start", b"", "empty payload"),
+        ("limit", b"", "empty payload"),
+        ("stop", b"{}", "no session to stop"),
+        ("stop", b"[]", "expected {}"),
         ("limit", b"abc", "payload is not JSON"),
         ("limit", b'"16"', "expected a number"),
         ("limit", b"true", "expected a number"),
@@ -397,7 +400,7 @@ def test_bad_commands_are_refused_and_change_nothing():
     c.deliver("evse/CP1/cmd/start", b'{"id_tag": "TAG1"}')
     assert results(f)[0]["reason"] == "a session is running already"
     # retained and oversized messages are answered, never acted on
-    c.deliver("evse/CP1/cmd/stop", b"", retained=True)
+    c.deliver("evse/CP1/cmd/stop", b"{}", retained=True)
     assert "retained message ignored" in results(f)[0]["reason"]
     c.deliver("evse/CP1/cmd/stop", None)
     assert results(f)[0]["reason"] == "payload longer than 384 bytes"
@@ -406,8 +409,8 @@ def test_bad_commands_are_refused_and_change_nothing():
     c.deliver("evse/CP1/cmd/\xff", b"{}")
     assert results(f)[0]["ok"] is False
     assert m.calls == [] and m.snapshot()["limit_a"] is None and before["session"] is None
-    c.deliver("evse/CP2/cmd/stop", b"")  # another charger's topic: not ours
-    c.deliver("evse/CP1/cmd", b"")
+    c.deliver("evse/CP2/cmd/stop", b"{}")  # another charger's topic: not ours
+    c.deliver("evse/CP1/cmd", b"{}")
     assert f._results == [] and m.calls == []
 
 
@@ -429,7 +432,7 @@ def test_good_commands_reach_the_model_and_are_answered():
     c.deliver("evse/CP1/cmd/available", b"false")
     c.deliver("evse/CP1/cmd/available", b"true")
     m.free_vend = True
-    c.deliver("evse/CP1/cmd/start", b"")
+    c.deliver("evse/CP1/cmd/start", b"{}")
     assert [r["ok"] for r in results(f)] == [True] * 3
     assert m.calls == [("start", None), ("start", "TAG1"), ("limit", 10), ("limit", 0), ("limit", 16.0),
                        ("limit", None), ("stop",), ("available", False), ("available", True), ("start", None)]
