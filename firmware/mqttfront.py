@@ -162,12 +162,14 @@ class MqttFront:
     """model: the charger model (ModelPort's interface); cfg: firmware.config.Config; state_dir: where the list of
     discovery documents on the broker is kept. run() is the supervisor task. device: (manufacturer, model) for
     Home Assistant's device block. min_gap_ms: the shortest time between two state publications on change.
-    client: the MQTT client class (lib.mqtt.MQTTClient; tests pass a fake with its interface)."""
+    client: the MQTT client class (lib.mqtt.MQTTClient; tests pass a fake with its interface). keepalive_s: MQTT
+    keepalive; a dead link is noticed within about twice that."""
 
     def __init__(self, model, cfg, state_dir, device=("MicroPython-EVSE", "MPY-AC-1"), min_gap_ms=_MIN_GAP_MS,
-                 backoff_ms=(_BACKOFF_MIN_MS, _BACKOFF_MAX_MS), client=MQTTClient):
+                 backoff_ms=(_BACKOFF_MIN_MS, _BACKOFF_MAX_MS), client=MQTTClient, keepalive_s=_KEEPALIVE_S):
         self.port = ModelPort(model)
         self._client_cls = client
+        self.keepalive_s = keepalive_s
         self.cfg = cfg
         self.device = device
         self.min_gap_ms = min_gap_ms
@@ -238,7 +240,7 @@ class MqttFront:
             self.url = None
             return
         self.client = self._client_cls("evse-" + self.node, self._on_message, user=user, password=password,
-                                 keepalive=_KEEPALIVE_S, max_packet=_MAX_PACKET, timeout_ms=_TIMEOUT_MS)
+                                 keepalive=self.keepalive_s, max_packet=_MAX_PACKET, timeout_ms=_TIMEOUT_MS)
         self.client.set_last_will(self.t_avail, "offline", qos=1, retain=True)
 
     # ---- the supervisor ----

@@ -3,6 +3,7 @@
 # firmware/chargepoint.py exists (issue 10).
 #
 #   micropython tools/mqttfront_mcu.py STATE_DIR CTL_HOST CTL_PORT CTL_USER CTL_PASSWORD [--min-gap MS] [--lag]
+#       [--keepalive S]
 #
 # STATE_DIR/provision.json holds the device settings (MqttUrl, ...), applied by firmware.config as at a board's
 # boot. A second MQTT client (plain, CTL_HOST:CTL_PORT) takes JSON control messages on probe/<ChargeBoxId>/ctl:
@@ -154,9 +155,10 @@ async def main():
     state, host, port, user, password = sys.argv[1:6]
     opts = sys.argv[6:]
     min_gap = int(opts[opts.index("--min-gap") + 1]) if "--min-gap" in opts else 1000
+    keepalive = int(opts[opts.index("--keepalive") + 1]) if "--keepalive" in opts else 60
     cfg = Config(state)
     model = FakeModel()
-    front = mqttfront.start(model, cfg, state, min_gap_ms=min_gap, backoff_ms=(500, 2000))
+    front = mqttfront.start(model, cfg, state, min_gap_ms=min_gap, backoff_ms=(500, 2000), keepalive_s=keepalive)
     asyncio.create_task(arbiter(model))
     asyncio.create_task(lag_watch("--lag" in opts))
     asyncio.create_task(control_link(host, int(port), user, password, cfg.get("ChargeBoxId"),

@@ -116,7 +116,10 @@ def test_deploy_installs_the_slot_layout_and_the_charger_reaches_the_central_sys
     prov = json.loads((flash / "provision.json").read_text())
     assert prov == {"CentralSystemUrl": csms.url, "ChargeBoxId": CP, "MeterModel": "SDM120", "Variant": "cable",
                     "MaxCurrent": 16, "Pins": '{"rfid_cs":null}', "Password": "", "CentralSystemCa": "",
-                    "MeterUnit": 1, "Ventilation": False, "WifiSsid": "", "WifiPassword": ""}  # left out: defaults
+                    "MeterUnit": 1, "Ventilation": False, "WifiSsid": "", "WifiPassword": "",  # left out: defaults
+                    "MqttUrl": "", "MqttUser": "", "MqttPassword": "", "MqttCa": "", "MqttTopic": "",
+                    "MqttDiscovery": True, "MqttInterval": 30, "MqttIdTag": False, "LoadMode": "off", "LoadFuse": 25,
+                    "LoadPhases": 3, "LoadFallback": 0, "LoadStale": 60, "LoadStartDelay": 60, "LoadStopDelay": 300}
     # the firmware took the settings at boot (config.json holds what differs from the defaults)
     cfg = json.loads((flash / "config.json").read_text().split("\n", 1)[1])
     assert cfg["MeterModel"] == "SDM120" and cfg["Variant"] == "cable" and cfg["MaxCurrent"] == 16
