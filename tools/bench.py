@@ -37,6 +37,7 @@ TOOLS = os.path.join(ROOT, "tools")
 sys.path.insert(0, TOOLS)
 import build  # noqa: E402  (tools/build.py)
 import memreport  # noqa: E402  (tools/memreport.py)
+import mqttbench  # noqa: E402  (tools/mqttbench.py)
 
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 if not os.path.exists(PY):
@@ -579,6 +580,19 @@ def _code_figures(res):
     return {"stdlib": res["stdlib"], "imports": res["imports"], "mpy": res["mpy"],
             "app_objects": dict(res["objects"]).get("App(board)"), "after_boot": res["after_boot"],
             "lazy": sum(b for _, b in res["lazy"])}
+
+
+def mqtt_figures(count=300):
+    """The MQTT front end (tools/mqttbench.py): heap on the 32-bit port, flash of its modules, publish latency."""
+    out = {"heap": mqttbench.heap(), "latency": mqttbench.latency(count)}
+    tmp = tempfile.mkdtemp(prefix="bench-mqtt-")
+    try:
+        build.build(tmp, "xtensawin")
+        out["mpy"] = {m: os.path.getsize(os.path.join(tmp, m)) for m in (
+            "lib/mqtt.mpy", "firmware/mqttfront.mpy", "firmware/mqttha.mpy", "firmware/loadlimit.mpy")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1208,6 +1222,19 @@ def table(r):
                 "WebAssembly port, ESP32 object layout; with stdlib and App objects %d B" % w["after_boot"])
         else:
             row("heap", "code imported from .mpy files, 32-bit", "-", ch.get("wasm32_error", "")[:80])
+    mq = r.get("mqtt")
+    if mq:
+        hp = mq["heap"]
+        row("mqtt", "heap, 32-bit: modules + objects", "%d B" % hp["total"],
+            "lib.mqtt %s, mqttfront (with loadlimit) %s, mqttha %s; objects and tasks %d B" % (
+                hp["import lib.mqtt"], hp["import firmware.mqttfront"], hp["import firmware.mqttha"],
+                hp["objects"]))
+        row("mqtt", "flash .mpy (xtensawin)", "%d B" % sum(mq["mpy"].values()),
+            ", ".join("%s %d" % (os.path.basename(k)[:-4], v) for k, v in mq["mpy"].items()))
+        for kind, label in (("raw", "publish -> paho receive"), ("change", "model change -> state received")):
+            v = mq["latency"][kind]
+            row("mqtt", "%s p50 / p99" % label, "%.2f / %.2f ms" % (v["p50_ms"], v["p99_ms"]),
+                "loopback, n=%d, max %.1f ms" % (v["n"], v["max_ms"]))
     lat = r.get("latency")
     if lat:
         for label, v in lat.items():
@@ -1280,7 +1307,7 @@ def table(r):
     return "\n".join(out)
 
 
-STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear")
+STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt")
 
 
 async def run_all(args, log):
@@ -1299,6 +1326,7 @@ async def run_all(args, log):
             log("  %s failed: %s" % (name, e))
         log("  %s took %.0f s" % (name, time.monotonic() - t))
 
+    await step("mqtt", lambda: asyncio.to_thread(mqtt_figures, 300 if args.calls >= 300 else args.calls))
     await step("footprint", lambda: asyncio.to_thread(footprint))
     await step("code", lambda: asyncio.to_thread(code_heap))
     build.build(BUILD_UNIX)

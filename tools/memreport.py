@@ -39,7 +39,7 @@ SKIP = ("hal.esp32",)
 # The WebAssembly port has no sockets, threads or terminals: the virtual board's modules stay out there too.
 SKIP_WASM = ("hal.unix", "hal.unix_uart")
 # Imported only when a feature is enabled: measured after the boot figure, not in it, with the objects it keeps.
-OPTIONAL = ("lib.mqtt",)
+OPTIONAL = ("lib.mqtt", "firmware.mqttfront", "firmware.mqttha")
 # What a board imports at boot: its HAL and the application, with everything they import at module level.
 BOOT_ROOTS = ("firmware.app", "hal.unix")
 NODE_RUNNER = os.path.join(ROOT, "tools", "mpwasm.mjs")
@@ -176,6 +176,30 @@ if "lib.mqtt" in sys.modules:
     _s = _Broker()
     # The WebAssembly port's asyncio is its own JS-timer variant, whose tasks cost more than on the ESP32's.
     _opt("+ connected (2 tasks, no socket)", lambda: _connected(_c, _s))
+    del _c, _s
+
+class _Model:
+    # the charger model's interface (firmware/mqttfront.py ModelPort) with a snapshot of the usual size
+    version = 0
+    def snapshot(self):
+        return {"status": "Charging", "error_code": "NoError", "error_info": None, "pilot": "C", "plugged": True,
+                "offered_a": 16.0, "current_a": [15.9, 16.0, 15.8], "power_w": 11000.0, "energy_wh": 123456,
+                "max_a": 32, "limit_a": None, "session": {"id_tag": "TAG1", "start": 0, "energy_wh": 1000,
+                "duration_s": 60, "transaction_id": 7}, "link": {"online": True, "registered": True,
+                "answer_age_s": 1}, "firmware": {"version": "0.1.0"}, "available": True}
+    def set_load_limit(self, fn):
+        self.fn = fn
+
+if "firmware.mqttfront" in sys.modules and _objs:
+    from firmware.mqttfront import MqttFront, state_doc
+    _cfg = _objs[0].cfg
+    _cfg.set_device("MqttUrl", "mqtt://192.168.1.10")
+    _cfg.set_device("LoadMode", "load")
+    def _front():
+        f = MqttFront(_Model(), _cfg, %(state)r)
+        f._settings()  # what the supervisor builds at its start: the client, the load limit
+        return f
+    _opt("MqttFront + its MQTTClient + LoadLimit", _front)
 """
 
 

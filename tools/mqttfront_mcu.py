@@ -153,6 +153,8 @@ async def control_link(host, port, user, password, ident, cb):
 
 async def main():
     state, host, port, user, password = sys.argv[1:6]
+    if user == "-":  # an anonymous broker (tools/mqttbench.py)
+        user = password = None
     opts = sys.argv[6:]
     min_gap = int(opts[opts.index("--min-gap") + 1]) if "--min-gap" in opts else 1000
     keepalive = int(opts[opts.index("--keepalive") + 1]) if "--keepalive" in opts else 60

@@ -97,3 +97,17 @@ def test_table_renders_what_was_measured():
     res = {"footprint": bench.footprint()}
     text = bench.table(res)
     assert "total .mpy" in text and str(res["footprint"]["total"]) in text
+
+
+def test_mqtt_figures_for_the_bench(mosquitto_factory):
+    # tools/mqttbench.py starts its own broker; mosquitto_factory only checks that one is installed
+    import mqttbench
+    lat = mqttbench.latency(count=50, gap_ms=10)
+    for kind in ("raw", "change"):
+        v = lat[kind]
+        assert v["n"] >= 25 and 0 < v["p50_ms"] <= v["p99_ms"] <= v["max_ms"] < 1000, (kind, v)
+    assert lat["raw"]["n"] == 50
+    text = bench.table({"mqtt": {"heap": {"total": 1, "import lib.mqtt": 1, "import firmware.mqttfront": 1,
+                                          "import firmware.mqttha": 1, "objects": 1},
+                                 "mpy": {"lib/mqtt.mpy": 1}, "latency": lat}})
+    assert "model change -> state received p50 / p99" in text
