@@ -80,8 +80,8 @@ def state_doc(s, with_tag, load_a):
     link = s.get("link") or {}
     d = {"status": s["status"], "error_code": s["error_code"], "error_info": s.get("error_info"),
          "pilot": s["pilot"], "plugged": bool(s["plugged"]), "available": bool(s["available"]),
-         "offered_a": round(s["offered_a"], 1), "current_a": [round(a, 1) for a in s["current_a"]],
-         "power_w": round(s["power_w"]), "energy_wh": s["energy_wh"], "max_a": s["max_a"],
+         "offered_a": round(s["offered_a"] or 0, 1), "current_a": [round(a or 0, 1) for a in s["current_a"]],
+         "power_w": round(s["power_w"] or 0), "energy_wh": s["energy_wh"], "max_a": s["max_a"],
          "limit_a": s["limit_a"], "session": se is not None,
          "session_energy_wh": se["energy_wh"] if se else 0, "session_s": se["duration_s"] if se else 0,
          "transaction_id": se.get("transaction_id") if se else None,
@@ -511,7 +511,8 @@ class MqttFront:
                 return False, "LoadPhases is 3: send [L1, L2, L3]"
             own = self.port.snapshot()["current_a"]
             g = [int(a * 10) for a in v] + [0, 0]
-            ll.grid(now, g[0], g[1], g[2], int(own[0] * 10), int(own[1] * 10), int(own[2] * 10))
+            o = [int((a or 0) * 10) for a in own] + [0, 0]  # a one-phase meter may give fewer, or None
+            ll.grid(now, g[0], g[1], g[2], o[0], o[1], o[2])
         else:
             if not _number(v) or not -1000000 <= v <= 1000000:
                 return False, "expected a number (%s)" % ("A" if mode == LL.FIXED else "W")
@@ -522,7 +523,7 @@ class MqttFront:
             elif name == "surplus":
                 ll.surplus(now, int(v))
             else:
-                ll.surplus(now, LL.surplus_w(int(v), int(self.port.snapshot()["power_w"])))
+                ll.surplus(now, LL.surplus_w(int(v), int(self.port.snapshot()["power_w"] or 0)))
         if self._load_da(ll) != self._load_shown:
             self._dirty = True
             self._wake.set()

@@ -230,6 +230,9 @@ def test_state_document_per_snapshot():
     assert "id_tag" not in d  # personal data: only when MqttIdTag is on
     assert state_doc(charging, True, None)["id_tag"] == "TAG1" and "load_limit_a" not in state_doc(charging, True, None)
     assert state_doc(IDLE, True, None)["id_tag"] is None
+    # a meter that has not answered yet: numbers stay numbers
+    d = state_doc(dict(IDLE, power_w=None, current_a=[None, None, None], offered_a=None), False, None)
+    assert (d["power_w"], d["current_a"], d["offered_a"]) == (0, [0, 0, 0], 0), d
 
 
 async def test_published_state_is_retained_json_on_the_base_topic():
