@@ -179,6 +179,7 @@ class MqttFront:
         self._results = []
         self._dirty = True
         self._reconf = True
+        self._helpers = False
         self._last_pub = time.ticks_ms()
         self._load_shown = None  # the load limit (0.1 A) in the last state published
         self.client = None
@@ -246,8 +247,10 @@ class MqttFront:
     # ---- the supervisor ----
 
     async def run(self):
-        asyncio.create_task(self._watch_model())
-        asyncio.create_task(self._tick())
+        if not self._helpers:  # once: a supervisor that restarts run() must not double them
+            self._helpers = True
+            asyncio.create_task(self._watch_model())
+            asyncio.create_task(self._tick())
         backoff = 0
         said = None
         while True:
