@@ -145,6 +145,13 @@ _T = (
     # form, 8-63 characters or 64 hex digits. Secret: never shown or logged, like Password.
     "WifiSsid Sdb - 0 32\n"
     "WifiPassword Sdsb - 0 64\n"
+    # The web page (firmware/web.py; imported only when enabled, so off costs no heap). WebBind: the address the
+    # server listens on, 0.0.0.0 = every interface. WebPassword is stored hashed (firmware/webauth.py:
+    # "s2k$<bytes>$<salt hex>$<SHA-256 hex>"); a plaintext from provision.json is hashed when the page starts.
+    "WebEnabled Bdb 0\n"
+    "WebPort Idb 80 1 65535\n"
+    "WebBind Sdb 0.0.0.0 7 15\n"
+    "WebPassword Sds - 0 128\n"
 )
 
 
