@@ -22,8 +22,11 @@ _TAG = "setup"
 _POLL_MS = const(50)
 # Stored in this order: the two that make a board count as configured go last, so a power cut in the middle of
 # storing leaves a board that asks again rather than one that starts half set up.
-_ORDER = ("WifiSsid", "WifiPassword", "Password", "MeterModel", "Variant", "MaxCurrent", "CentralSystemUrl",
-          "ChargeBoxId")
+_ORDER = ("WifiSsid", "WifiPassword", "Password", "MeterModel", "Variant", "MaxCurrent", "WebPassword",
+          "WebEnabled", "CentralSystemUrl", "ChargeBoxId")
+# Loaded for the setup only, dropped with it (the web page imports its modules again if it is enabled).
+_SETUP_MODULES = ("firmware.provision", "firmware.setupcheck", "firmware.websetup", "firmware.web",
+                  "firmware.webauth", "microdot", "microdot.microdot", "microdot.helpers")
 
 
 def needed(cfg, wifi_required):
@@ -183,8 +186,7 @@ def ensure(board):
             return False
         log.info(_TAG, "no configuration: setup on the console")
         con = Console(board)
-        answers = asyncio.run(wizard(con, con, cfg, lambda s, p: _join(board, s, p), wifi_required))
-        store(cfg, answers)
+        answers = asyncio.run(_setup(board, cfg, con, lambda s, p: _join(board, s, p), wifi_required))
         log.info(_TAG, "stored: charge box %s, Central System %s" % (answers["ChargeBoxId"],
                                                                      answers["CentralSystemUrl"]))
         return True
@@ -192,8 +194,46 @@ def ensure(board):
         _unload()
 
 
+async def _setup(board, cfg, con, join, wifi_required):
+    """The console setup and, on a board without a WiFi network configured, the setup over the web beside it
+    (firmware/websetup.py: the board's own access point): the first one finished configures the board. -> the
+    answers, stored."""
+    done = asyncio.Event()
+    result = []
+
+    async def console():
+        try:
+            a = await wizard(con, con, cfg, join, wifi_required)
+            store(cfg, a)
+            result.append(a)
+        except Exception as e:  # a flash that will not take the answers: raised below, as before
+            result.append(e)
+        done.set()
+
+    async def over_web():
+        from firmware import websetup
+        a = await websetup.serve(board, cfg, join, lambda answers: store(cfg, answers), wifi_required)
+        if a is not None:
+            con.write("  set up over the web")
+            result.append(a)
+            done.set()
+
+    tasks = [asyncio.create_task(console())]
+    if not cfg.get("WifiSsid"):
+        tasks.append(asyncio.create_task(over_web()))
+    await done.wait()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # the web setup closes its server and access point
+    if isinstance(result[0], Exception):
+        raise result[0]
+    return result[0]
+
+
 def _unload():
-    sys.modules.pop(__name__, None)
     pkg = sys.modules.get("firmware")
-    if pkg is not None and "provision" in pkg.__dict__:
-        delattr(pkg, "provision")
+    for name in _SETUP_MODULES:
+        sys.modules.pop(name, None)
+        leaf = name[9:] if name.startswith("firmware.") else None
+        if leaf and pkg is not None and leaf in pkg.__dict__:
+            delattr(pkg, leaf)

@@ -97,6 +97,41 @@ def static_dir():
     return (f[:i] if i >= 0 else ".") + "/www"
 
 
+def static_file(static, name):
+    """The response for a static file: static/NAME.gz as it is, with Content-Encoding: gzip."""
+    path = "%s/%s.gz" % (static, name)
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return "the page's files are missing on this board (%s): build with tools/build.py" % path, 404
+    res = Response.send_file(name, stream=f, compressed=True)
+    res.headers["Cache-Control"] = "no-cache"
+    return res
+
+
+def post_refusal(req):
+    """None when a POST may be handled, else the answer that refuses it: a body that is not JSON (what a
+    cross-site form can send without a CORS preflight) or a request from another origin or site."""
+    origin = req.headers.get("Origin")
+    if origin is not None and origin != "http://" + req.headers.get("Host", ""):
+        return answer(False, "request from another origin", 403)
+    site = req.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return answer(False, "request from another site", 403)
+    if (req.content_type or "").split(";")[0].strip() != "application/json":
+        return answer(False, "POST bodies must be application/json", 415)
+    return None
+
+
+def security_headers(req, res):
+    """microdot after_request: the headers every answer carries."""
+    for k, v in _SECURITY.items():
+        res.headers[k] = v
+    if req is not None and req.path.startswith("/api/"):
+        res.headers["Cache-Control"] = "no-store"
+    return res
+
+
 class _Deadline:
     """A request's reader with one deadline for its head and body: a client that sends nothing (or one byte a
     minute) would otherwise hold a socket and a task for ever. Past the deadline it reads as the end of the
@@ -126,7 +161,9 @@ class _Deadline:
         return self._within(self.r.read(n))
 
 
-class _Server(Microdot):
+class Server(Microdot):
+    """microdot with a bound on connections served at once and a deadline for each request's head and body."""
+
     def __init__(self):
         super().__init__()
         self.active = 0
@@ -178,7 +215,7 @@ class _Events:
             streams.remove(self)
 
 
-def _answer(ok, reason=None, status=None, **more):
+def answer(ok, reason=None, status=None, **more):
     more["ok"] = ok
     more["reason"] = reason
     return more, status or (200 if ok else 409)
@@ -188,7 +225,7 @@ def _bad(reason):
     return {"ok": False, "reason": reason}, 400
 
 
-def _body(req):
+def body(req):
     """The JSON object of a POST, or None when it is not one."""
     try:
         obj = json.loads(req.body) if req.body else {}
@@ -228,10 +265,10 @@ class Web:
         self.log = LogRing()
         self.streams = []
         self.beat_ms = _BEAT_MS
-        self.app = app = _Server()
+        self.app = app = Server()
         app.before_request(self._guard)
-        app.after_request(self._headers)
-        app.after_error_request(self._headers)
+        app.after_request(security_headers)
+        app.after_error_request(security_headers)
         for path in _STATIC:
             app.route(path)(self._file)
         get = (("/api/session", self.session), ("/api/status", self.status), ("/api/events", self.events),
@@ -264,41 +301,21 @@ class Web:
         """Refuses what a request may not do before its handler runs (microdot before_request)."""
         path = req.path
         if req.method == "POST":
-            origin = req.headers.get("Origin")
-            if origin is not None and origin != "http://" + req.headers.get("Host", ""):
-                return _answer(False, "request from another origin", 403)
-            site = req.headers.get("Sec-Fetch-Site")
-            if site is not None and site not in ("same-origin", "none"):
-                return _answer(False, "request from another site", 403)
-            if (req.content_type or "").split(";")[0].strip() != "application/json":
-                return _answer(False, "POST bodies must be application/json", 415)
+            refused = post_refusal(req)
+            if refused:
+                return refused
         if not path.startswith("/api/") or path in _OPEN and not (path == "/api/password"
                                                                    and self.auth.password_set()):
             return None
         token = self._token(req)
         if self.auth.session(token) is None:
-            return _answer(False, "log in first" if self.auth.password_set() else "set a password first", 401)
+            return answer(False, "log in first" if self.auth.password_set() else "set a password first", 401)
         if req.method == "POST" and not self.auth.csrf_ok(token, req.headers.get("X-CSRF-Token")):
-            return _answer(False, "missing or wrong CSRF token", 403)
+            return answer(False, "missing or wrong CSRF token", 403)
         return None
 
-    def _headers(self, req, res):
-        for k, v in _SECURITY.items():
-            res.headers[k] = v
-        if req is not None and req.path.startswith("/api/"):
-            res.headers["Cache-Control"] = "no-store"
-        return res
-
     def _file(self, req):
-        name = _STATIC[req.path]
-        path = "%s/%s.gz" % (self.static, name)
-        try:
-            f = open(path, "rb")
-        except OSError:
-            return "the page's files are missing on this board (%s): build with tools/build.py" % path, 404
-        res = Response.send_file(name, stream=f, compressed=True)
-        res.headers["Cache-Control"] = "no-cache"
-        return res
+        return static_file(self.static, _STATIC[req.path])
 
     def _with_session(self, body, token, csrf):
         body["csrf"] = csrf
@@ -314,15 +331,15 @@ class Web:
         return {"password_set": auth.password_set(), "logged_in": csrf is not None, "csrf": csrf}
 
     async def login(self, req):
-        a = _body(req)
+        a = body(req)
         if a is None or not isinstance(a.get("password"), str):
             return _bad("expected {\"password\": text}")
         if not self.auth.password_set():
-            return _answer(False, "no password is set yet: set one first", 409)
+            return answer(False, "no password is set yet: set one first", 409)
         token, csrf, reason = await self.auth.login(a["password"])
         if token is None:
             log.warn(_TAG, "login refused from %s: %s" % (req.client_addr[0] if req.client_addr else "?", reason))
-            return _answer(False, reason, 429 if self.auth.wait_ms() else 401)
+            return answer(False, reason, 429 if self.auth.wait_ms() else 401)
         return self._with_session({"ok": True, "reason": None}, token, csrf)
 
     def logout(self, req):
@@ -334,14 +351,14 @@ class Web:
     async def password(self, req):
         """Sets the first password (then logs this browser in), or changes it (the old one is needed; every
         other session ends)."""
-        a = _body(req)
+        a = body(req)
         if a is None or not isinstance(a.get("password"), str):
             return _bad("expected {\"password\": text}")
         auth = self.auth
         if auth.password_set():
             ok, reason = await auth.check(a.get("old"))
             if not ok:
-                return _answer(False, "current password: %s" % reason, 403)
+                return answer(False, "current password: %s" % reason, 403)
         ok, reason = await auth.set_password(a["password"])
         if not ok:
             return _bad(reason)
@@ -362,26 +379,26 @@ class Web:
         return ev, 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
 
     def start(self, req):
-        a = _body(req)
+        a = body(req)
         tag = a.get("id_tag") if a is not None else 0
         if tag == "":
             tag = None
         if tag is not None and (not isinstance(tag, str) or len(tag) > _ID_TAG_MAX):
             return _bad("id_tag: text of at most %d characters, or null for free vend" % _ID_TAG_MAX)
         ok, reason = self.model.start(tag)
-        return _answer(ok, reason)
+        return answer(ok, reason)
 
     def stop(self, req):
         ok, reason = self.model.stop()
-        return _answer(ok, reason)
+        return answer(ok, reason)
 
     def limit(self, req):
-        a = _body(req)
+        a = body(req)
         amps = a.get("amps", 0) if a is not None else "?"
         if amps is not None and (isinstance(amps, bool) or not isinstance(amps, (int, float))):
             return _bad("amps: a number (0 pauses) or null (no limit)")
         ok, reason = self.model.set_limit(amps)
-        return _answer(ok, reason)
+        return answer(ok, reason)
 
     def recent_log(self, req):
         return {"lines": self.log.recent()}
@@ -394,7 +411,7 @@ class Web:
     def configure(self, req):
         """Applies {name: value} when every value passes setupcheck.check, nothing otherwise. A blank secret
         leaves the stored one."""
-        a = _body(req)
+        a = body(req)
         if a is None or not a:
             return _bad("expected {\"Name\": value, ...}")
         errors = {}
