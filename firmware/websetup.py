@@ -66,7 +66,7 @@ class Setup:
 
     async def submit(self, req):
         """{name: text, ..., "keep_wifi": bool} -> 400 with every refusal, 409 when the WiFi network could not
-        be joined (keep_wifi: store anyway), 200 once stored."""
+        be joined (keep_wifi: store anyway), 200 once stored. A setting left out keeps its current value."""
         refused = web.post_refusal(req)
         if refused:
             return refused
@@ -76,7 +76,9 @@ class Setup:
         answers = {}
         errors = {}
         for name, required in FIELDS:
-            value = a.get(name, "")
+            value = a.get(name)
+            if value is None:  # not answered: the current value, as Enter alone on the console
+                value = "" if setupcheck.secret(name) else self.cfg.get(name)
             if name == "WebPassword":
                 if value:
                     why = webauth.password_rule(value)
