@@ -26,7 +26,7 @@ _ORDER = ("WifiSsid", "WifiPassword", "Password", "MeterModel", "Variant", "MaxC
           "WebEnabled", "CentralSystemUrl", "ChargeBoxId")
 # Loaded for the setup only, dropped with it (the web page imports its modules again if it is enabled).
 _SETUP_MODULES = ("firmware.provision", "firmware.setupcheck", "firmware.websetup", "firmware.web",
-                  "firmware.webauth", "microdot", "microdot.microdot", "microdot.helpers")
+                  "firmware.webauth", "microdot", "microdot.microdot")
 
 
 def needed(cfg, wifi_required):

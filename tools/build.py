@@ -32,9 +32,10 @@ PACKAGES = ("firmware", "hal", "lib")
 ENTRY_POINTS = ("main.py", "boot.py")
 BOOT_MODULES = ("slotboot.py",)  # compiled to the root, beside the entry points, outside the slots (docs/ota.md)
 # Packages installed in the venv from PyPI and compiled into the tree: package -> the modules MicroPython loads.
-# microdot: its core and Server-Sent Events; its session (JWT), csrf (Origin checks), login, cors, multipart,
-# websocket, asgi/wsgi and template modules are not used (firmware/webauth.py does sessions and CSRF tokens).
-INSTALLED = {"microdot": ("__init__.py", "microdot.py", "helpers.py", "sse.py")}
+# microdot: its core only. firmware/web.py streams its Server-Sent Events itself (a beat, a bounded number of
+# streams), and its session (JWT), csrf (Origin checks), login, cors, multipart, websocket, asgi/wsgi and
+# template modules are not used (firmware/webauth.py does sessions and CSRF tokens).
+INSTALLED = {"microdot": ("__init__.py", "microdot.py")}
 STATIC = "www"  # static web files, gzip-compressed into <out>/www
 # Everything a firmware slot holds (tools/otapack.py packs these directories).
 SLOT_DIRS = PACKAGES + tuple(INSTALLED) + (STATIC,)
