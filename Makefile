@@ -3,9 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
 # Debian packages the tests and tools need, as command:package pairs (socat: the pseudo-terminal that lets the
-# deploy tests' MicroPython unix port play a board on a serial port): the package is installed only when the
-# command is missing (a Node.js from another source already brings npm, and Debian's npm would clash with it).
-APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto socat:socat
+# deploy tests' MicroPython unix port play a board on a serial port; chromium and its driver: the web page's
+# browser tests, run headless through selenium): the package is installed only when the command is missing (a Node.js from another source already brings npm, and Debian's npm would clash with it).
+APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto socat:socat chromium:chromium chromedriver:chromium-driver
 # Parallel test workers: the tests mostly wait on simulated boards and Central Systems, not on the CPU.
 TEST_WORKERS ?= 8
 

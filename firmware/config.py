@@ -31,6 +31,16 @@ def _key_hex(s):
     return 32 <= len(s) <= 40 and not len(s) % 2 and _is_hex(s)
 
 
+def _ipv4(s):
+    parts = s.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or int(p) > 255:
+            return False
+    return True
+
+
 def _parse_int(text):
     s = text[1:] if text[:1] in ("-", "+") else text
     if not s or not s.isdigit():  # int() alone would take " 12", "1_0"
@@ -89,6 +99,8 @@ def _check_str(e, v):
                 return "must not contain + # or control characters"
         if v[:1] in ("/", "$") or v[-1:] == "/" or "//" in v:
             return "must not start with / or $, end with /, or hold an empty level"
+    if name == "WebBind" and not _ipv4(v):
+        return "must be an IPv4 address: 0.0.0.0 (every interface) or one of the board's"
     if name == "Pins" and v:
         try:
             if not isinstance(json.loads(v), dict):

@@ -169,6 +169,13 @@ _T = (
     "LoadStale Id 60 5 3600\n"
     "LoadStartDelay Id 60 0 3600\n"
     "LoadStopDelay Id 300 0 3600\n"
+    # The web page (firmware/web.py; imported only when enabled, so off costs no heap). WebBind: the address the
+    # server listens on, 0.0.0.0 = every interface. WebPassword is stored hashed (firmware/webauth.py:
+    # "s2k$<bytes>$<salt hex>$<SHA-256 hex>"); a plaintext from provision.json is hashed when the page starts.
+    "WebEnabled Bdb 0\n"
+    "WebPort Idb 80 1 65535\n"
+    "WebBind Sdb 0.0.0.0 7 15\n"
+    "WebPassword Sds - 0 128\n"
 )
 
 

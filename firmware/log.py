@@ -7,11 +7,17 @@ INFO = 20
 WARN = 30
 ERROR = 40
 level = INFO
+# Called with every record printed (its text without the line end) when set: the web page keeps the recent ones
+# in a small RAM ring (firmware/web.py). One hook, no list: a board without the page pays nothing.
+hook = None
 
 
 def log(lvl, tag, msg):
     if lvl >= level:
-        print("%d %s %s: %s" % (time.ticks_ms() % 10000000, "DIWE"[lvl // 10 - 1], tag, msg))
+        line = "%d %s %s: %s" % (time.ticks_ms() % 10000000, "DIWE"[lvl // 10 - 1], tag, msg)
+        print(line)
+        if hook is not None:
+            hook(line)
 
 
 def info(tag, msg):

@@ -4,7 +4,8 @@
 # ensure(board) runs before the application is built (firmware/app.py run()). When the board has no Central System
 # URL or charge box id, or, on a board that reaches the network only through WiFi, no WiFi network, it asks for
 # them on the console, checks every answer with the configuration's own rules (firmware/config.py _parse over the
-# key table of firmware/config_keys.py, plus the few rules of a setup below), stores them and returns: the charger
+# key table of firmware/config_keys.py, plus the few rules of a setup: firmware/setupcheck.py, which the web setup
+# and the web page's configuration form share), stores them and returns: the charger
 # then starts as usual. It unloads itself afterwards, so its code costs no heap while the charger runs.
 #
 # wizard() is an async function over a line reader (await reader.readline(secret) -> str) and a line writer
@@ -14,16 +15,18 @@
 import sys
 import asyncio
 from micropython import const
-from firmware import config, log
+from firmware import config, log, setupcheck
 from firmware import config_keys as K
 
 _TAG = "setup"
 _POLL_MS = const(50)
-_HEX = "0123456789abcdefABCDEF"
 # Stored in this order: the two that make a board count as configured go last, so a power cut in the middle of
 # storing leaves a board that asks again rather than one that starts half set up.
-_ORDER = ("WifiSsid", "WifiPassword", "Password", "MeterModel", "Variant", "MaxCurrent", "CentralSystemUrl",
-          "ChargeBoxId")
+_ORDER = ("WifiSsid", "WifiPassword", "Password", "MeterModel", "Variant", "MaxCurrent", "WebPassword",
+          "WebEnabled", "CentralSystemUrl", "ChargeBoxId")
+# Loaded for the setup only, dropped with it (the web page imports its modules again if it is enabled).
+_SETUP_MODULES = ("firmware.provision", "firmware.setupcheck", "firmware.websetup", "firmware.web",
+                  "firmware.webauth", "microdot", "microdot.microdot")
 
 
 def needed(cfg, wifi_required):
@@ -32,47 +35,11 @@ def needed(cfg, wifi_required):
         wifi_required and not cfg.get("WifiSsid"))
 
 
-# ---- rules a setup adds to the key table's ---------------------------------------------------------------
-
-def _ssid_rule(ssid):
-    n = len(ssid.encode())
-    return "an SSID has at most 32 bytes, this one %d" % n if n > 32 else None
-
-
-def _wpa_rule(pw):
-    n = len(pw.encode())
-    if not pw or 8 <= n <= 63:
-        return None
-    if n == 64:
-        for c in pw:
-            if c not in _HEX:
-                return "64 characters must be hex digits (a raw WPA2 key); a passphrase has 8-63"
-        return None
-    return "a WPA2 password has 8-63 characters, this one %d (Enter alone: an open network)" % n
-
-
-def _url_rule(url):
-    rest = url[url.find("://") + 3:]
-    host = rest.split("/")[0].split("@")[-1]
-    if not host or host[0] == ":":
-        return "no host name after %s" % url[:url.find("://") + 3]
-    for c in url:
-        if c <= " ":
-            return "must not contain spaces"
-    return None
-
-
-def _required(v):
-    return None if v else "an answer is needed here"
-
-
 # ---- the dialogue ----------------------------------------------------------------------------------------
 
-async def _ask(reader, writer, name, question, default=None, rule=None, secret=False):
-    """Asks until an answer passes the key's rules (and rule): the typed value. Enter alone takes default (shown in
-    brackets) when there is one, else it is the empty answer."""
-    e = K.entry(K.find(name))
-    choices = e[5] if e[1] & K.TYPE == K.STR else None
+async def _ask(reader, writer, name, question, default=None, required=False, secret=False):
+    """Asks until an answer passes setupcheck.check (the key's rules and a setup's): the typed value. Enter alone
+    takes default (shown in brackets) when there is one, else it is the empty answer."""
     while True:
         shown = "" if default is None or default == "" else " [%s]" % default
         writer.write("? %s%s:" % (question, shown))
@@ -81,13 +48,7 @@ async def _ask(reader, writer, name, question, default=None, rule=None, secret=F
             text = text.strip()
         if text == "" and default is not None:
             text = default if isinstance(default, str) else str(default)
-        if choices:  # "sdm630" means SDM630: the choice is a name, not a spelling test
-            for c in choices:
-                if c.lower() == text.lower():
-                    text = c
-        value, reason = config._parse(e, text)
-        if reason is None and rule is not None:
-            reason = rule(value)
+        value, reason = setupcheck.check(name, text, required)
         if reason is None:
             return value
         writer.write("! %s" % reason)
@@ -110,16 +71,15 @@ async def _wifi(reader, writer, ssid, join, wifi_required):
     """-> (ssid, password). With join, the network is tried before the setup goes on."""
     while True:
         if wifi_required:
-            ssid = await _ask(reader, writer, "WifiSsid", "WiFi network name (SSID)", ssid or None,
-                              lambda v: _required(v) or _ssid_rule(v))
+            ssid = await _ask(reader, writer, "WifiSsid", "WiFi network name (SSID)", ssid or None, True)
         else:
             ssid = await _ask(reader, writer, "WifiSsid",
                               "WiFi network name (SSID; Enter alone: none, this board is on a network already)",
-                              ssid or None, _ssid_rule)
+                              ssid or None)
         if not ssid:
             return "", ""
         password = await _ask(reader, writer, "WifiPassword", "WiFi password (Enter alone: an open network)",
-                              None, _wpa_rule, True)
+                              None, False, True)
         if join is None:
             return ssid, password
         writer.write("  joining %s ..." % ssid)
@@ -146,14 +106,14 @@ async def wizard(reader, writer, cfg, join=None, wifi_required=True):
         a["WifiSsid"], a["WifiPassword"] = await _wifi(reader, writer, a["WifiSsid"], join, wifi_required)
         a["CentralSystemUrl"] = await _ask(reader, writer, "CentralSystemUrl",
                                            "Central System URL (ws://host:port/path or wss://...)",
-                                           a["CentralSystemUrl"] or None, lambda v: _required(v) or _url_rule(v))
+                                           a["CentralSystemUrl"] or None, True)
         if a["CentralSystemUrl"].startswith("wss://") and not cfg.get("CentralSystemCa"):
             writer.write("  note: wss:// needs the CA certificate of the Central System (CentralSystemCa, from "
                          "provision.json or make deploy); the charger cannot connect until it has one")
         a["ChargeBoxId"] = await _ask(reader, writer, "ChargeBoxId", "Charge box id (the Central System's name for "
-                                      "this charger)", a["ChargeBoxId"] or None, _required)
+                                      "this charger)", a["ChargeBoxId"] or None, True)
         a["Password"] = await _ask(reader, writer, "Password", "Central System password (Enter alone: none)",
-                                   None, None, True)
+                                   None, False, True)
         models = "|".join(K.METER_MODELS)
         a["MeterModel"] = await _ask(reader, writer, "MeterModel", "Energy meter model (%s)" % models,
                                      a["MeterModel"])
@@ -226,8 +186,7 @@ def ensure(board):
             return False
         log.info(_TAG, "no configuration: setup on the console")
         con = Console(board)
-        answers = asyncio.run(wizard(con, con, cfg, lambda s, p: _join(board, s, p), wifi_required))
-        store(cfg, answers)
+        answers = asyncio.run(_setup(board, cfg, con, lambda s, p: _join(board, s, p), wifi_required))
         log.info(_TAG, "stored: charge box %s, Central System %s" % (answers["ChargeBoxId"],
                                                                      answers["CentralSystemUrl"]))
         return True
@@ -235,8 +194,46 @@ def ensure(board):
         _unload()
 
 
+async def _setup(board, cfg, con, join, wifi_required):
+    """The console setup and, on a board without a WiFi network configured, the setup over the web beside it
+    (firmware/websetup.py: the board's own access point): the first one finished configures the board. -> the
+    answers, stored."""
+    done = asyncio.Event()
+    result = []
+
+    async def console():
+        try:
+            a = await wizard(con, con, cfg, join, wifi_required)
+            store(cfg, a)
+            result.append(a)
+        except Exception as e:  # a flash that will not take the answers: raised below, as before
+            result.append(e)
+        done.set()
+
+    async def over_web():
+        from firmware import websetup
+        a = await websetup.serve(board, cfg, join, lambda answers: store(cfg, answers), wifi_required)
+        if a is not None:
+            con.write("  set up over the web")
+            result.append(a)
+            done.set()
+
+    tasks = [asyncio.create_task(console())]
+    if not cfg.get("WifiSsid"):
+        tasks.append(asyncio.create_task(over_web()))
+    await done.wait()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # the web setup closes its server and access point
+    if isinstance(result[0], Exception):
+        raise result[0]
+    return result[0]
+
+
 def _unload():
-    sys.modules.pop(__name__, None)
     pkg = sys.modules.get("firmware")
-    if pkg is not None and "provision" in pkg.__dict__:
-        delattr(pkg, "provision")
+    for name in _SETUP_MODULES:
+        sys.modules.pop(name, None)
+        leaf = name[9:] if name.startswith("firmware.") else None
+        if leaf and pkg is not None and leaf in pkg.__dict__:
+            delattr(pkg, leaf)

@@ -102,6 +102,23 @@ class Board:
         # Drop the link and stop every attempt to join (the radio stays on).
         raise NotImplementedError
 
+    # ---- WiFi access point (the first-boot setup over the web, firmware/websetup.py) ----
+
+    def ap_start(self, ssid, password):
+        # Open the board's own access point and return its SSID; ssid None = the board's name for it,
+        # "EVSE-" and the last 3 bytes of the radio's MAC in hex (neighbouring boards differ); password ""
+        # = an open network, else WPA2 (8-63 characters). The station may join a network meanwhile.
+        # Raises OSError when the board has no access point to offer.
+        raise NotImplementedError
+
+    def ap_ip(self):
+        # -> the board's address on its access point while it is open ("192.168.4.1" on the ESP32), else None.
+        raise NotImplementedError
+
+    def ap_stop(self):
+        # Close the access point (the station is left as it is).
+        raise NotImplementedError
+
     def open_uart(self, baud, parity, stop):
         # -> asyncio stream (read/readexactly/write/drain) on the RS485 bus, 8 data bits.
         # parity: None | "N" | "E" | "O" (machine.UART's 0 = even, 1 = odd are accepted too); stop: 1 | 2.
@@ -130,5 +147,6 @@ METHODS = (
     "set_pwm", "set_contactor", "set_lock", "set_led", "read_cp", "read_pp_ohms", "lock_feedback",
     "contactor_feedback", "rcd_tripped", "local_limit_da", "take_block_ms", "poll_tag", "poll_console", "reset_cause", "open_uart",
     "start_watch", "wdt_feed", "reset", "ticks_ms", "wifi_join", "wifi_status", "wifi_ip", "wifi_leave",
+    "ap_start", "ap_ip", "ap_stop",
 )
 LEDS = ("green", "blue", "red")

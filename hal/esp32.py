@@ -59,6 +59,8 @@ _RFID_SPI_HZ = const(1000000)    # the chip takes 10 MHz; 1 MHz forgives long wi
 _CONSOLE_MAX = const(256)         # longest console line kept; more is dropped (a URL fits, a paste does not)
 _WIFI_STALE_MS = const(8000)      # see wifi_status()
 _STAT_IDLE = const(1000)          # network.STAT_* (MicroPython's esp32 port)
+_AP_OPEN = const(0)               # network.AUTH_OPEN, network.AUTH_WPA2_PSK: the access point's security
+_AP_WPA2 = const(3)
 _STAT_CONNECTING = const(1001)
 _STAT_GOT_IP = const(1010)
 _WIFI_OFF = ("off", None)
@@ -170,6 +172,7 @@ class Board:
         self._con_buf = bytearray()
         self._con_cr = False   # the last line ended with CR: a LF right after it is the same line end
         self._sta = None       # network.WLAN(STA_IF), made on the first wifi_join()
+        self._ap = None        # network.WLAN(AP_IF) while the setup's access point is open
         self._wifi_err = None  # an OSError of the last join, reported as its failure
         self._joining = False  # a join was asked for and not left since
         self._join_ms = time.ticks_ms()
@@ -357,6 +360,33 @@ class Board:
                 w.disconnect()
             except OSError:
                 pass  # not started or not joined: nothing to leave
+
+    # ---- WiFi access point (first-boot setup over the web) ----
+
+    def ap_start(self, ssid, password):
+        import network
+        ap = self._ap = network.WLAN(network.AP_IF)
+        ap.active(True)
+        if ssid is None:
+            mac = ap.config("mac")
+            ssid = "EVSE-%02X%02X%02X" % (mac[3], mac[4], mac[5])
+        if password:
+            ap.config(ssid=ssid, key=password, security=_AP_WPA2)
+        else:
+            ap.config(ssid=ssid, security=_AP_OPEN)
+        return ssid
+
+    def ap_ip(self):
+        ap = self._ap
+        if ap is None or not ap.active():
+            return None
+        return ap.ifconfig()[0]
+
+    def ap_stop(self):
+        ap = self._ap
+        if ap is not None:
+            ap.active(False)
+            self._ap = None
 
     # ---- services ----
 

@@ -1,6 +1,9 @@
 # The virtual board: hal.board's interface on the MicroPython unix port, wired to tools/sim.py.
 #
-# Command line (read from sys.argv): --board HOST:PORT --state DIR --uart PATH [--wifi-ap SSID:PASSWORD]
+# Command line (read from sys.argv): --board HOST:PORT --state DIR --uart PATH [--wifi-ap SSID:PASSWORD] [--soft-ap]
+#
+# --soft-ap: the board can open the first-boot setup's access point (ap_start), which loopback plays (ap_ip
+# 127.0.0.1); without it ap_start raises OSError, as on a board without one.
 #
 # WiFi: the host is always on the network, so the board needs no WiFi (wifi_required False) and a simulated
 # radio stands in for the ESP32's. A join takes _WIFI_JOIN_MS and then succeeds, with the address 127.0.0.1;
@@ -74,6 +77,10 @@ class Board:
             ap += ":"
         self._wifi_ap = None if ap is None else ap.split(":", 1)  # [ssid, password]
         self._wifi = None  # [ssid, password, ticks_ms of the join] while joining or joined
+        # --soft-ap: the board may open the setup's access point (firmware/websetup.py), played by loopback.
+        # Off by default, so parallel simulations of fresh boards do not all open a setup page.
+        self._soft_ap = "--soft-ap" in argv
+        self._ap = None
         # Every attribute the reader thread writes exists before it starts: without a GIL, adding a key to the
         # instance dict while the main thread reads it could resize the dict under the reader's feet.
         self._cp = (0, 0)
@@ -233,6 +240,20 @@ class Board:
 
     def wifi_leave(self):
         self._wifi = None
+
+    # ---- WiFi access point (simulated: the host's loopback plays it, only with --soft-ap) ----
+
+    def ap_start(self, ssid, password):
+        if not self._soft_ap:
+            raise OSError("the virtual board offers no access point without --soft-ap")
+        self._ap = ssid or "EVSE-51D000"
+        return self._ap
+
+    def ap_ip(self):
+        return "127.0.0.1" if self._ap else None
+
+    def ap_stop(self):
+        self._ap = None
 
     # ---- outputs (any thread) ----
 

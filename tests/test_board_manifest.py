@@ -111,9 +111,23 @@ def manifest_files():
     return frozen, included
 
 
+def installed_files():
+    """The PyPI packages the firmware uses (tools/build.py INSTALLED: microdot), as the manifest must name them:
+    real paths in the venv's site-packages."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import build
+    return {os.path.realpath(src) for _, src in build.installed_sources()}
+
+
 def test_manifest_freezes_exactly_what_the_firmware_imports_on_an_esp32():
     wanted = {os.path.relpath(p, ROOT) for p in firmware_modules().values()}
     frozen, included = manifest_files()
+    installed = installed_files()
+    from_venv = {p for p in frozen if os.path.realpath(os.path.join(ROOT, p)) in installed}
+    assert {os.path.realpath(os.path.join(ROOT, p)) for p in from_venv} == installed, (
+        "boards/EVSE_ESP32/manifest.py must freeze microdot's modules from the venv: %s" % sorted(installed))
+    frozen = {p: o for p, o in frozen.items() if p not in from_venv}
     missing, extra = sorted(wanted - set(frozen)), sorted(set(frozen) - wanted)
     assert not missing and not extra, (
         "boards/EVSE_ESP32/manifest.py is out of step with the firmware's imports: add %s; remove %s"

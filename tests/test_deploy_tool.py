@@ -112,6 +112,11 @@ def test_config_left_out_settings_take_the_firmware_defaults(tmp_path):
     assert settings["Pins"] == '{"cp_pwm":4}'
     assert "Password" in defaulted and "ChargeBoxId" not in defaulted
     assert list(settings)[:2] == ["CentralSystemUrl", "ChargeBoxId"]  # the key table's order
+    # ... but the web page's password is its owner's: a deploy without it leaves the board's, one with it sets it
+    assert "WebPassword" not in settings and "WebPassword" not in defaulted and settings["WebEnabled"] is False
+    settings, _ = deviceconfig.load_config(write(tmp_path, "c.json", {
+        "CentralSystemUrl": "ws://cs.example/ocpp", "ChargeBoxId": "CP1", "WebPassword": "page-password-1"}))
+    assert settings["WebPassword"] == "page-password-1"
 
 
 def test_config_errors_name_the_field_and_the_reason(tmp_path):

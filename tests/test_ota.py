@@ -134,7 +134,7 @@ def test_verify_accepts_the_package_and_lists_every_file(vectors):
     for path, data in vectors["blobs"]:
         assert path in out
     assert not any(p.startswith(("main.py", "boot.py", "slotboot")) for p, _ in vectors["blobs"])
-    assert {p.split("/")[0] for p, _ in vectors["blobs"]} == set(build.PACKAGES)
+    assert {p.split("/")[0] for p, _ in vectors["blobs"]} == set(build.SLOT_DIRS)
 
 
 @pytest.mark.parametrize("name,reason", [

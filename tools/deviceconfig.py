@@ -57,11 +57,16 @@ def firmware_report(settings, src=ROOT):
     raise RuntimeError("the firmware's config check did not run:\n" + r.stdout + r.stderr)
 
 
+# Settings a deploy leaves as the board has them unless CONFIG names them: the web page's password is its owner's,
+# set on the board (docs/decisions.md, "Web page"); writing the default would open the page to whoever comes first.
+KEPT = ("WebPassword",)
+
+
 def load_config(path, src=ROOT, now=None):
     """(the settings to install as provision.json, the names CONFIG left out) from a CONFIG file; ConfigError
-    lists every problem. Every device setting is written, those CONFIG leaves out at the firmware's default: the
-    board applies provision.json key by key, so a setting dropped from CONFIG would otherwise keep the value an
-    earlier deploy gave it (a Password removed from the file would still be sent)."""
+    lists every problem. Every device setting but KEPT is written, those CONFIG leaves out at the firmware's
+    default: the board applies provision.json key by key, so a setting dropped from CONFIG would otherwise keep the
+    value an earlier deploy gave it (a Password removed from the file would still be sent)."""
     try:
         with open(path) as f:
             raw = f.read()
@@ -110,6 +115,8 @@ def load_config(path, src=ROOT, now=None):
     full, defaulted = {}, []
     for name, default in device:
         k = _key(settings, name)
+        if k is None and name in KEPT:
+            continue
         if k is None:
             defaulted.append(name)
         full[name] = settings[k] if k is not None else default

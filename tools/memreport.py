@@ -17,7 +17,9 @@ the ESP32: that is the code's cost on a board that loads .mpy files from its fil
     .venv/bin/python tools/memreport.py --wasm32
 
 Modules the firmware imports only when a feature is configured (OPTIONAL, e.g. the MQTT client) are measured after
-the boot figure, with the objects they keep, so "after boot" stays what a board without the feature pays.
+the boot figure, with the objects they keep, so "after boot" stays what a board without the feature pays. Packages
+installed from PyPI and compiled into the build (tools/build.py INSTALLED: microdot, the web page's server) are
+measured with the lazy modules, first, each alone (their qstrs then stay interned for the modules after them).
 """
 import argparse
 import ast
@@ -256,7 +258,9 @@ def modules():
 
     for root in BOOT_ROOTS:
         reach(root)
-    return [m for m in order if m in boot], [m for m in order if m not in boot], found
+    # Packages from PyPI compiled into the build (microdot, for the web page): lazy, measured alone first.
+    installed = list(build.INSTALLED)
+    return [m for m in order if m in boot], installed + [m for m in order if m not in boot], found
 
 
 def _mpy_size(name):

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import build  # noqa: E402  (tools/build.py: PACKAGES, the directories that make up a slot)
+import build  # noqa: E402  (tools/build.py: SLOT_DIRS, the directories that make up a slot)
 
 MAGIC = b"FWPK"
 FORMAT = 1
@@ -136,7 +136,7 @@ def mpy_target(blobs):
 def tree_files(build_dir):
     """(path, bytes) of every file of a slot in a tools/build.py tree, sorted."""
     out = []
-    for pkg in build.PACKAGES:
+    for pkg in build.SLOT_DIRS:  # the firmware's packages, microdot and the web page's static files
         top = os.path.join(build_dir, pkg)
         for dirpath, dirs, files in os.walk(top):
             dirs.sort()

@@ -23,8 +23,12 @@ package(
         "meter.py",
         "pilot.py",
         "provision.py",
+        "setupcheck.py",
         "store.py",
         "watchdog.py",
+        "web.py",
+        "webauth.py",
+        "websetup.py",
         "wifi.py",
         "ocpp/__init__.py",
         "ocpp/auth.py",
@@ -45,3 +49,11 @@ package(
 )
 package("hal", files=("__init__.py", "esp32.py"), base_path=_REPO, opt=3)
 package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "ws.py"), base_path=_REPO, opt=3)
+# microdot, the web page's HTTP server, is installed from PyPI into the venv (requirements.txt pins it), never
+# copied into this repository: frozen from there, the modules tools/build.py INSTALLED names.
+package(
+    "microdot",
+    files=("__init__.py", "microdot.py"),
+    base_path=_REPO + "/.venv/lib/python3.11/site-packages",
+    opt=3,
+)

@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+import build
 import otapack
 from conftest import PY, ROOT, wait_until
 
@@ -19,7 +20,8 @@ DEPLOY = os.path.join(ROOT, "tools", "deploy.py")
 FAKE_BOARD = os.path.join(ROOT, "tests", "integration", "fake_board.py")
 SOCAT = shutil.which("socat")
 CP = "CPDEPLOY"
-MODULE_DIRS = ("firmware", "hal", "lib")
+MODULE_DIRS = build.SLOT_DIRS  # what a slot holds: the firmware's packages, microdot and the page's files
+SOURCE_DIRS = build.PACKAGES + (build.STATIC,)
 
 pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is not installed: `make deps` installs it")
 
@@ -116,7 +118,8 @@ def test_deploy_installs_the_slot_layout_and_the_charger_reaches_the_central_sys
     prov = json.loads((flash / "provision.json").read_text())
     assert prov == {"CentralSystemUrl": csms.url, "ChargeBoxId": CP, "MeterModel": "SDM120", "Variant": "cable",
                     "MaxCurrent": 16, "Pins": '{"rfid_cs":null}', "Password": "", "CentralSystemCa": "",
-                    "MeterUnit": 1, "Ventilation": False, "WifiSsid": "", "WifiPassword": "",  # left out: defaults
+                    "MeterUnit": 1, "Ventilation": False, "WifiSsid": "", "WifiPassword": "", "WebEnabled": False,
+                    "WebPort": 80, "WebBind": "0.0.0.0",  # left out: defaults (but never the page's password)
                     "MqttUrl": "", "MqttUser": "", "MqttPassword": "", "MqttCa": "", "MqttTopic": "",
                     "MqttDiscovery": True, "MqttInterval": 30, "MqttIdTag": False, "LoadMode": "off", "LoadFuse": 25,
                     "LoadPhases": 3, "LoadFallback": 0, "LoadStale": 60, "LoadStartDelay": 60, "LoadStopDelay": 300}
@@ -127,7 +130,7 @@ def test_deploy_installs_the_slot_layout_and_the_charger_reaches_the_central_sys
 
 def test_deploy_again_copies_only_the_changed_file(tmp_path, csms_factory, fake_board, vendor_key):
     src = tmp_path / "src"  # a copy of the sources, so that one of them can change
-    for d in MODULE_DIRS:
+    for d in SOURCE_DIRS:
         shutil.copytree(os.path.join(ROOT, d), src / d, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("boot.py", "main.py", "slotboot.py"):
         shutil.copy2(os.path.join(ROOT, name), src / name)

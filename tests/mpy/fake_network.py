@@ -51,8 +51,12 @@ class Station:
         if args:
             if args[0] in ("ssid", "essid"):
                 return self.ssid
+            if args[0] == "mac":
+                return b"\x24\x0a\xc4\x12\xab\x5c"
             raise ValueError("unknown config param")
         calls.append(("config", kw))
+        if "ssid" in kw:
+            self.ssid = kw["ssid"]
         if "reconnects" in kw:
             if self.old_firmware:
                 raise ValueError("unknown config param")

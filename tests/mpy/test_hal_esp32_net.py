@@ -214,4 +214,20 @@ def test_console_utf8_and_overlong_lines():
     assert b.poll_console() == "x" * 256
 
 
+
+def test_the_setup_access_point_is_named_after_the_mac_open_or_wpa2_and_closes():
+    b = fresh()
+    assert b.ap_ip() is None
+    assert b.ap_start(None, "") == "EVSE-12AB5C"
+    ap = fn.stations[fn.AP_IF]
+    assert ap.on and ("config", {"ssid": "EVSE-12AB5C", "security": 0}) in fn.calls, fn.calls
+    ap.ip = "192.168.4.1"
+    assert b.ap_ip() == "192.168.4.1"
+    assert fn.STA_IF not in fn.stations  # the station is not touched
+    b.ap_stop()
+    assert not ap.on and b.ap_ip() is None
+    assert b.ap_start("Setup", "setup-pass-1") == "Setup"
+    assert ("config", {"ssid": "Setup", "key": "setup-pass-1", "security": 3}) in fn.calls
+
+
 tinytest.run(globals())

@@ -244,6 +244,15 @@ class Board:
     def wifi_leave(self):
         self.joined = None
 
+    def ap_start(self, ssid, password):
+        raise OSError("no access point on this test board")  # the console alone: test_websetup has the web
+
+    def ap_ip(self):
+        return None
+
+    def ap_stop(self):
+        pass
+
 
 def _capture():
     """Everything printed (the console) and logged while the setup runs."""
