@@ -1,4 +1,6 @@
-"""Runs every tests/mpy/test_*.py inside the real MicroPython unix port with an ESP32-sized heap."""
+"""Runs every tests/mpy/test_*.py inside the real MicroPython unix port with an ESP32-sized heap, importing the
+firmware as a board does: the .mpy files of its build (tools/build.py, with the packages it compiles from PyPI such
+as microdot). Compiling the sources instead would cost the test a heap that the board never spends."""
 import os
 import pathlib
 import re
@@ -14,13 +16,12 @@ UNIT_TESTS = sorted((ROOT / "tests" / "mpy").glob("test_*.py"))
 sys.path.insert(0, str(ROOT / "tools"))
 import build  # noqa: E402  (tools/build.py)
 
-# Packages installed from PyPI for the firmware (microdot), compiled as the build does, beside the sources.
-VENDOR = ROOT / "build" / "vendor"
+BUILD = ROOT / "build" / "unix"
 
 
 def run_micropython(script, *args, heap="110wK", timeout=300):
-    build.vendor(str(VENDOR))
-    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s:%s" % (ROOT, ROOT / "tests" / "mpy", VENDOR))
+    build.build(str(BUILD))  # incremental: nothing to do when the session's build is current
+    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (BUILD, ROOT / "tests" / "mpy"))
     return subprocess.run([str(MICROPYTHON), "-X", "heapsize=" + heap, str(script), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -47,7 +47,9 @@ def free_port():
 class WebFake:
     """tools/webfake.py in the MicroPython unix port: the page on 127.0.0.1:port over a fake model."""
 
-    def __init__(self, state_dir, heap="110wK"):
+    # The page is for boards with room to spare (PSRAM, or frozen code: README "Web page"): 110wK with the code
+    # imported from .mpy files leaves it too little once a password has been hashed (16 KB chunks).
+    def __init__(self, state_dir, heap="160wK"):
         import subprocess
         build.build(OUT)
         self.port = free_port()

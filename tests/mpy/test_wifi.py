@@ -125,7 +125,7 @@ async def test_wrong_password_fails_with_reason_and_backs_off():
     for n, gap in enumerate(gaps):
         floor = min(20 << n, 80)  # doubling from backoff_min_ms, capped at backoff_max_ms
         assert gap >= floor, (n, gaps)
-        assert gap < floor * 5 // 4 + 60, (n, gaps)  # plus at most 25 % jitter and the join's own polls
+        assert gap < floor * 5 // 4 + 250, (n, gaps)  # plus at most 25 % jitter, the join's polls, a busy host
     assert gaps[2] > gaps[0]
     assert radio.unyielded == 0
 
