@@ -7,11 +7,17 @@ INFO = 20
 WARN = 30
 ERROR = 40
 level = INFO
+# Set at boot: sink(lvl, line) also gets every record that passes the filter (the diagnostics ring on flash,
+# firmware/diag/ring.py). It must not raise and must not log.
+sink = None
 
 
 def log(lvl, tag, msg):
     if lvl >= level:
-        print("%d %s %s: %s" % (time.ticks_ms() % 10000000, "DIWE"[lvl // 10 - 1], tag, msg))
+        line = "%d %s %s: %s" % (time.ticks_ms() % 10000000, "DIWE"[lvl // 10 - 1], tag, msg)
+        print(line)
+        if sink is not None:
+            sink(lvl, line)
 
 
 def info(tag, msg):
