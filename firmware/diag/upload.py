@@ -39,6 +39,22 @@ def file_name(box_id, epoch):
     return ("diag-%s-%s.txt" % (safe, clock.iso(epoch).replace("-", "").replace(":", "")))[:_NAME_MAX]
 
 
+def largest_block(limit=65536):
+    """The largest block the heap can give now, in bytes (to 256 B), found by trying: gc.mem_free() counts free
+    space in pieces, and on an ESP32 adds the largest free IDF block. For the snapshot."""
+    gc.collect()
+    lo, hi = 0, limit
+    while hi - lo > 256:
+        mid = (lo + hi) // 2
+        try:
+            b = bytearray(mid)
+            del b
+            lo = mid
+        except MemoryError:
+            hi = mid
+    return lo
+
+
 class Diagnostics:
     """One GetDiagnostics at a time. ring: the Ring that firmware.log feeds. notify(status): async, sends
     DiagnosticsStatusNotification, True when the Central System answered (as for firmware/ota/update.py).

@@ -317,6 +317,16 @@ async def test_final_status_waits_for_the_central_system():
     assert sent == ["Uploaded"]
 
 
+def test_largest_block_is_one_the_heap_can_give():
+    import gc
+    n = upload.largest_block()
+    assert 4096 < n <= 65536
+    b = bytearray(n)  # it can be had
+    del b
+    gc.collect()
+    assert upload.largest_block(1000) <= 1000
+
+
 def test_request_checks_its_fields():
     root = tinytest.tempdir("diag")
     d = Cp(root).engine()

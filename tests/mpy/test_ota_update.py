@@ -114,6 +114,12 @@ class Board:
                               self.clk.now, self.clk.sleep)
 
 
+async def bounded(coro, ms=60000):
+    """Awaits coro, failing instead of hanging when an engine never ends (the fake clock makes every real wait
+    short, so a minute of real time means a loop that goes nowhere)."""
+    return await asyncio.wait_for_ms(coro, ms)
+
+
 def boot(root):
     """A reset: the interpreter starts with the plain path and boot.py selects the slot."""
     sys.path[:] = _PATH0
@@ -157,7 +163,7 @@ async def reboot_and_confirm(b, expect_slot="b"):
     assert ota.owed(b.root)
     u = b.engine()
     u.accepted()
-    await u.run()
+    await bounded(u.run())
     return u
 
 
@@ -170,7 +176,7 @@ async def test_retrieve_date_in_the_future_then_download_install_reboot_installe
     start = b.clk.now()
     assert u.request(URL, start + 3600, 1, 10)
     assert u.status == "Idle" and state(root)["phase"] == update.WAIT
-    await u.run()
+    await bounded(u.run())
     assert b.server.fetches == [(URL, start + 3600)]  # not a second earlier
     assert b.statuses == ["Downloading", "Downloaded", "Installing"]
     assert b.reboots == 1 and b.holds == [True]
@@ -187,7 +193,7 @@ async def test_retrieve_date_in_the_future_then_download_install_reboot_installe
     b.server.files[URL] = otapkg.make("3.0")
     u = b.engine()
     u.request(URL, 0)
-    await u.run()
+    await bounded(u.run())
     u = await reboot_and_confirm(b, "a")
     assert running_version() == "3.0" and b.statuses[-1] == "Installed"
 
@@ -198,7 +204,7 @@ async def test_installed_is_owed_until_the_central_system_has_it():
     b.server.files[URL] = otapkg.make("2.0")
     u = b.engine()
     u.request(URL, 0)
-    await u.run()
+    await bounded(u.run())
     assert boot(root) == "b"
     b.online = False  # accepted, then the link drops before the status goes out
     u = b.engine()
@@ -214,7 +220,7 @@ async def test_installed_is_owed_until_the_central_system_has_it():
     b.online = True
     u = b.engine()
     u.accepted()
-    await u.run()
+    await bounded(u.run())
     assert b.statuses[-1] == "Installed" and not ota.owed(root)
 
 
@@ -225,7 +231,7 @@ async def test_download_failed_after_the_asked_retries_with_the_interval_between
     u = b.engine()
     t0 = b.clk.now()
     u.request(URL, t0, 2, 30)  # 404 every time
-    await u.run()
+    await bounded(u.run())
     times = [t for _, t in b.server.fetches]
     assert len(times) == 3, times  # the first attempt and 2 retries
     assert times[1] - times[0] >= 30 and times[2] - times[1] >= 30, times
@@ -241,7 +247,7 @@ async def test_a_later_attempt_may_succeed():
                            transfer.Failed("body truncated at 100 of 2000 bytes"), otapkg.make("2.0")]
     u = b.engine()
     u.request(URL, 0, 3, 5)
-    await u.run()
+    await bounded(u.run())
     assert len(b.server.fetches) == 3
     assert b.statuses == ["Downloading", "Downloaded", "Installing"] and b.reboots == 1
 
@@ -251,11 +257,11 @@ async def test_retries_zero_is_one_attempt_and_defaults_apply():
     b = Board(root)
     u = b.engine()
     u.request(URL, 0, 0)
-    await u.run()
+    await bounded(u.run())
     assert len(b.server.fetches) == 1 and b.statuses == ["Downloading", "DownloadFailed"]
     u = b.engine()
     u.request(URL, 0)  # no retries asked: the charger's own policy
-    await u.run()
+    await bounded(u.run())
     assert len(b.server.fetches) == 1 + update.RETRIES + 1
 
 
@@ -268,7 +274,7 @@ async def test_flash_too_small_refuses_at_once_without_retrying():
     try:
         u = b.engine()
         u.request(URL, 0, 5, 1)
-        await u.run()
+        await bounded(u.run())
     finally:
         update._fs_free = real
     assert b.server.fetches == []  # refused before a byte was asked for
@@ -287,7 +293,7 @@ async def test_flash_filling_up_during_the_download_stops_it():
     try:
         u = b.engine()
         u.request(URL, 0, 5, 1)
-        await u.run()
+        await bounded(u.run())
     finally:
         update._fs_free, update.Updater._sizes = real, real_sizes
     assert len(b.server.fetches) == 1 and b.statuses == ["Downloading", "DownloadFailed"]
@@ -304,7 +310,7 @@ async def test_heap_short_or_fragmented_fails_the_attempts():
         try:
             u = b.engine()
             u.request(URL, 0, 1, 1)
-            await u.run()
+            await bounded(u.run())
         finally:
             update._heap = real
         assert b.server.fetches == [] and b.statuses == ["Downloading", "DownloadFailed"], heap
@@ -322,7 +328,9 @@ async def test_installation_waits_for_the_transaction_to_end():
     u = b.engine()
     u.request(URL, 0)
     task = asyncio.create_task(u.run())
-    while u.status != "Downloaded":
+    for _ in range(1000):
+        if u.status == "Downloaded" or task.done():
+            break
         await b.clk.sleep(100)
     for _ in range(50):
         await b.clk.sleep(1000)
@@ -330,7 +338,7 @@ async def test_installation_waits_for_the_transaction_to_end():
     assert slotboot.slot_info(root, "b") is None  # nothing written yet
     assert state(root)["phase"] == update.DOWNLOADED and u.status == "Downloaded"
     b.tx = False
-    await task
+    await bounded(task)
     assert b.statuses == ["Downloading", "Downloaded", "Installing"] and b.reboots == 1
 
 
@@ -353,7 +361,7 @@ async def test_bad_packages_are_installation_failed_and_change_nothing():
         b.server.files[URL] = cases[name]
         u = b.engine()
         u.request(URL, 0, 3, 1)
-        await u.run()
+        await bounded(u.run())
         assert len(b.server.fetches) == 1, name  # the transfer worked: no retry
         assert b.statuses == ["Downloading", "Downloaded", "Installing", "InstallationFailed"], (name, b.statuses)
         assert b.reboots == 0 and b.holds == [], name
@@ -371,7 +379,7 @@ async def test_no_update_key_on_the_board_is_installation_failed():
     b.server.files[URL] = otapkg.make("2.0")
     u = b.engine()
     u.request(URL, 0)
-    await u.run()
+    await bounded(u.run())
     assert b.statuses[-1] == "InstallationFailed" and b.reboots == 0
 
 
@@ -380,7 +388,7 @@ async def installed_and_rebooted(root, b):
     b.server.files[URL] = otapkg.make("2.0")
     u = b.engine()
     u.request(URL, 0)
-    await u.run()
+    await bounded(u.run())
     assert b.reboots == 1
 
 
@@ -394,7 +402,7 @@ async def test_crashing_new_version_rolls_back_and_reports_installation_failed()
     assert ota.owed(root)
     u = b.engine()
     u.accepted()
-    await u.run()
+    await bounded(u.run())
     assert b.statuses[-1] == "InstallationFailed" and u.status == "Idle"
     assert not ota.owed(root) and slotboot.read_state(root)["active"] == "a"
 
@@ -406,14 +414,51 @@ async def test_no_central_system_within_the_deadline_gives_the_trial_up():
     assert boot(root) == "b"
     u = b.engine()  # never accepted()
     t0 = b.clk.now()
-    await u.run()
+    await bounded(u.run())
     assert b.reboots == 2 and b.clk.now() - t0 >= 600
     assert slotboot.read_state(root)["report"][0] == "InstallationFailed"
     assert boot(root) == "a"
     u = b.engine()
     u.accepted()
-    await u.run()
+    await bounded(u.run())
     assert b.statuses[-1] == "InstallationFailed" and not ota.owed(root)
+
+
+async def test_power_cut_while_reporting_a_rollback_never_retries_the_failed_version():
+    # After a rollback the engine reports InstallationFailed and forgets the update; a cut at any flash operation
+    # of that may repeat the report but must never put the failed version on trial again
+    n = 0
+    while True:
+        root = fresh()
+        b = Board(root)
+        await installed_and_rebooted(root, b)
+        for _ in range(slotboot.MAX_TRIAL_BOOTS + 1):  # the new version never comes up: rolled back
+            boot(root)
+        assert running_version() == "1.0"
+        u = b.engine()
+        u.accepted()
+        powercut.arm((update, slots, slotboot, store), n)
+        try:
+            await u.run()
+            cut = False
+        except powercut.PowerCut:
+            cut = True
+        finally:
+            powercut.disarm()
+        for _ in range(3):  # power back, a few boots
+            assert boot(root) == "a" and running_version() == "1.0", n
+            u = b.engine()
+            u.accepted()
+            await bounded(u.run())
+            assert b.reboots == 1, (n, b.statuses)  # no second trial
+        assert b.statuses[-1] == "InstallationFailed" and not ota.owed(root), (n, b.statuses)
+        assert slotboot.read_state(root)["trial"] is None
+        tinytest.rmtree(root)
+        if not cut:
+            break
+        n += 1
+        assert n < 100
+    assert n >= 3
 
 
 # ---- persisted state ----------------------------------------------------------------------------------
@@ -431,7 +476,7 @@ async def test_reboot_while_waiting_for_the_retrieve_date_keeps_the_request():
     assert boot(root) == "a" and ota.owed(root)
     u = b.engine()
     assert u.status == "Idle"
-    await u.run()
+    await bounded(u.run())
     assert b.server.fetches[0][1] >= b.clk.now() - 1 >= 0 and len(b.server.fetches) == 1
     assert b.reboots == 1
 
@@ -512,6 +557,7 @@ async def test_power_cut_at_every_flash_write_of_an_update_leaves_a_board_that_b
         if not cut:
             break
         n += 1
+        assert n < 500, "the update never ran to its end without a cut"
     print("power cut at each of %d flash operations" % n)
     assert n > 25
 
@@ -527,7 +573,7 @@ async def test_a_new_request_replaces_one_that_waits():
     task = asyncio.create_task(u.run())
     await b.clk.sleep(5000)
     assert u.request(other, 0)
-    await task
+    await bounded(task)
     assert [f[0] for f in b.server.fetches] == [other] and b.reboots == 1
     assert boot(root) == "b" and running_version() == "2.5"
 
@@ -551,12 +597,14 @@ async def test_status_answers_trigger_message_at_each_step():
     u.request(URL, b.clk.now() + 60, 1, 30)
     seen = []
     task = asyncio.create_task(u.run())
-    while u.status != "Downloaded":
+    for _ in range(1000):
+        if u.status == "Downloaded" or task.done():
+            break
         if not seen or seen[-1] != u.status:
             seen.append(u.status)
         await b.clk.sleep(500)
     b.tx = False
-    await task
+    await bounded(task)
     assert seen == ["Idle", "Downloading"], seen  # waiting for the date is not an update in progress yet
     assert u.status == "Installing"
 
