@@ -289,7 +289,7 @@ async def test_flash_filling_up_during_the_download_stops_it():
     b.server.files[URL] = (piece,) * 12  # 12 KB of body
     real, real_sizes = update._fs_free, update.Updater._sizes
     update._fs_free = lambda r: 8000 + 16384
-    update.Updater._sizes = lambda self: (1000, 0)  # a small running firmware: the estimate lets it start
+    update.Updater._sizes = lambda self: (2000, 0)  # a small running firmware: the estimate lets it start
     try:
         u = b.engine()
         u.request(URL, 0, 5, 1)
@@ -298,6 +298,34 @@ async def test_flash_filling_up_during_the_download_stops_it():
         update._fs_free, update.Updater._sizes = real, real_sizes
     assert len(b.server.fetches) == 1 and b.statuses == ["Downloading", "DownloadFailed"]
     assert not store.exists(root + "/" + update.PACKAGE)
+
+
+async def test_whole_image_board_is_refused_when_its_file_system_cannot_hold_the_image():
+    # A custom frozen build (esp32.Partition slots): the image is downloaded to the file system first, and on the
+    # EVSE_ESP32 layout (704 KB vfs, 1.6 MB app partitions) it does not fit: refused at once, clearly
+    import fake_esp32
+
+    sys.modules["esp32"] = fake_esp32
+    fake_esp32.setup("ota_0", size=12 * 1024)
+    root = tinytest.tempdir("upd")
+    s = slots.FileSlots(root)
+    st = s.state()
+    st["kind"] = "image"
+    st["active"] = "ota_0"
+    s._save(st)
+    b = Board(root)
+    b.server.files[URL] = otapkg.make("2.0")
+    real = update._fs_free
+    update._fs_free = lambda r: 8 * 1024
+    try:
+        u = b.engine()
+        u.request(URL, 0, 3, 1)
+        await bounded(u.run())
+    finally:
+        update._fs_free = real
+        del sys.modules["esp32"]
+    assert b.server.fetches == [] and b.statuses == ["Downloading", "DownloadFailed"]
+    assert "not enough flash: the update needs about 28 KB, 8 KB are free" in b.log_text(), b.log_text()
 
 
 async def test_heap_short_or_fragmented_fails_the_attempts():
