@@ -135,6 +135,9 @@ _T = (
     "ChargeBoxId Sd - 0 48\n"
     "Password Sds - 0 64\n"
     "CentralSystemCa Sd - 0 8192\n"       # PEM; kept in config.json (one root is ~2 KB)
+    # CA certificates (PEM, one or more) trusted for https firmware downloads and diagnostics uploads, on top of
+    # CentralSystemCa: a file server or CDN is often signed by another CA than the Central System.
+    "TransferCa Sd - 0 8192\n"
     "MeterModel Sdb SDM630 0 16 METER_MODELS\n"
     "MeterUnit Idb 1 1 247\n"              # Modbus address range
     "Variant Sdb socket 0 8 VARIANTS\n"

@@ -10,6 +10,9 @@ level = INFO
 # Called with every record printed (its text without the line end) when set: the web page keeps the recent ones
 # in a small RAM ring (firmware/web.py). One hook, no list: a board without the page pays nothing.
 hook = None
+# Set at boot: sink(lvl, line) also gets every record that passes the filter (the diagnostics ring on flash,
+# firmware/diag/ring.py). It must not raise and must not log.
+sink = None
 
 
 def log(lvl, tag, msg):
@@ -18,6 +21,8 @@ def log(lvl, tag, msg):
         print(line)
         if hook is not None:
             hook(line)
+        if sink is not None:
+            sink(lvl, line)
 
 
 def info(tag, msg):

@@ -1,0 +1,185 @@
+# File transfers for the FirmwareManagement engines (firmware/ota/update.py, firmware/diag/upload.py): one URL
+# scheme dispatch over lib/http.py and lib/ftp.py, the TLS context from the configured CA set, one error type with
+# a reason for the log, and URLs with their password masked for that log. Imported only while an engine runs; the
+# transfer libraries only when a transfer starts.
+import binascii
+from micropython import const
+
+_TIMEOUT_MS = const(30000)  # per read and write: a slow CDN or a busy FTP server, not a dead one
+SCHEMES = ("http", "https", "ftp")
+
+
+class Failed(Exception):
+    """A transfer that did not work; str() is the reason for the log. final: trying again cannot help (a
+    configuration error, a full flash), so the engine gives up without using its retries."""
+
+    def __init__(self, reason, final=False):
+        super().__init__(reason)
+        self.final = final
+
+
+def scheme(url):
+    i = url.find("://") if isinstance(url, str) else -1
+    return url[:i].lower() if i > 0 else ""
+
+
+def check_url(url):
+    """Raises ValueError with a reason unless url is an http, https or ftp URL the clients can use."""
+    from lib import url as _url
+
+    s = scheme(url)
+    if s not in SCHEMES:
+        raise ValueError("location must be an http://, https:// or ftp:// URL")
+    _url.split(url)  # ValueError: no host, a bad port, a control character...
+
+
+def safe_url(url):
+    """url with the password (user:password@) replaced by ***, for the log."""
+    i = url.find("://")
+    if i <= 0:
+        return url
+    end = i + 3
+    while end < len(url) and url[end] not in "/?#":
+        end += 1
+    at = url.rfind("@", i + 3, end)  # lib/url.py: the host follows the last '@' (a sloppy password may hold one)
+    c = url.find(":", i + 3, at) if at > 0 else -1
+    return url if c < 0 else url[:c + 1] + "***" + url[at:]
+
+
+def certificates(text):
+    """Every certificate in a PEM text (or one DER certificate) -> a list of DER bytes."""
+    if isinstance(text, (bytes, bytearray)):
+        if text[:1] == b"\x30":
+            return [bytes(text)]
+        text = str(text, "utf-8")
+    out = []
+    i = 0
+    while True:
+        b = text.find("-----BEGIN CERTIFICATE-----", i)
+        if b < 0:
+            return out
+        b += 27
+        e = text.find("-----END CERTIFICATE-----", b)
+        if e < 0:
+            raise ValueError("a PEM certificate has no END line")
+        try:
+            out.append(binascii.a2b_base64("".join(text[b:e].split())))
+        except ValueError:
+            raise ValueError("a PEM certificate has bad base64")
+        i = e + 25
+
+
+def tls_context(cas):
+    """A verifying SSLContext trusting every certificate of every text in cas (PEM, possibly several
+    certificates each, or DER). mbedTLS adds each load_verify_locations() call to its trusted chain (a DER
+    buffer of several certificates would only load the first). Raises Failed (final) when there is none."""
+    import ssl
+
+    ders = []
+    for text in cas:
+        if text:
+            try:
+                ders += certificates(text)
+            except ValueError as e:
+                raise Failed("CA certificate: %s" % e, True)
+    if not ders:
+        raise Failed("https needs a CA certificate: set TransferCa (or CentralSystemCa)", True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's default is CERT_NONE
+    for der in ders:
+        try:
+            ctx.load_verify_locations(cadata=der)
+        except (ValueError, OSError) as e:
+            raise Failed("bad CA certificate: %s" % e, True)
+    return ctx
+
+
+class Client:
+    """Transfers through one buffer, with the TLS context built at the first https transfer and kept for the
+    retries. cas: the CA texts to trust (e.g. (TransferCa, CentralSystemCa))."""
+
+    def __init__(self, cas=(), buf_size=1024, timeout_ms=_TIMEOUT_MS):
+        self.cas = cas
+        self.buf = bytearray(buf_size)
+        self.timeout_ms = timeout_ms
+        self._ctx = None
+
+    def _ssl(self, url):
+        if scheme(url) != "https":
+            return None
+        if self._ctx is None:
+            self._ctx = tls_context(self.cas)
+        return self._ctx
+
+    async def get(self, url, sink):
+        """Streams url into sink(memoryview) -> bytes received. Raises Failed."""
+        s = scheme(url)
+        t = self.timeout_ms
+        try:
+            if s == "ftp":
+                from lib import ftp
+
+                try:
+                    return await ftp.retr(url, sink, self.buf, t, t)
+                except ftp.FTPError as e:
+                    raise Failed(str(e))
+            from lib import http
+
+            try:
+                return await http.get(url, sink, self.buf, self._ssl(url), None, t, t)
+            except http.HTTPError as e:
+                raise Failed(str(e))
+        except OSError as e:  # the sink's flash writes
+            raise Failed("flash: %s" % (e,))
+
+    async def put(self, url, f, length, content_type="text/plain"):
+        """Uploads the first length bytes of the file f (opened "rb") to url: FTP STOR, or HTTP PUT; a server
+        that refuses PUT with 405 gets the same body by POST. -> bytes sent (FTP) or the HTTP status. Raises
+        Failed."""
+        t = self.timeout_ms
+        if scheme(url) == "ftp":
+            from lib import ftp
+
+            try:
+                return await ftp.stor(url, f.readinto, length, self.buf, t, t)
+            except ftp.FTPError as e:
+                raise Failed(str(e))
+        from lib import http
+
+        headers = {"Content-Type": content_type}
+        ssl = self._ssl(url)
+        try:
+            try:
+                return await http.put(url, f.readinto, length, self.buf, ssl, headers, t, t)
+            except http.HTTPError as e:
+                if e.status != 405:
+                    raise
+            f.seek(0)
+            return await http.post(url, f.readinto, length, self.buf, ssl, headers, t, t)
+        except http.HTTPError as e:
+            raise Failed(str(e))
+
+
+_CLIENTS = ("lib.http", "lib.ftp", "lib.tcp", "lib.url")
+
+
+def drop(names, other, shared=("firmware.transfer",) + _CLIENTS):
+    """Removes modules from sys.modules (and from their package) so that their code leaves the heap once nothing
+    holds them. The shared ones (this module and the transfer clients) go too unless the module `other` (the
+    other engine) is loaded. drop((), other, _CLIENTS) lets the clients go between transfers."""
+    import sys
+
+    if other not in sys.modules:
+        names = names + shared
+    for name in names:
+        if name in sys.modules:
+            del sys.modules[name]
+            pkg, _, leaf = name.rpartition(".")
+            mod = sys.modules.get(pkg)
+            if mod is not None and leaf in mod.__dict__:
+                delattr(mod, leaf)
+
+
+def drop_clients(other):
+    """The transfer clients out of the heap (after a download, before the installation needs the room)."""
+    drop((), other, _CLIENTS)
