@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 import build
+import deviceconfig
 import otapack
 from conftest import PY, ROOT, wait_until
 
@@ -116,13 +117,12 @@ def test_deploy_installs_the_slot_layout_and_the_charger_reaches_the_central_sys
     assert not (flash / "firmware").exists()  # the modules live in the slot only
     assert json.loads((flash / "otakey.json").read_text()) == vendor_key[1]
     prov = json.loads((flash / "provision.json").read_text())
-    assert prov == {"CentralSystemUrl": csms.url, "ChargeBoxId": CP, "MeterModel": "SDM120", "Variant": "cable",
-                    "MaxCurrent": 16, "Pins": '{"rfid_cs":null}', "Password": "", "CentralSystemCa": "",
-                    "MeterUnit": 1, "Ventilation": False, "WifiSsid": "", "WifiPassword": "", "WebEnabled": False,
-                    "WebPort": 80, "WebBind": "0.0.0.0",  # left out: defaults (but never the page's password)
-                    "MqttUrl": "", "MqttUser": "", "MqttPassword": "", "MqttCa": "", "MqttTopic": "",
-                    "MqttDiscovery": True, "MqttInterval": 30, "MqttIdTag": False, "LoadMode": "off", "LoadFuse": 25,
-                    "LoadPhases": 3, "LoadFallback": 0, "LoadStale": 60, "LoadStartDelay": 60, "LoadStopDelay": 300}
+    given = {"CentralSystemUrl": csms.url, "ChargeBoxId": CP, "MeterModel": "SDM120", "Variant": "cable",
+             "MaxCurrent": 16, "Pins": '{"rfid_cs":null}'}
+    _, defaults = deviceconfig.firmware_report({})  # the firmware's own key table, read by its own code
+    want = dict((name, given.get(name, default)) for name, default in defaults if name not in deviceconfig.KEPT)
+    assert prov == want  # what CONFIG leaves out: the firmware's defaults (but never the page's password)
+    assert prov["Password"] == "" and prov["Ventilation"] is False and prov["MeterUnit"] == 1
     # the firmware took the settings at boot (config.json holds what differs from the defaults)
     cfg = json.loads((flash / "config.json").read_text().split("\n", 1)[1])
     assert cfg["MeterModel"] == "SDM120" and cfg["Variant"] == "cable" and cfg["MaxCurrent"] == 16
