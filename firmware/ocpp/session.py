@@ -83,6 +83,15 @@ class Session:
         self._boot_now.set()
 
     # ---- outgoing CALLs ------------------------------------------------------------------------------
+    async def notify(self, action, payload):
+        """One CALL whose failure the caller only logs (a notification, not a transaction message: those are
+        queued by TxQueue). Returns the answer, or None when it failed (logged with the action's name)."""
+        try:
+            return await self.call(action, payload)
+        except Exception as e:
+            log.warn(_TAG, "%s failed: %r" % (action, e))
+            return None
+
     async def call(self, action, payload, timeout_ms=None):
         """Sends one CALL and returns the CALLRESULT payload, checked against the action's answer schema.
         Raises Offline (no link, or the link found dead while waiting: not a failed attempt), rpc.CallError
