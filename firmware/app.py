@@ -71,16 +71,6 @@ class App:
         self._meter_beats = 0
         self._input_beats = 0
         self._led_status = None
-        self.chargepoint = None  # the charger model, made when a front end first asks (model())
-
-    def model(self):
-        """The charger model the front ends use (firmware/chargepoint.py), made on first use: a charger without
-        a front end pays no heap for it."""
-        if self.chargepoint is None:
-            from firmware.chargepoint import ChargePoint
-            self.chargepoint = ChargePoint(self.evse, self.meter, self.connector, self.session, self.cfg, self.wifi,
-                                           self)
-        return self.chargepoint
 
     def load_smart(self):
         if self.smart is None:
@@ -229,8 +219,6 @@ class App:
                 asyncio.create_task(self._console(line))
             if self.scheduled_operative is not None and conn.tx is None:
                 self._apply_availability(self.scheduled_operative)
-            if self.chargepoint is not None:
-                self.chargepoint.poll()  # the front ends' limit to the arbiter, and their change notification
             if conn.status != self._led_status:
                 self._led_status = conn.status
                 leds.show(board, conn.status)
@@ -274,10 +262,9 @@ class App:
         wd.watch("connector", lambda: self.connector.beats, 2000)
         wd.watch("inputs", lambda: self._input_beats, 2000)
         wd.watch("meter", lambda: self._meter_beats, 10000)  # a dead bus costs its read timeouts per poll
-        cfg = self.cfg
-        if cfg.get("WebEnabled") or cfg.get("MqttUrl"):  # each front end is imported only when configured
-            from firmware import chargepoint
-            chargepoint.start_front_ends(self)
+        if self.cfg.get("WebEnabled") or self.cfg.get("MqttUrl"):
+            from firmware import chargepoint  # the front ends and their charger model: only when configured
+            chargepoint.start(self)
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
                    self.connector.report_status, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))

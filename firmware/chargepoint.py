@@ -5,10 +5,10 @@
 # so nothing is queued or allocated per change and a slow front end simply reads the latest state.
 #
 # The model owns nothing of the charger but the front ends' current limit: it reads the parts App wires (Evse,
-# Meter, Connector, Session, the WiFi link) and calls into them. Changes are found by poll(), which App's input
-# task runs every 100 ms: a comparison of a few fields against their last values, with no allocation and no hook
-# in the parts themselves; a command bumps the version at once. App makes the model only when a front end is
-# configured (App.model()), so a charger without one pays no heap for it.
+# Meter, Connector, Session, the WiFi link) and calls into them. Changes are found by poll(), which the model's
+# task (run()) calls every 100 ms: a comparison of a few fields against their last values, with no allocation and no hook
+# in the parts themselves; a command bumps the version at once. App starts the model (start(), below) only when a
+# front end is configured, so a charger without one pays no heap for it.
 import asyncio
 import sys
 import time
@@ -21,6 +21,7 @@ _PAUSE_DA = const(1)     # as loadlimit.PAUSE_DA: 1-59 (0.1 A) pauses the EV (X1
 _MIN_A = const(6)        # IEC 61851-1: the smallest current the pilot can offer
 _TAG_MAX = const(20)     # OCPP IdToken: CiString20
 _FIELDS = const(15)      # values poll() compares
+_POLL_MS = const(100)    # as the connector's tick: a change reaches the front ends within this
 _WRAP = const(0x3FFFFFFF)  # version stays a small int (no heap) on a 32-bit board
 
 
@@ -55,7 +56,7 @@ class ChargePoint:
         self._load = None        # load management: fn(now_ms) -> 0.1 A or None (firmware/mqttfront.py)
         self._rx_ms = None       # when the Central System was last heard (kept across a reconnect)
         self._slot = _slot()
-        self.web = None          # the front ends start_front_ends() made
+        self.web = None          # the front ends start() made
         self.mqtt = None
         self.poll()
 
@@ -80,8 +81,16 @@ class ChargePoint:
         seen[i] = value
         return 1
 
+    async def run(self):
+        while True:
+            try:
+                self.poll()
+            except Exception as e:  # a bug here must not end the task: the arbiter would keep a stale limit
+                log.error(_TAG, "poll failed: %r" % (e,))
+            await asyncio.sleep_ms(_POLL_MS)
+
     def poll(self):
-        """App's input task, every 100 ms: hands the arbiter the current limit (load management must be asked
+        """Every 100 ms (run()): hands the arbiter the current limit (load management must be asked
         at every turn: a stale input falls back on time alone) and bumps the version when a field the
         snapshot shows has changed."""
         e = self.evse
@@ -231,11 +240,13 @@ class ChargePoint:
         return True, None
 
 
-def start_front_ends(app):
-    """The web page when WebEnabled, MQTT when MqttUrl is set; App.main calls this only when one of them is. Each
-    is imported here, so a charger without it pays no heap. MqttUrl set later (from the page) starts MQTT then."""
+def start(app):
+    """The model (app.chargepoint) and its task, the web page when WebEnabled, MQTT when MqttUrl is set; App.main
+    calls this only when one of them is. Each front end is imported here, so a charger without it pays no heap.
+    MqttUrl set later (from the page) starts MQTT then."""
     cfg = app.cfg
-    model = app.model()
+    model = app.chargepoint = ChargePoint(app.evse, app.meter, app.connector, app.session, cfg, app.wifi, app)
+    asyncio.create_task(model.run())
     if cfg.get("WebEnabled"):
         from firmware import web
 
