@@ -55,6 +55,7 @@ class ChargePoint:
         self._limit_da = None    # the same for the arbiter (0.1 A, a pause as _PAUSE_DA)
         self._load = None        # load management: fn(now_ms) -> 0.1 A or None (firmware/mqttfront.py)
         self._rx_ms = None       # when the Central System was last heard (kept across a reconnect)
+        self._authorizing = False  # a start's id tag is with the Central System
         self._slot = _slot()
         self.web = None          # the front ends start() made
         self.mqtt = None
@@ -158,16 +159,26 @@ class ChargePoint:
                 return False, "free vend is off: give an id tag"
             conn.arm(self.cfg.get("FreeVendIdTag"))
         else:
-            asyncio.create_task(conn.authorize_start(id_tag))
+            self._authorizing = True
+            asyncio.create_task(self._authorize(id_tag))
         log.info(_TAG, "start requested for %s" % (id_tag or "free vend"))
         self.touch()
         return True, None
+
+    async def _authorize(self, id_tag):
+        try:
+            await self.conn.authorize_start(id_tag)
+        finally:
+            self._authorizing = False
+            self.touch()
 
     def _startable(self):
         conn = self.conn
         e = self.evse
         if conn.tx is not None:
             return "a session is running already"
+        if self._authorizing:
+            return "an id tag is being authorised"
         if conn.pending_tag is not None:
             return "a start for %s is waiting for the EV already" % conn.pending_tag
         if not e.operative:

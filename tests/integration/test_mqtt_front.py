@@ -360,3 +360,13 @@ def test_sim_charger_on_the_broker_charge_limit_and_stop(mosquitto_factory, csms
     board_until(sim, lambda s: not s["contactor"], msg="contactor open")
     state(lambda s: s["session"] is False and s["status"] == "Finishing", "Finishing without a session")
     assert cmd("stop", b"{}")["reason"] == "no session to stop"
+    # start again from the broker, the car still plugged in: the tag is authorised by the Central System
+    mark = len(csms.messages())
+    assert cmd("start", b'{"id_tag": "NOT-KNOWN"}') == {"cmd": "start", "ok": True}
+    assert csms.wait_for("Authorize", cp=SIM_CP, since=mark)["idTag"] == "NOT-KNOWN"
+    sim.wait_line("tag NOT-KNOWN not authorised")
+    assert cmd("start", b'{"id_tag": "TAG1"}') == {"cmd": "start", "ok": True}
+    assert csms.wait_for("StartTransaction", cp=SIM_CP, since=mark)["idTag"] == "TAG1"
+    assert len(csms.calls("StartTransaction", cp=SIM_CP, since=mark)) == 1  # the unknown tag started nothing
+    state(lambda s: s["status"] == "Charging" and s["session"] is True, "Charging again")
+    assert cmd("start", b'{"id_tag": "TAG1"}')["reason"] == "a session is running already"

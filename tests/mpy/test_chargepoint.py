@@ -318,6 +318,7 @@ async def test_start_is_refused_in_the_wrong_state_and_changes_nothing():
     assert m.set_availability("yes")[0] is False
     assert m.set_availability(True) == (True, None)
     assert m.start("TAG1") == (True, None)
+    assert m.start("TAG2") == (False, "an id tag is being authorised")
     await r.run(200)  # authorised offline (AllowOfflineTxForUnknownId): waits for the EV
     assert r.conn.pending_tag == "TAG1" and m.snapshot()["status"] == "Preparing"
     assert m.start("TAG2") == (False, "a start for TAG1 is waiting for the EV already")
