@@ -1,8 +1,10 @@
 """The MQTT front end (firmware/mqttfront.py) in the MicroPython unix port against a real broker (Debian's mosquitto,
-tests/conftest.py mosquitto_factory), with a FAKE charger model (tools/mqttfront_mcu.py) until the charger model of
-issue 10 lands. A paho-mqtt client checks what Home Assistant would see: the discovery documents (validated as Home
-Assistant reads them, value templates rendered with jinja2 against the published state), the state, the commands
-reaching the model, the last will on a power cut and the reconnection after the broker restarts."""
+tests/conftest.py mosquitto_factory). Most tests run it over a FAKE charger model (tools/mqttfront_mcu.py) that a
+test puts in any state: a paho-mqtt client checks what Home Assistant would see: the discovery documents (validated as
+Home Assistant reads them, value templates rendered with jinja2 against the published state), the state, the commands
+reaching the model, the last will on a power cut and the reconnection after the broker restarts. The last one runs
+it in the firmware on the virtual board (tools/sim.py) over the real model (firmware/chargepoint.py): a charge on
+the board shows on the broker, and the commands reach the pilot and the Central System."""
 import json
 import os
 import signal
