@@ -6,9 +6,9 @@
 #
 # The model owns nothing of the charger but the front ends' current limit: it reads the parts App wires (Evse,
 # Meter, Connector, Session, the WiFi link) and calls into them. Changes are found by poll(), which the model's
-# task (run()) calls every 100 ms: a comparison of a few fields against their last values, with no allocation and no hook
-# in the parts themselves; a command bumps the version at once. App starts the model (start(), below) only when a
-# front end is configured, so a charger without one pays no heap for it.
+# task (run()) calls every 100 ms: a comparison of a few fields against their last values, with no allocation and
+# no hook in the parts themselves; a command bumps the version at once. App starts the model (start(), below) only
+# when a front end is configured, so a charger without one pays no heap for it.
 import asyncio
 import sys
 import time
