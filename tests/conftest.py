@@ -148,8 +148,11 @@ class CsmsProc(ChildProcess):
     def __init__(self, port=None, tls=False, pki=None, auth=None, tags=("TAG1",), boot_status="Accepted",
                  interval=300, extra_args=()):
         super().__init__()
-        self.port = port or free_port()
-        self.control_port = free_port()
+        # Port 0 on the first start: the tool binds a free port itself and names it in its ready line (a port
+        # picked here and freed again could be taken by a parallel test before the tool binds it). A restart
+        # keeps both: the charger knows the WebSocket port, the test the control port.
+        self.port = port or 0
+        self.control_port = 0
         self.tls = tls
         self.pki = pki
         self.auth = dict(auth or {})
@@ -190,7 +193,9 @@ class CsmsProc(ChildProcess):
 
     def start(self):
         self._since = 0
-        self._spawn(self.argv())
+        ready = self._spawn(self.argv())
+        self.port = int(ready.group(1).rsplit(":", 1)[1].split("/", 1)[0])
+        self.control_port = int(ready.group(2))
         return self
 
     def stop(self):
@@ -299,8 +304,9 @@ class SimProc(ChildProcess):
 
     def start(self):
         os.makedirs(self.state_dir, exist_ok=True)
-        self.control_port = free_port()
-        self._spawn(self.argv(), env=self.env)
+        self.control_port = 0  # the sim binds a free port and names it in its ready line
+        ready = self._spawn(self.argv(), env=self.env)
+        self.control_port = int(ready.group(1))
         return self
 
     def stop(self):
