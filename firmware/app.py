@@ -53,8 +53,8 @@ class App:
         session = self.session
         session.lazy(("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"), self.load_smart)
         session.lazy(("ReserveNow", "CancelReservation"), self.load_reservations)
-        session.lazy(("TriggerMessage",), lambda: self._load("trigger"))
-        session.lazy(("ClearCache", "GetLocalListVersion", "SendLocalList"), lambda: self._load("localauth"))
+        session.lazy(("TriggerMessage",), self._load_trigger)
+        session.lazy(("ClearCache", "GetLocalListVersion", "SendLocalList"), self._load_localauth)
         if store.present(state + "/profiles.json"):
             self.load_smart()
         if store.present(state + "/reservation.json"):
@@ -87,10 +87,13 @@ class App:
             self.connector.reservations = self.reservations
             reservation.register(self.session, self)
 
-    def _load(self, profile):
-        # A profile without state of its own to set up: its module is imported on first use and registers its
-        # handlers, as every profile module does, with register(session, app).
-        __import__("firmware.ocpp." + profile, None, None, ("register",)).register(self.session, self)
+    def _load_trigger(self):
+        from firmware.ocpp import trigger
+        trigger.register(self.session, self)
+
+    def _load_localauth(self):
+        from firmware.ocpp import localauth
+        localauth.register(self.session, self)
 
     def tx_info(self):
         """(transactionId or None, start epoch or None, volts): what SmartCharging needs of the transaction."""

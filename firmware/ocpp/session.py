@@ -50,11 +50,10 @@ class Session:
         self._call_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._out = JsonBuf(_OUT_BUF)  # used only under _send_lock: one frame at a time
-        ca = cfg.get("CentralSystemCa")
-        self._cadata = wslib.pem_to_der(ca) if ca else None
-        if self._cadata and cfg.get("CentralSystemUrl").startswith("wss"):
+        self._ssl = None  # the verifying TLS context for wss://, built once and reused (lib/tls.py)
+        if cfg.get("CentralSystemCa") and cfg.get("CentralSystemUrl").startswith("wss"):
             try:
-                wslib.tls_context(self._cadata)  # built now, while the heap is whole, and reused
+                self._tls()  # built now, while the heap is whole
             except wslib.WSError as e:
                 log.error(_TAG, str(e))
         self._reply = None
@@ -290,7 +289,21 @@ class Session:
             log.warn(_TAG, "the Basic-auth password goes over unencrypted ws://: anyone on the network path can "
                      "read it; use a wss:// URL")
         return await wslib.connect(url, protocol="ocpp1.6", user=cfg.get("ChargeBoxId"), password=password,
-                                   cadata=self._cadata)
+                                   ssl=self._tls() if url[:4].lower() == "wss:" else None)
+
+    def _tls(self):
+        # The context trusting CentralSystemCa; None without one (connect then refuses wss://). The first
+        # certificate only: one CA signs the Central System's certificate (docs/decisions.md, TLS).
+        if self._ssl is None:
+            ca = self.cfg.get("CentralSystemCa")
+            if ca:
+                from lib import tls
+
+                try:
+                    self._ssl = tls.context(tls.certificates(ca)[:1])
+                except ValueError as e:
+                    raise wslib.WSError("bad CA certificate: %s" % e)
+        return self._ssl
 
     def _backoff_ms(self, failures):
         # Exponential back-off with jitter so a fleet does not reconnect in lock-step (digest §1.5).
