@@ -293,7 +293,7 @@ class Session:
 
     def _tls(self):
         # The context trusting CentralSystemCa; None without one (connect then refuses wss://). The first
-        # certificate only: one CA signs the Central System's certificate (docs/decisions.md, TLS).
+        # certificate only: one CA signs the Central System's certificate (a deploy refuses more).
         if self._ssl is None:
             ca = self.cfg.get("CentralSystemCa")
             if ca:
