@@ -5,6 +5,7 @@ import micropython
 import sys
 
 from firmware import config, leds, log, store, wifi
+from firmware.diag.ring import Ring
 from firmware.evse import Evse
 from firmware.meter import Meter
 from firmware.ocpp import core
@@ -31,7 +32,12 @@ class App:
     def __init__(self, board):
         self.board = board
         state = board.state_dir
+        self.t0 = board.ticks_ms()
         self.cfg = cfg = config.Config(state)
+        # The log on flash that GetDiagnostics uploads (firmware/diag/ring.py), the passwords masked as set now
+        self.ring = Ring(state)
+        self.ring.secrets = _Secrets(cfg)
+        log.sink = self.ring.write
         self.wifi = wifi.start(board, cfg)  # the network link, joined and kept (firmware/wifi.py): .state .ip .error
         model = cfg.get("MeterModel")
         baud, parity, stop = _METER_SERIAL[model]
@@ -45,7 +51,9 @@ class App:
         self.txq = TxQueue(self.session, cfg, state)
         self.auth = Auth(cfg, state)
         self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
-        self.firmware_status = "Idle"  # FirmwareStatusNotification state for TriggerMessage
+        # FirmwareManagement (firmware/ocpp/fwmgmt.py): the engines while they run, else None
+        self.updater = self.diag = None
+        self.fw_hold = False  # an update waits to install: the idle connector is Unavailable
         # Optional profiles load on first use (or at boot when flash holds their data): their code is a large
         # part of the heap, and many installations never use them (DESIGN.md §5).
         self.smart = None
@@ -55,6 +63,7 @@ class App:
         session.lazy(("ReserveNow", "CancelReservation"), self.load_reservations)
         session.lazy(("TriggerMessage",), self._load_trigger)
         session.lazy(("ClearCache", "GetLocalListVersion", "SendLocalList"), self._load_localauth)
+        session.lazy(("UpdateFirmware", "GetDiagnostics"), self.load_fwmgmt)
         if store.present(state + "/profiles.json"):
             self.load_smart()
         if store.present(state + "/reservation.json"):
@@ -95,6 +104,16 @@ class App:
         from firmware.ocpp import localauth
         localauth.register(self.session, self)
 
+    def load_fwmgmt(self):
+        from firmware.ocpp import fwmgmt
+        fwmgmt.register(self.session, self)
+        return fwmgmt
+
+    @property
+    def firmware_status(self):
+        """FirmwareStatusNotification state for TriggerMessage and the front ends."""
+        return self.updater.status if self.updater is not None else "Idle"
+
     def tx_info(self):
         """(transactionId or None, start epoch or None, volts): what SmartCharging needs of the transaction."""
         conn = self.connector
@@ -102,9 +121,11 @@ class App:
         return conn.transaction_id(), tx and tx["t0"], self.meter.voltage_v[0]
 
     def _boot_fields(self):
+        from firmware import ota
         ident = self.cfg.get("ChargeBoxId")
+        version, self._ota_owed = ota.at_boot(self.board.state_dir, VERSION)  # the running slot's version
         return {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": ident[:25],
-                "firmwareVersion": VERSION, "meterType": self.meter.model_name()[:25]}
+                "firmwareVersion": version, "meterType": self.meter.model_name()[:25]}
 
     def _on_accepted(self):
         # After a boot the Central System must see every connector's status; after a mere reconnect only a
@@ -116,6 +137,9 @@ class App:
         else:
             self.connector.kick_status()
         self.txq.kick()
+        for engine in (self.updater, self.diag):  # a trial is confirmed, owed statuses go
+            if engine is not None:
+                engine.accepted()
         if store.notes and not self._reporting:
             self._reporting = True
             asyncio.create_task(self._report_flash())
@@ -183,6 +207,7 @@ class App:
         log.info(_TAG, "%s reset" % kind)
         await asyncio.sleep_ms(200)  # let the Reset answer leave before the link goes down
         await self.session_restart()
+        self.ring.flush()
         self.board.reset()
 
     async def session_restart(self):
@@ -264,13 +289,26 @@ class App:
         if self.cfg.get("WebEnabled") or self.cfg.get("MqttUrl"):
             from firmware import chargepoint  # the front ends and their charger model: only when configured
             chargepoint.start(self)
+        if self._ota_owed:  # an update in progress, a trial to confirm or a status owed (docs/ota.md)
+            self.load_fwmgmt().start_updater(self)
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
                    self.connector.report_status, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))
         while True:
             await asyncio.sleep(60)
+            self.ring.flush()
             gc.collect()
             log.debug(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
+
+
+class _Secrets:
+    # The values the log ring masks, read when a line is written: an AuthorizationKey set over OCPP counts at once
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __iter__(self):
+        for name in ("Password", "WifiPassword", "MqttPassword", "WebPassword"):
+            yield self.cfg.get(name)
 
 
 async def _supervised(fn):

@@ -97,10 +97,8 @@ _T = (
     "StopTxnAlignedDataMaxLength Ir 8\n"
     "StopTxnSampledData Lrwp - 0 8 MEASURANDS\n"
     "StopTxnSampledDataMaxLength Ir 8\n"
-    # FirmwareManagement is left out until UpdateFirmware / GetDiagnostics are implemented: a Central System
-    # must not be told a profile works when its calls get NotSupported.
     "SupportedFeatureProfiles Lr "
-    "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger 0 6 PROFILES\n"
+    "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger 0 6 PROFILES\n"
     "SupportedFeatureProfilesMaxLength Ir 6\n"
     # ABB retries forever; a bound keeps a poisoned message from blocking the queue (digest §3.2 impl.).
     "TransactionMessageAttempts Irw 3 1 100\n"

@@ -51,5 +51,6 @@ async def _send_one(app, what, cid):
         if cid is None or cid == CONNECTOR:
             await app.connector.send_status_now()
     else:
-        # No upload or firmware update is running, so the only true answer is Idle (OCPP 1.6 §4.4, §4.5).
-        await session.notify(what, {"status": app.firmware_status if what[0] == "F" else "Idle"})
+        # The running engine's state; Idle when none runs (OCPP 1.6 §4.4, §4.5; firmware/ocpp/fwmgmt.py)
+        engine = app.diag if what[0] == "D" else app.updater
+        await session.notify(what, {"status": engine.status if engine is not None else "Idle"})

@@ -39,7 +39,7 @@ def test_tc019_tc021_tc040_configuration(csms_factory, sim_factory):
     assert set(keys["SupportedFeatureProfiles"]["value"].split(",")) >= {"Core", "LocalAuthListManagement",
                                                                           "SmartCharging", "RemoteTrigger",
                                                                           "Reservation"}
-    assert "FirmwareManagement" not in keys["SupportedFeatureProfiles"]["value"]  # not until OTA works
+    assert "FirmwareManagement" in keys["SupportedFeatureProfiles"]["value"]  # OTA and diagnostics work (issue 11)
     some = csms.call(CP, "GetConfiguration", {"key": ["heartbeatinterval", "NoSuchKey"]})
     assert [k["key"] for k in some["configurationKey"]] == ["HeartbeatInterval"]  # CiString: case-insensitive
     assert some["unknownKey"] == ["NoSuchKey"]

@@ -45,7 +45,7 @@ def test_defaults_follow_reference_charger():
     assert c.get_list("MeterValuesSampledData") == [
         "Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage", "Current.Offered"]
     assert sorted(c.get_list("SupportedFeatureProfiles")) == sorted(
-        ["Core", "LocalAuthListManagement", "Reservation", "SmartCharging", "RemoteTrigger"])
+        ["Core", "FirmwareManagement", "LocalAuthListManagement", "Reservation", "SmartCharging", "RemoteTrigger"])
     assert c.get("MaxCurrent") == 32 and c.get("Variant") == "socket" and c.get("MeterModel") == "SDM630"
     assert c.get("ResponseTimeout") == 30 and c.get("SendBootOnReconnect") is False
     assert c.password_bytes() is None
@@ -362,7 +362,7 @@ def test_compact_table_agrees_with_named_constants():
     assert c.get("ConnectorPhaseRotationMaxLength") == K.NUMBER_OF_CONNECTORS + 1
     assert c.get("GetConfigurationMaxKeys") == K.GET_CONFIG_MAX_KEYS
     advertised = c.get("SupportedFeatureProfiles").split(",")
-    assert all(p in K.PROFILES for p in advertised) and "FirmwareManagement" not in advertised
+    assert sorted(advertised) == sorted(K.PROFILES)  # every 1.6 profile, FirmwareManagement since issue 11
     assert c.get("SupportedFeatureProfilesMaxLength") == len(K.PROFILES)
     keys = K.KEYS
     names = [e[0] for e in keys]
