@@ -4,6 +4,7 @@
 # stored update has work (firmware.ota.owed()), and leaves the heap again with the engines once both are idle.
 import asyncio
 import sys
+import time
 
 from firmware import log
 from firmware.ocpp import rpc

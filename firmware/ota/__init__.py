@@ -21,22 +21,35 @@ def owed(root):
     return st is not None and (st.get("trial") is not None or st.get("report") is not None)
 
 
+
 def at_boot(root, default):
     """(firmwareVersion for BootNotification: the running slot's manifest version, default without slots; whether
-    the update engine has work: owed()). Asked once at boot; the slot code it needs, and this package, leave the
-    heap again."""
+    the update engine has work, as owed() says). Asked once at boot with the flash's own files only: importing
+    the slot code there (14 KB from .mpy) would leave its names interned and the heap in pieces for good."""
     import sys
+    from firmware import store
 
-    names = ("slotboot", "firmware.ota.slots", "firmware.ota.partition", "firmware.ota")
-    had = [n for n in names if n in sys.modules]
-    from firmware.ota import slots
+    st = None
+    for i in (0, 1):
+        s = _framed(store, "%s/slots/state.%d" % (root.rstrip("/"), i))
+        if isinstance(s, dict) and isinstance(s.get("gen"), int) and (st is None or s["gen"] > st["gen"]):
+            st = s
+    work = store.present(store.join(root, "update.json")) or (
+        st is not None and (st.get("trial") is not None or st.get("report") is not None))
+    if st is not None and st.get("kind") == "image":  # a frozen build: its code is in flash, the import is cheap
+        from firmware.ota import slots
 
-    try:
-        return slots.firmware_version(default, root), owed(root)
-    finally:
-        for name in names:
-            if name not in had and name in sys.modules:
-                del sys.modules[name]
-        pkg = sys.modules.get("firmware")
-        if "firmware.ota" not in had and pkg is not None and "ota" in pkg.__dict__:
-            delattr(pkg, "ota")
+        return slots.firmware_version(default, root), work
+    for p in sys.path:  # slotboot put the running slot first: <root>/slots/<name>
+        i = p.rfind("/slots/")
+        if i >= 0 and p[:i].rstrip("/") == root.rstrip("/"):
+            info = _framed(store, p + "/slot.json")
+            if isinstance(info, dict) and info.get("version"):
+                return info["version"], work
+    return default, work
+
+
+def _framed(store, path):
+    # a CRC-framed JSON file (slotboot's format is firmware/store.py's), None when missing or damaged
+    raw = store.read(path)
+    return store._decode(raw)[0] if store._check(raw) is None else None

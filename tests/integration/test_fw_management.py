@@ -1,0 +1,271 @@
+"""The FirmwareManagement profile end to end: UpdateFirmware and GetDiagnostics sent by the Central System
+(tools/csms.py) to the firmware on the virtual board (tools/sim.py), with real file servers on 127.0.0.1
+(ota_servers.py: Python's http.server, pyftpdlib). The update tests boot the board from its flash the way a board
+does (sim --flash-code: boot.py, slotboot picks slots/a or slots/b, main.py), the flash laid out as make deploy
+leaves it with version OLD in slot a; an installed update really reboots the MCU into slot b, and BootNotification's
+firmwareVersion says which one runs. Each test asserts the exact FirmwareStatusNotification /
+DiagnosticsStatusNotification sequence the Central System receives."""
+import datetime
+import os
+import re
+import time
+
+import pytest
+
+import build
+import otapack
+from conftest import ROOT, SimProc, _register, _stop_all, wait_until
+from core_helpers import CP, board_until, start_charging
+from ota_servers import FTPServers, HTTPServers, lay_out_flash
+
+OLD, NEW = "1.0-old", "2.0-new"
+SECRET = "Cp-Pa55w0rd-17"
+# The code runs from the slot's .mpy files, all of it in the heap (a board runs it frozen or from ROMFS, README):
+# 110wK holds the charger but leaves less than the update engine asks for (firmware/ota/update.py HEAP_FREE).
+FLASH_HEAP = "200wK"
+
+
+class FlashSim(SimProc):
+    """tools/sim.py --flash-code: the MCU boots the state directory as a board boots its flash."""
+
+    def argv(self):
+        return super().argv() + ["--flash-code"]
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fw_kit")
+    tree, _ = build.build(os.path.join(ROOT, "build", "unix"))  # the session's build: nothing to compile
+    priv, pub = otapack.keygen(str(d / "vendor"))
+    key = otapack.load_private(priv)
+    blobs = otapack.tree_files(tree)
+    files = d / "files"
+    files.mkdir()
+    new = otapack.pack(key, NEW, blobs, built="2026-01-01T00:00:00Z")
+    (files / "new.fwpk").write_bytes(new)
+    (files / "tampered.fwpk").write_bytes(new[:-100] + bytes([new[-100] ^ 1]) + new[-99:])
+    return {"tree": tree, "pub": pub, "old": otapack.pack(key, OLD, blobs, built="2026-01-01T00:00:00Z"),
+            "files": files}
+
+
+@pytest.fixture
+def flash(kit, tmp_path):
+    return lay_out_flash(tmp_path / "flash", kit["old"], kit["pub"], kit["tree"])
+
+
+@pytest.fixture
+def web(kit):
+    s = HTTPServers(kit["files"])
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def flash_sim(request):
+    procs = []
+
+    def make(csms_url, state_dir, **kwargs):
+        proc = FlashSim(csms_url, state_dir=str(state_dir), heap=FLASH_HEAP, **kwargs)
+        procs.append(proc)
+        _register(request, proc)
+        return proc.start()
+
+    try:
+        yield make
+    finally:
+        _stop_all(procs)
+
+
+def iso(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fw_statuses(csms, since=0):
+    return [p["status"] for p in csms.calls("FirmwareStatusNotification", cp=CP, since=since)]
+
+
+def diag_statuses(csms, since=0):
+    return [p["status"] for p in csms.calls("DiagnosticsStatusNotification", cp=CP, since=since)]
+
+
+def boots(csms):
+    return [p["firmwareVersion"] for p in csms.calls("BootNotification", cp=CP)]
+
+
+def trigger(csms, what):
+    """TriggerMessage(what) -> the status of the notification it brings."""
+    mark = len(csms.messages())
+    assert csms.call(CP, "TriggerMessage", {"requestedMessage": what}) == {"status": "Accepted"}
+    return csms.wait_for(what, cp=CP, since=mark, timeout=10)["status"]
+
+
+def booted(csms_factory, flash_sim, flash):
+    csms = csms_factory()
+    sim = flash_sim(csms.url, flash)
+    csms.wait_for("StatusNotification", cp=CP, where=lambda p: p["connectorId"] == 1, timeout=60)
+    assert boots(csms) == [OLD]  # the version in slot a's manifest
+    return csms, sim
+
+
+def slot_state(flash):
+    return otapack.read_state(str(flash / "slots"))
+
+
+# ---- UpdateFirmware -------------------------------------------------------------------------------------
+def test_update_over_http_reboots_into_the_new_version_and_reports_installed(csms_factory, flash_sim, flash, web):
+    csms, sim = booted(csms_factory, flash_sim, flash)
+    srv, port = web.start()
+    assert trigger(csms, "FirmwareStatusNotification") == "Idle"  # nothing runs
+    at = int(time.time()) + 4
+    assert csms.call(CP, "UpdateFirmware", {"location": "http://127.0.0.1:%d/files/new.fwpk" % port,
+                                            "retrieveDate": iso(at), "retries": 1, "retryInterval": 1}) == {}
+    assert trigger(csms, "FirmwareStatusNotification") == "Idle"  # waiting for retrieveDate: no 1.6 status for it
+    assert srv.requests == []
+    csms.wait_for("FirmwareStatusNotification", cp=CP, where=lambda p: p["status"] == "Installed", timeout=120)
+    assert fw_statuses(csms) == ["Idle", "Idle", "Downloading", "Downloaded", "Installing", "Installed"]
+    assert boots(csms) == [OLD, NEW]  # one reboot, into the new version
+    assert [r[0] for r in srv.requests] == ["GET"] and srv.requests[0][2] >= at  # not before retrieveDate
+    st = slot_state(flash)
+    assert st["active"] == "b" and st["trial"] is None and st["report"] is None  # confirmed at Accepted
+    assert not (flash / "update.fwpk").exists()
+    wait_until(lambda: not (flash / "update.json").exists(), 10, msg="update.json removed once Installed is sent")
+    assert trigger(csms, "FirmwareStatusNotification") == "Idle"  # the update is over
+    # a power cut now boots the new version again: the trial was confirmed
+    sim.cmd({"cmd": "power", "on": False})
+    sim.cmd({"cmd": "power", "on": True})
+    csms.wait_for("BootNotification", cp=CP, count=3, timeout=60)
+    assert boots(csms) == [OLD, NEW, NEW] and fw_statuses(csms)[-1] == "Idle"
+
+
+def test_download_404_is_download_failed_after_the_asked_retries(csms_factory, flash_sim, flash, web):
+    csms, sim = booted(csms_factory, flash_sim, flash)
+    srv, port = web.start()
+    with pytest.raises(AssertionError, match="PropertyConstraintViolation"):  # a location no client can use
+        csms.call(CP, "UpdateFirmware", {"location": "gopher://127.0.0.1/new.fwpk", "retrieveDate": iso(time.time())})
+    assert csms.call(CP, "UpdateFirmware", {"location": "http://127.0.0.1:%d/files/missing.fwpk" % port,
+                                            "retrieveDate": iso(time.time()), "retries": 2, "retryInterval": 1}) == {}
+    csms.wait_for("FirmwareStatusNotification", cp=CP, where=lambda p: p["status"] == "DownloadFailed", timeout=60)
+    assert fw_statuses(csms) == ["Downloading", "DownloadFailed"]
+    times = [t for _, _, t in srv.requests]
+    assert len(times) == 3 and times[2] - times[0] >= 1.9, times  # 1 + retries attempts, retryInterval apart
+    assert trigger(csms, "FirmwareStatusNotification") == "Idle"
+    assert boots(csms) == [OLD] and slot_state(flash)["trial"] is None
+
+
+def test_tampered_package_is_installation_failed_and_the_old_version_runs_on(csms_factory, flash_sim, flash, web):
+    csms, sim = booted(csms_factory, flash_sim, flash)
+    srv, port = web.start()
+    state_before = slot_state(flash)
+    assert csms.call(CP, "UpdateFirmware", {"location": "http://127.0.0.1:%d/files/tampered.fwpk" % port,
+                                            "retrieveDate": iso(time.time())}) == {}
+    csms.wait_for("FirmwareStatusNotification", cp=CP, where=lambda p: p["status"] == "InstallationFailed",
+                  timeout=60)
+    assert fw_statuses(csms) == ["Downloading", "Downloaded", "Installing", "InstallationFailed"]
+    assert len(srv.requests) == 1  # the transfer worked; the package is what is wrong
+    assert slot_state(flash) == state_before and not (flash / "slots" / "b" / "slot.json").exists()
+    assert trigger(csms, "FirmwareStatusNotification") == "Idle"
+    sim.cmd({"cmd": "power", "on": False})
+    sim.cmd({"cmd": "power", "on": True})
+    csms.wait_for("BootNotification", cp=CP, count=2, timeout=60)
+    assert boots(csms) == [OLD, OLD]
+
+
+def test_update_during_a_transaction_installs_only_after_it_ends(csms_factory, flash_sim, flash, web):
+    csms, sim = booted(csms_factory, flash_sim, flash)
+    srv, port = web.start()
+    start, tx = start_charging(csms, sim)
+    assert csms.call(CP, "UpdateFirmware", {"location": "http://127.0.0.1:%d/files/new.fwpk" % port,
+                                            "retrieveDate": iso(time.time())}) == {}
+    csms.wait_for("FirmwareStatusNotification", cp=CP, where=lambda p: p["status"] == "Downloaded", timeout=60)
+    time.sleep(3)  # the engine looks once a second: the session must go on untouched meanwhile
+    assert fw_statuses(csms) == ["Downloading", "Downloaded"]
+    assert sim.status()["contactor"] and csms.calls("StopTransaction", cp=CP) == []
+    assert trigger(csms, "FirmwareStatusNotification") == "Downloaded"
+    mark = len(csms.messages())
+    assert csms.call(CP, "RemoteStopTransaction", {"transactionId": tx}) == {"status": "Accepted"}
+    csms.wait_for("FirmwareStatusNotification", cp=CP, where=lambda p: p["status"] == "Installed", timeout=120)
+    assert fw_statuses(csms) == ["Downloading", "Downloaded", "Downloaded", "Installing", "Installed"]
+    msgs = [m["msg"] for m in csms.messages(CP)[mark:] if m["dir"] == "in" and m["msg"] and m["msg"][0] == 2]
+    order = [(m[2], m[3].get("status") or m[3].get("reason")) for m in msgs
+             if m[2] in ("StopTransaction", "FirmwareStatusNotification", "BootNotification")]
+    assert order[:3] == [("StopTransaction", "Remote"), ("FirmwareStatusNotification", "Installing"),
+                         ("BootNotification", None)], order
+    # while it installed, the idle connector was Unavailable (OCPP 1.6 §5.18); after the reboot it is back
+    statuses = [p["status"] for p in csms.calls("StatusNotification", cp=CP, since=mark)
+                if p["connectorId"] == 1]
+    assert "Unavailable" in statuses, statuses
+    csms.wait_for("StatusNotification", cp=CP, since=mark, timeout=30,
+                  where=lambda p: p["connectorId"] == 1 and p["status"] in ("Available", "Preparing", "Finishing")
+                  and boots(csms) == [OLD, NEW])
+    assert boots(csms) == [OLD, NEW]
+    board_until(sim, lambda s: not s["contactor"], msg="contactor open")
+
+
+# ---- GetDiagnostics -------------------------------------------------------------------------------------
+def check_upload(text, name):
+    assert re.match(r"diag-CP1-\d{8}T\d{6}Z\.txt$", name), name
+    assert text.startswith("# Diagnostics of CP1 at "), text[:200]
+    for line in ("version: 0.1.0", "slot: root", "link: online", "registered: True", "queue: 0",
+                 "connector: Available"):
+        assert re.search("^%s$" % re.escape(line), text, re.M), line
+    assert re.search(r"^heap_free: \d+$", text, re.M) and re.search(r"^heap_largest_block: \d+$", text, re.M)
+    assert re.search(r"^\S+Z \d+ I ocpp: BootNotification Accepted, interval \d+$", text, re.M), text
+    assert re.search(r"^\S+Z \d+ I diag: GetDiagnostics to \S+, 2 attempt\(s\) 1 s apart$", text, re.M), text
+    assert SECRET not in text and "up-pass" not in text  # no password, neither the charger's nor the URL's
+
+
+def test_get_diagnostics_to_http_and_ftp(csms_factory, sim_factory, tmp_path):
+    csms = csms_factory(auth={CP: SECRET})
+    sim_factory(csms.url, password=SECRET)
+    csms.wait_for("StatusNotification", cp=CP, where=lambda p: p["connectorId"] == 1)
+    assert trigger(csms, "DiagnosticsStatusNotification") == "Idle"
+    web = HTTPServers(tmp_path)
+    (tmp_path / "up").mkdir()
+    ftpd = FTPServers(tmp_path, tmp_path / "up")
+    try:
+        srv, port = web.start()
+        reply = csms.call(CP, "GetDiagnostics", {"location": "http://127.0.0.1:%d/upload/" % port, "retries": 1,
+                                                 "retryInterval": 1})
+        name = reply["fileName"]
+        csms.wait_for("DiagnosticsStatusNotification", cp=CP, where=lambda p: p["status"] == "Uploaded", timeout=60)
+        assert diag_statuses(csms) == ["Idle", "Uploading", "Uploaded"]
+        method, ctype, body = srv.uploads["/upload/" + name]
+        assert method == "PUT" and ctype == "text/plain"
+        check_upload(body.decode(), name)
+        assert trigger(csms, "DiagnosticsStatusNotification") == "Idle"
+
+        fport = ftpd.start()
+        mark = len(csms.messages())
+        name = csms.call(CP, "GetDiagnostics", {"location": "ftp://up:up-pass@127.0.0.1:%d/" % fport,
+                                                "retries": 1, "retryInterval": 1})["fileName"]
+        csms.wait_for("DiagnosticsStatusNotification", cp=CP, since=mark, timeout=60,
+                      where=lambda p: p["status"] == "Uploaded")
+        assert diag_statuses(csms, mark) == ["Uploading", "Uploaded"]
+        text = (tmp_path / "up" / name).read_text()
+        check_upload(text, name)
+        assert "GetDiagnostics to ftp://up:***@127.0.0.1" in text  # the URL's password masked in the log
+        assert trigger(csms, "DiagnosticsStatusNotification") == "Idle"
+        assert trigger(csms, "FirmwareStatusNotification") == "Idle"
+    finally:
+        web.stop()
+        ftpd.stop()
+
+
+def test_get_diagnostics_upload_failed_after_the_retries(csms_factory, sim_factory, tmp_path):
+    csms = csms_factory()
+    sim_factory(csms.url)
+    csms.wait_for("StatusNotification", cp=CP, where=lambda p: p["connectorId"] == 1)
+    web = HTTPServers(tmp_path)
+    try:
+        srv, port = web.start()
+        csms.call(CP, "GetDiagnostics", {"location": "http://127.0.0.1:%d/fail/" % port, "retries": 2,
+                                         "retryInterval": 1})
+        csms.wait_for("DiagnosticsStatusNotification", cp=CP, where=lambda p: p["status"] == "UploadFailed",
+                      timeout=60)
+        assert diag_statuses(csms) == ["Uploading", "UploadFailed"]
+        times = [t for _, _, t in srv.requests]
+        assert len(times) == 3 and times[2] - times[0] >= 1.9, times
+    finally:
+        web.stop()
