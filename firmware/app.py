@@ -34,9 +34,9 @@ class App:
         state = board.state_dir
         self.t0 = board.ticks_ms()
         self.cfg = cfg = config.Config(state)
-        # The log on flash that GetDiagnostics uploads (firmware/diag/ring.py), the passwords masked as set now
+        # The log on flash that GetDiagnostics uploads (firmware/diag/ring.py), the passwords masked
         self.ring = Ring(state)
-        self.ring.secrets = _Secrets(cfg)
+        self.ring.secrets = secrets(cfg)
         log.sink = self.ring.write
         self.wifi = wifi.start(board, cfg)  # the network link, joined and kept (firmware/wifi.py): .state .ip .error
         model = cfg.get("MeterModel")
@@ -301,14 +301,11 @@ class App:
             log.debug(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
 
 
-class _Secrets:
-    # The values the log ring masks, read when a line is written: an AuthorizationKey set over OCPP counts at once
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def __iter__(self):
-        for name in ("Password", "WifiPassword", "MqttPassword", "WebPassword"):
-            yield self.cfg.get(name)
+def secrets(cfg):
+    """The passwords the log ring masks (firmware/diag/ring.py); read again at each GetDiagnostics, whose upload
+    masks them once more (an AuthorizationKey set over OCPP since the boot)."""
+    v = cfg._vals  # the stored values: no entry decoded, nothing cached
+    return v.get("Password"), v.get("WifiPassword"), v.get("MqttPassword"), v.get("WebPassword")
 
 
 async def _supervised(fn):

@@ -57,7 +57,8 @@ BASE = {
     "ChangeAvailability": {"connectorId": 1, "type": "Operative"},
     "ClearCache": {},
 }
-UNSUPPORTED_16 = ("GetDiagnostics", "UpdateFirmware")   # 1.6 actions the firmware has no handler for
+# FirmwareManagement calls without their required location (every 1.6 action has a handler since issue 11)
+NO_LOCATION = ("GetDiagnostics", "UpdateFirmware")
 SAMPLES = ("", "x", 0, -1, 1.5, True, False, None, [], {}, [1], {"a": 1}, "2024-13-45T99:99:99Z", 2 ** 40, -2 ** 40)
 
 
@@ -174,8 +175,8 @@ class Fuzzer:
         r = self.rnd
         uid = self.uid()
         if r.random() < 0.3:
-            action = r.choice(UNSUPPORTED_16)
-            return "unsupported_action", json.dumps([2, uid, action, {}]), ("error", "NotSupported", uid)
+            action = r.choice(NO_LOCATION)
+            return "no_location", json.dumps([2, uid, action, {}]), ("error", OCCURENCE, uid)
         action = r.choice(["Foo", "getconfiguration", "BootNotification", "Heartbeat", "X" * 30,
                            "StartTransaction", "Authorize", "SetVariables", "\u00e9\u00e8"])
         return "unknown_action", json.dumps([2, uid, action, {}]), ("error", "NotImplemented", uid)

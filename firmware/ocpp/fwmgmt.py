@@ -37,6 +37,9 @@ def _update(app, p):
 
 
 def _diagnostics(app, p):
+    from firmware.app import secrets
+
+    app.ring.secrets = secrets(app.cfg)  # as set now: the upload masks them again in every line
     if app.diag is None:
         from firmware.diag import upload
 

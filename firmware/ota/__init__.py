@@ -29,6 +29,17 @@ def at_boot(root, default):
     import sys
     from firmware import store
 
+    try:
+        return _at_boot(sys, store, root, default)
+    finally:
+        if "firmware.ota.slots" not in sys.modules:  # this package leaves the heap again
+            sys.modules.pop("firmware.ota", None)
+            pkg = sys.modules.get("firmware")
+            if pkg is not None and "ota" in pkg.__dict__:
+                delattr(pkg, "ota")
+
+
+def _at_boot(sys, store, root, default):
     st = None
     for i in (0, 1):
         s = _framed(store, "%s/slots/state.%d" % (root.rstrip("/"), i))

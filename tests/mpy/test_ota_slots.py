@@ -117,6 +117,38 @@ def test_trial_then_confirm_makes_the_new_slot_active():
     assert "active" in str(e)
 
 
+def test_at_boot_reads_the_version_and_the_work_without_the_slot_code():
+    # firmware.ota.at_boot (BootNotification firmwareVersion, whether the update engine starts) agrees with
+    # slots.firmware_version and ota.owed at every step of an update, from the slot files alone
+    from firmware import ota, store
+
+    def check(version, work):
+        assert ota.at_boot(root, "0.1.0") == (version, work), ota.at_boot(root, "0.1.0")
+        assert slots.firmware_version("0.1.0", root) == version and ota.owed(root) == work
+
+    root = fresh()
+    boot(root)
+    check("0.1.0", False)  # no slots: the firmware's own version
+    s = deploy(root, "1.0")
+    boot(root)
+    check("1.0", False)
+    s.begin_trial(write_slot(s, "2.0"))
+    check("1.0", True)  # a trial begun: the engine has work at the next boot
+    boot(root)
+    check("2.0", True)  # on trial: the new version reports itself, and waits for Accepted
+    s.confirm()
+    check("2.0", True)  # Installed is owed
+    s.clear_report()
+    check("2.0", False)
+    store.write_json(root + "/update.json", {"v": 1})
+    check("2.0", True)
+    store.delete(root + "/update.json")
+    with open(root + "/slots/b/slot.json", "r+b") as f:  # a damaged slot.json: never a wrong version
+        f.seek(12)
+        f.write(b"X")
+    assert ota.at_boot(root, "0.1.0") == ("0.1.0", False)
+
+
 def test_too_many_boots_without_confirm_roll_back():
     root = fresh()
     s = deploy(root, "1.0")
