@@ -121,9 +121,9 @@ class App:
         return conn.transaction_id(), tx and tx["t0"], self.meter.voltage_v[0]
 
     def _boot_fields(self):
-        from firmware import ota
+        from firmware.ota import boot
         ident = self.cfg.get("ChargeBoxId")
-        version, self._ota_owed = ota.at_boot(self.board.state_dir, VERSION)  # the running slot's version
+        version, self._ota_owed = boot.info(self.board.state_dir, VERSION)  # the running slot's version
         return {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": ident[:25],
                 "firmwareVersion": version, "meterType": self.meter.model_name()[:25]}
 

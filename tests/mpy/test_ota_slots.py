@@ -117,13 +117,14 @@ def test_trial_then_confirm_makes_the_new_slot_active():
     assert "active" in str(e)
 
 
-def test_at_boot_reads_the_version_and_the_work_without_the_slot_code():
-    # firmware.ota.at_boot (BootNotification firmwareVersion, whether the update engine starts) agrees with
+def test_boot_info_reads_the_version_and_the_work_without_the_slot_code():
+    # firmware.ota.boot.info (BootNotification firmwareVersion, whether the update engine starts) agrees with
     # slots.firmware_version and ota.owed at every step of an update, from the slot files alone
     from firmware import ota, store
+    from firmware.ota import boot as otaboot
 
     def check(version, work):
-        assert ota.at_boot(root, "0.1.0") == (version, work), ota.at_boot(root, "0.1.0")
+        assert otaboot.info(root, "0.1.0") == (version, work), otaboot.info(root, "0.1.0")
         assert slots.firmware_version("0.1.0", root) == version and ota.owed(root) == work
 
     root = fresh()
@@ -146,7 +147,7 @@ def test_at_boot_reads_the_version_and_the_work_without_the_slot_code():
     with open(root + "/slots/b/slot.json", "r+b") as f:  # a damaged slot.json: never a wrong version
         f.seek(12)
         f.write(b"X")
-    assert ota.at_boot(root, "0.1.0") == ("0.1.0", False)
+    assert otaboot.info(root, "0.1.0") == ("0.1.0", False)
 
 
 def test_too_many_boots_without_confirm_roll_back():
