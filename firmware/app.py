@@ -53,7 +53,6 @@ class App:
         self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
         # FirmwareManagement (firmware/ocpp/fwmgmt.py): the engines while they run, else None
         self.updater = self.diag = None
-        self.fw_hold = False  # an update waits to install: the idle connector is Unavailable
         # Optional profiles load on first use (or at boot when flash holds their data): their code is a large
         # part of the heap, and many installations never use them (DESIGN.md §5).
         self.smart = None

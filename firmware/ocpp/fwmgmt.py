@@ -18,6 +18,7 @@ _DIAG = (("location", STR, True, None), ("retries", INT, False, 0), ("retryInter
          ("startTime", TIME, False, None), ("stopTime", TIME, False, None))
 
 _lock = None  # one transfer at a time: the firmware download and the diagnostics upload share it
+_held = False  # an update waits to install: the idle connector is made Unavailable
 
 
 def register(session, app):
@@ -156,7 +157,7 @@ def _busy(app):
     # update holds, an idle connector turns Unavailable here, so no session starts under the installation.
     c = app.connector
     busy = c.tx is not None or c.pending_tag is not None or c.stopping is not None
-    if not busy and app.fw_hold and app.evse.operative:
+    if not busy and _held and app.evse.operative:
         log.info(_TAG, "connector Unavailable while the new firmware is installed")
         app.evse.operative = False  # not stored: the reboot or hold(False) gives the stored availability back
         app.kick_status0()
@@ -166,7 +167,8 @@ def _busy(app):
 
 def _hold(app, on):
     # OCPP 1.6 §5.18: the connector becomes Unavailable for the installation once idle (never stopping a session)
-    app.fw_hold = on
+    global _held
+    _held = on
     if on:
         _busy(app)
     elif not app.evse.operative:
