@@ -44,7 +44,8 @@ class App:
         self.session = Session(cfg, self._boot_fields())
         self.txq = TxQueue(self.session, cfg, state)
         self.auth = Auth(cfg, state)
-        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
+        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state,
+                                   board.ticks_ms)
         self.firmware_status = "Idle"  # FirmwareStatusNotification state for TriggerMessage
         # Optional profiles load on first use (or at boot when flash holds their data): their code is a large
         # part of the heap, and many installations never use them (DESIGN.md §5).
@@ -95,7 +96,7 @@ class App:
     def _tx_info(self):
         conn = self.connector
         tx = conn.tx
-        return conn.transaction_id(), tx and tx["t0"], self.meter.voltage_v[0]
+        return conn.transaction_id(), tx and tx.t0, self.meter.voltage_v[0]
 
     def _boot_fields(self):
         ident = self.cfg.get("ChargeBoxId")
@@ -108,9 +109,9 @@ class App:
         if not self._booted:
             self._booted = True
             self.kick_status0()
-            self.connector.resend_status()
+            self.connector.reporter.resend()
         else:
-            self.connector.kick_status()
+            self.connector.reporter.kick()
         self.txq.kick()
         if store.notes and not self._reporting:
             self._reporting = True
@@ -263,7 +264,7 @@ class App:
         wd.watch("inputs", lambda: self._input_beats, 2000)
         wd.watch("meter", lambda: self._meter_beats, 10000)  # a dead bus costs its read timeouts per poll
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
-                   self.connector.report_status, self._poll_inputs, wd.run):
+                   self.connector.reporter.report, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))
         while True:
             await asyncio.sleep(60)

@@ -41,6 +41,8 @@ package(
         "ocpp/schedule.py",
         "ocpp/session.py",
         "ocpp/smartcharging.py",
+        "ocpp/status.py",
+        "ocpp/transaction.py",
         "ocpp/trigger.py",
         "ocpp/txqueue.py",
     ),

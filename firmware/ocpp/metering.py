@@ -1,8 +1,14 @@
 # Builds OCPP 1.6 sampledValue lists (OCPP 1.6 §3.16, digest §2.9): energy as a string in Wh from the meter's own
 # register, per-phase current and voltage, total power, and the offered current and power.
 # Values are taken as a compact snapshot first, so a transaction can keep its samples for StopTransaction's
-# transactionData in a few numbers each instead of whole sampledValue dicts.
-from firmware import clock
+# transactionData in a few numbers each instead of whole sampledValue dicts. Sampler sends connector 1's
+# MeterValues: periodic and clock-aligned samples, the samples a transaction keeps, triggered values.
+import asyncio
+import time
+from micropython import const
+
+from firmware import clock, log
+from firmware.ocpp.txqueue import METER
 
 _NOMINAL_V = 230  # Power.Offered = offered current at nominal voltage (digest §2.11)
 _PHASES = ("L1", "L2", "L3")
@@ -13,6 +19,8 @@ PERIODIC = 1
 CLOCK = 2
 END = 3
 TRIGGER = 4
+_TAG = "conn"  # the connector's log lines
+_CONNECTOR = const(1)
 
 
 def snapshot(meter, evse):
@@ -60,10 +68,6 @@ def values_from(snap, measurands, context):
     return out
 
 
-def sampled_values(meter, evse, measurands, context):
-    return values_from(snapshot(meter, evse), measurands, context)
-
-
 def _sv(value, context, measurand, unit, phase):
     sv = {"value": value, "context": context, "format": "Raw", "measurand": measurand,
           "location": "Outlet", "unit": unit}
@@ -72,5 +76,101 @@ def _sv(value, context, measurand, unit, phase):
     return sv
 
 
-def meter_value(meter, evse, measurands, context, timestamp=None):
-    return {"timestamp": clock.iso(timestamp), "sampledValue": sampled_values(meter, evse, measurands, context)}
+class Sampler:
+    def __init__(self, session, txq, meter, evse, cfg, ms):
+        self.session = session
+        self.txq = txq
+        self.meter = meter
+        self.evse = evse
+        self.cfg = cfg
+        self.ms = ms  # the board's clock
+        self._next_ms = 0
+        self._interval = 0  # the MeterValueSampleInterval _next_ms was planned with
+        self._next_aligned = 0
+
+    def begin(self, tx, snap):
+        """A transaction starts with the snapshot of its meterStart: its Transaction.Begin sample, and the
+        periodic samples counted from now."""
+        self.keep(tx, tx.t0, BEGIN, snap)
+        self._interval = interval = self.cfg.get("MeterValueSampleInterval")
+        self._next_ms = time.ticks_add(self.ms(), interval * 1000)
+
+    def periodic(self, tx, now_ms):
+        """Sample.Periodic of the running transaction tx, every MeterValueSampleInterval."""
+        interval = self.cfg.get("MeterValueSampleInterval")
+        if interval != self._interval:
+            # A changed interval applies at once, counted from the change, not after the old timer (issue 9).
+            self._interval = interval
+            self._next_ms = time.ticks_add(now_ms, interval * 1000)
+            return
+        if not interval or time.ticks_diff(now_ms, self._next_ms) < 0:
+            return
+        if not self.meter.fresh(now_ms):
+            return  # never the last reading as a new one: the sample goes out once the meter reads true again
+        self._next_ms = time.ticks_add(now_ms, interval * 1000)
+        self._send(tx, PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
+
+    def aligned(self, tx):
+        """Clock-aligned data (OCPP 1.6 §4.7) at every multiple of ClockAlignedDataInterval after midnight UTC:
+        part of the transaction tx, or on their own when tx is None."""
+        interval = self.cfg.get("ClockAlignedDataInterval")
+        if not interval or not clock.synced:
+            return
+        now = clock.now()
+        if self._next_aligned == 0 or self._next_aligned > now + interval:
+            self._next_aligned = (now // interval + 1) * interval
+        if now < self._next_aligned:
+            return
+        slot = self._next_aligned
+        self._next_aligned = (now // interval + 1) * interval
+        if not self.meter.fresh(self.ms()):
+            log.warn(_TAG, "clock-aligned sample skipped: no fresh meter reading")  # its time is gone
+            return
+        self._send(tx, CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
+
+    def _send(self, tx, ctx, keys, t):
+        snap = snapshot(self.meter, self.evse)
+        mv = {"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}
+        if tx is not None:
+            self.txq.push(METER, tx.lid, {"connectorId": _CONNECTOR, "transactionId": 0, "meterValue": [mv]})
+            tx.wh = snap[0]
+            tx.t = t
+            self.keep(tx, t, ctx, snap)
+            tx.save(True)  # hot: rotated, the previous generation kept as .bak
+        elif mv["sampledValue"] and self.session.registered and self.session.online:
+            # Not transaction-related: volatile, and skipped while offline.
+            asyncio.create_task(self.session.notify("MeterValues", {"connectorId": _CONNECTOR, "meterValue": [mv]}))
+
+    def keep(self, tx, t, ctx, snap):
+        # Only what StopTxnSampledData / StopTxnAlignedData ask for is kept for transactionData.
+        if self.cfg.get("StopTxnAlignedData" if ctx == CLOCK else "StopTxnSampledData"):
+            tx.keep(t, ctx, snap)
+
+    def transaction_data(self, tx, wh, when):
+        """StopTransaction.transactionData of tx, ending with the reading wh at when; None when not configured."""
+        sampled = self.cfg.get("StopTxnSampledData")
+        aligned = self.cfg.get("StopTxnAlignedData")
+        if not sampled and not aligned:
+            return None
+        end = snapshot(self.meter, self.evse)
+        end[0] = wh
+        self.keep(tx, when, END, end)
+        out = []
+        for t, ctx, snap in tx.samples:
+            keys = aligned if ctx == CLOCK else sampled
+            if keys:
+                out.append({"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)})
+        return out
+
+    async def triggered(self, tx_id):
+        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger, with the
+        running transaction's id (or None); nothing while the meter has no fresh reading (a stale one would be
+        taken as current)."""
+        if not self.meter.fresh(self.ms()):
+            log.warn(_TAG, "triggered MeterValues not sent: no fresh meter reading")
+            return
+        payload = {"connectorId": _CONNECTOR, "meterValue": [{"timestamp": clock.iso(), "sampledValue": values_from(
+            snapshot(self.meter, self.evse), self.cfg.get("MeterValuesSampledData"), TRIGGER)}]}
+        if tx_id is not None:
+            payload["transactionId"] = tx_id
+        await self.session.notify("MeterValues", payload)

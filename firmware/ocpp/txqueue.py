@@ -30,7 +30,7 @@ class TxQueue:
         # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
         ids, got = store.load(self._ids_path, None)
         self.ids = ids if isinstance(ids, dict) and isinstance(ids.get("n"), int) else {"n": 0}
-        # The map or the queue was recovered (maybe a generation older) or lost: Connector.recover re-checks
+        # The map or the queue was recovered (maybe a generation older) or lost: recover() re-checks
         # the transactions it knows against both.
         self.damaged = got >= store.RESTORED or self.journal.damaged
         self._wake = asyncio.Event()
@@ -52,6 +52,28 @@ class TxQueue:
 
     def tx_id(self, local_id):
         return self.ids.get(str(local_id))
+
+    def recover(self, open_lid):
+        """At boot, before anything is queued: (the local ids of the transactions started here whose
+        StopTransaction is not queued, whether open_lid's StartTransaction is lost). A transaction counts as
+        started when its StartTransaction is queued or booked in the id map; open_lid (the transaction the
+        connector's file holds, or None) counts too. Its Start is lost when the queue or the map came back
+        damaged and neither holds it. Every id seen is noted, so new ids are issued above them."""
+        starts = set()
+        stops = set()
+        for _, data in self.journal.records():
+            action, lid, _ = json.loads(data)
+            if action == START:
+                starts.add(lid)
+            elif action == STOP:
+                stops.add(lid)
+        lost = open_lid is not None and self.damaged and open_lid not in starts and self.tx_id(open_lid) is None
+        starts.update(int(k) for k in self.ids if k != "n")
+        if open_lid is not None:
+            starts.add(open_lid)
+        for lid in starts | stops:
+            self.note_lid(lid)
+        return starts - stops, lost
 
     def push(self, action, local_id, payload):
         # Encoded into a buffer taken at boot: a StopTransaction with transactionData can be kilobytes long,

@@ -110,22 +110,6 @@ class Session:
         raise Offline()
 
 
-class BoardTime:
-    """The connector's `time` module, running on board time."""
-
-    def __init__(self, board):
-        self.board = board
-
-    def ticks_ms(self):
-        return self.board.t
-
-    def ticks_add(self, t, delta):
-        return t + delta
-
-    def ticks_diff(self, a, b):
-        return a - b
-
-
 class Rig:
     def __init__(self, variant="socket", **keys):
         d = tinytest.tempdir("conn")
@@ -138,16 +122,15 @@ class Rig:
         self.meter = m = Meter()
         self.evse = E.Evse(b, m, cfg)
         self.txq = TxQueue(Session(), cfg, d)
-        C.time = BoardTime(b)
-        self.conn = conn = C.Connector(Session(), self.txq, self.evse, m, cfg, Auth(cfg, d), d)
+        self.conn = conn = C.Connector(Session(), self.txq, self.evse, m, cfg, Auth(cfg, d), d, b.ticks_ms)
         self.statuses = []  # every status the connector took, in order (what the reporter would send)
-        update = conn._update_status
+        update = conn.reporter.update
 
-        def record():
-            update()
+        def record(*view):
+            update(*view)
             if not self.statuses or self.statuses[-1] != conn.status:
                 self.statuses.append(conn.status)
-        conn._update_status = record
+        conn.reporter.update = record
         self.phase = 0  # board ms (mod 100) at which the connector ticks
 
     async def run(self, ms):
@@ -232,7 +215,7 @@ async def test_unplug_race_replayed_step_by_step():
 async def test_fixed_cable_pulled_from_the_car_suspends_and_resumes():
     r = Rig("cable", StopTransactionOnEVSideDisconnect="false")
     await r.charging()
-    lid = r.conn.tx["l"]
+    lid = r.conn.tx.lid
     r.board.ev = "A"  # the tethered cable leaves the car
     await r.run(1000)
     assert r.conn.tx is not None and r.conn.status == "SuspendedEV", r.statuses
@@ -241,7 +224,7 @@ async def test_fixed_cable_pulled_from_the_car_suspends_and_resumes():
     await r.run(1000)
     r.board.ev = "C"
     await r.run(1000)
-    assert r.board.cmd and r.conn.status == "Charging" and r.conn.tx["l"] == lid
+    assert r.board.cmd and r.conn.status == "Charging" and r.conn.tx.lid == lid
     assert len(r.queued(START)) == 1 and r.queued(STOP) == []
     r.conn.present_tag("TAG1")
     await r.run(500)
@@ -283,7 +266,7 @@ async def test_lock_failure_before_start_sends_no_start_transaction():
     await r.run(3000)
     assert r.board.lock_cmd  # the lock was tried
     assert r.conn.tx is None and r.queued(START) == []
-    assert r.conn.status == "Faulted" and r.conn.error_code() == "ConnectorLockFailure"
+    assert r.conn.status == "Faulted" and r.conn.reporter.error_code() == "ConnectorLockFailure"
     r.board.ev = "C"
     await r.run(8000)  # ConnectionTimeOut: the authorised start is dropped
     assert r.conn.pending_tag is None and r.queued() == []
@@ -316,7 +299,7 @@ async def test_lock_lost_during_a_transaction_ends_it():
     (stop,) = r.queued(STOP)
     assert stop["reason"] == "Other"
     assert "Faulted" in _after(r.statuses, "Charging")
-    assert r.conn.error_code() == "ConnectorLockFailure" and r.conn.status == "Faulted"
+    assert r.conn.reporter.error_code() == "ConnectorLockFailure" and r.conn.status == "Faulted"
     await r.run(3000)
     assert r.board.closes == 1 and not r.board.lock_cmd  # unlocked so the cable can be taken out
     r.unplug()
