@@ -220,9 +220,10 @@ class App:
                 asyncio.create_task(self._console(line))
             if self.scheduled_operative is not None and conn.tx is None:
                 self._apply_availability(self.scheduled_operative)
-            if conn.status != self._led_status:
-                self._led_status = conn.status
-                leds.show(board, conn.status)
+            status = conn.reporter.status
+            if status != self._led_status:
+                self._led_status = status
+                leds.show(board, status)
             self._input_beats += 1
             await asyncio.sleep_ms(100)
 
@@ -254,8 +255,7 @@ class App:
         # space; frequent small collections keep new objects low and the free space in one piece.
         gc.threshold(_GC_EVERY)
         log.info(_TAG, "firmware %s starting, heap %d used, %d free" % (VERSION, gc.mem_alloc(), gc.mem_free()))
-        await self.meter.poll()
-        self.connector.recover(self.board.reset_cause())
+        await self.connector.recover(self.board.reset_cause())  # takes the meter's first reading too
         # The tasks that loop on a short period are watched; the session and the queue wait on the network for
         # as long as its timeouts say, so their progress proves nothing about a hang.
         wd = self.watchdog

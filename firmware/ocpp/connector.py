@@ -1,24 +1,22 @@
 # Connector 1 as OCPP sees it: authorisation and the charge-session lifecycle (tag / plug / authorise / start /
 # stop), driven by a periodic tick. It reaches the hardware only through the EVSE and meter models (DESIGN.md §1):
 # it sets evse.allow / want_lock / limit_da and reads pilot, plug and energy, on the board's clock. Its parts: the
-# running transaction's record and file (transaction.py), MeterValues (metering.Sampler), the status and its
+# running transaction's record and file (txqueue.Transaction), MeterValues (metering.Sampler), the status and its
 # StatusNotifications (status.py); the optional profiles hook in as smart / reservations (NoProfile until loaded).
 import asyncio
 import gc
 import time
 from micropython import const
 
-from firmware import clock, log, pilot, store
+from firmware import clock, log, pilot
 from firmware.ocpp import metering, rpc
 from firmware.ocpp.auth import is_valid
 from firmware.ocpp.session import Offline
 from firmware.ocpp.status import StatusReporter
-from firmware.ocpp.transaction import Transaction, load
-from firmware.ocpp.txqueue import START, STOP
+from firmware.ocpp.txqueue import START, STOP, Transaction
 
 _TAG = "conn"
 CONNECTOR = const(1)
-_SAMPLE_SLACK_S = const(8)  # a sample may come this much after its time: the meter grace (5 s) and a late poll
 
 
 def same_tag(a, b):
@@ -49,10 +47,8 @@ class Connector:
         self.auth = auth
         self.ms = ms  # the board's clock (ticks in ms), as the EVSE has it
         self.smart = self.reservations = NoProfile()  # app.py puts the profiles here when it loads them
-        self._tx_path = state_dir + "/tx.json"
-        self.tx = load(self._tx_path)  # the running Transaction; at boot, one a reset cut
-        if self.tx is not None:
-            self._anchor_meter(self.tx)
+        self.tx_path = state_dir + "/tx.json"
+        self.tx = None  # the running Transaction (recover() closes one a reset cut)
         self.pending_tag = None  # authorised tag waiting for the EV (ConnectionTimeOut)
         self._pending_parent = None
         self._pending_res = None
@@ -66,55 +62,12 @@ class Connector:
         self.beats = 0  # turns of run(), for the watchdog
         txq.on_conf = self._on_conf
 
-    @property
-    def status(self):
-        return self.reporter.status
-
     # ---- boot ----
-    def recover(self, cause="power"):
-        """A transaction still open at boot was cut by a power loss (or by a watchdog restart: reason Reboot):
-        close it with the meter's reading (the contactor dropped with the MCU, so the register has not moved
-        since), else the last stored one. Every transaction the flash still knows of gets exactly one Stop,
-        also when a state file was lost (docs/decisions.md, Flash)."""
-        tx = self.tx
-        self.tx = None
-        unclosed, start_lost = self.txq.recover(tx and tx.lid)
-        if tx is not None:
-            lid = tx.lid
-            if start_lost:
-                self._start_again(tx)
-            if lid in unclosed:
-                unclosed.discard(lid)
-                reason = "Reboot" if cause == "watchdog" else "PowerLoss"
-                wh = max(tx.wh, self.meter.energy_wh) if self.meter.ok else tx.wh
-                log.warn(_TAG, "closing transaction %d after %s at %d Wh" % (lid, reason, wh))
-                self._push_stop(tx, reason, wh, tx.t, None)
-            else:
-                tx.forget()  # cut between queueing its Stop and deleting the file
-        for lid in unclosed:
-            # Its state file was lost (corrupt flash): the Central System still gets exactly one Stop.
-            store.note("transaction %d: tx.json lost, stopped with the meter's reading now" % lid)
-            self._push_stop(Transaction(self._tx_path, lid), "PowerLoss", self.meter.energy_wh, clock.now(), None)
-
-    def _anchor_meter(self, tx):
-        # The first reading after the boot is checked against the reading stored with the transaction (issue 9):
-        # energy flowed at most while the contactor could be closed after it, which is until the next sample
-        # was due (while the meter reads true the samples keep coming; without true readings the contactor opens
-        # after the grace), and never longer than the wall clock says. A clock that runs behind the stored time
-        # (no RTC after a power loss) and no sampling leave only the margin: the stored reading is then billed.
-        interval = self.cfg.get("MeterValueSampleInterval")
-        window = interval + _SAMPLE_SLACK_S if interval else -1
-        elapsed = clock.now() - tx.t + 1  # + 1: both times are whole seconds
-        if elapsed > 0 and (window < 0 or elapsed < window):
-            window = elapsed
-        self.meter.anchor(tx.wh, self.meter.max_w * window // 3600 if window > 0 else 0)
-
-    def _start_again(self, tx):
-        # The queue and the id map both lost this transaction's StartTransaction: rebuilt from tx.json, identical
-        # to the first (a Central System that booked it recognises the resend and answers the same id).
-        store.note("transaction %d: StartTransaction lost, sent again from tx.json" % tx.lid)
-        self.txq.push(START, tx.lid, {"connectorId": CONNECTOR, "idTag": tx.tag, "meterStart": tx.wh0,
-                                      "timestamp": clock.iso(tx.t0)})
+    async def recover(self, cause="power"):
+        """At boot, before the tasks start: takes the meter's first reading and closes the transaction a reset left
+        open (firmware/ocpp/recovery.py: boot-only code, unloaded after)."""
+        from firmware.ocpp import recovery
+        await recovery.run(self, cause)
 
     # ---- user input ----
     def present_tag(self, tag):
@@ -226,7 +179,7 @@ class Connector:
         self._pending_lock = False
         snap = metering.snapshot(self.meter, self.evse)
         wh0 = snap[0]
-        tx = Transaction(self._tx_path, self.txq.new_local_id(), tag, self._pending_parent, wh0, clock.now())
+        tx = Transaction(self.tx_path, self.txq.new_local_id(), tag, self._pending_parent, wh0, clock.now())
         self.sampler.begin(tx, snap)
         payload = {"connectorId": CONNECTOR, "idTag": tag, "meterStart": wh0, "timestamp": clock.iso(tx.t0)}
         res = self._pending_res
@@ -260,12 +213,12 @@ class Connector:
 
     async def _stop_after_reading(self, tx, reason, when, tag):
         await self.meter.poll()  # a failed or implausible poll keeps the last trusted reading
-        self._push_stop(tx, reason, self.meter.energy_wh, when, tag)
+        self.push_stop(tx, reason, self.meter.energy_wh, when, tag)
         if self.tx is None:
             self.meter.release()
         self.stopping = None
 
-    def _push_stop(self, tx, reason, wh, when, tag):
+    def push_stop(self, tx, reason, wh, when, tag):
         payload = {"transactionId": 0, "meterStop": wh, "timestamp": clock.iso(when), "reason": reason}
         if tag:
             payload["idTag"] = tag
@@ -294,17 +247,15 @@ class Connector:
         if info:
             self.auth.remember(tx.tag, info)
             tx.parent = info.get("parentIdTag") or tx.parent
-            if not is_valid(info):
-                self._deauthorized(tx, info)
-
-    def _deauthorized(self, tx, info):
-        log.warn(_TAG, "transaction %d not accepted: %s" % (tx.lid, info.get("status")))
-        if self.cfg.get("StopTransactionOnInvalidId"):
-            self.stop("DeAuthorized")
-            return
-        tx.invalid = True  # keep the transaction, stop the energy (SuspendedEVSE), MaxEnergyOnInvalidId aside
-        tx.save()
-        self._apply_allow()
+            if is_valid(info):
+                return
+            log.warn(_TAG, "transaction %d not accepted: %s" % (lid, info.get("status")))
+            if self.cfg.get("StopTransactionOnInvalidId"):
+                self.stop("DeAuthorized")
+                return
+            tx.invalid = True  # keep the transaction, stop the energy (SuspendedEVSE), MaxEnergyOnInvalidId aside
+            tx.save()
+            self._apply_allow()
 
     def _apply_allow(self):
         tx = self.tx
@@ -353,13 +304,9 @@ class Connector:
         self.sampler.aligned(tx)
         res = self.reservations
         res.check(evse.operative, evse.fault is not None)
-        evse.limit_da = self.smart_limit()
-        self.reporter.update(tx is not None, self.finishing, self.pending_tag is not None, res.active(CONNECTOR))
-
-    def smart_limit(self):
-        tx = self.tx
         volts = self.meter.voltage_v[0] if self.meter.ok and self.meter.voltage_v[0] > 50 else 230.0
-        return self.smart.limit_da(CONNECTOR, clock.now(), tx and tx.t0, self.transaction_id(), volts)
+        evse.limit_da = self.smart.limit_da(CONNECTOR, clock.now(), tx and tx.t0, self.transaction_id(), volts)
+        self.reporter.update(tx is not None, self.finishing, self.pending_tag is not None, res.active(CONNECTOR))
 
     def _plug_present(self):
         # Socket: the cable in the socket keeps the connector busy; fixed cable: the car.

@@ -10,17 +10,19 @@ from micropython import const
 from firmware import clock, log
 from firmware.ocpp.txqueue import METER
 
-_NOMINAL_V = 230  # Power.Offered = offered current at nominal voltage (digest §2.11)
+_NOMINAL_V = const(230)  # Power.Offered = offered current at nominal voltage (digest §2.11)
 _PHASES = ("L1", "L2", "L3")
 _PHASES_N = ("L1-N", "L2-N", "L3-N")
-CONTEXTS = ("Transaction.Begin", "Sample.Periodic", "Sample.Clock", "Transaction.End", "Trigger")
-BEGIN = 0
-PERIODIC = 1
-CLOCK = 2
-END = 3
-TRIGGER = 4
+# Contexts, indexed by the numbers below (kept in a snapshot list as one small int each).
+_CONTEXTS = ("Transaction.Begin", "Sample.Periodic", "Sample.Clock", "Transaction.End", "Trigger")
+_BEGIN = const(0)
+_PERIODIC = const(1)
+_CLOCK = const(2)
+_END = const(3)
+_TRIGGER = const(4)
 _TAG = "conn"  # the connector's log lines
 _CONNECTOR = const(1)
+_TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
 
 
 def snapshot(meter, evse):
@@ -45,7 +47,7 @@ def values_from(snap, measurands, context):
     """sampledValue list for a snapshot; measurands is the CSL text of a *Data configuration key."""
     out = []
     phases = snap[9]
-    ctx = CONTEXTS[context]
+    ctx = _CONTEXTS[context]
     for name in measurands.split(","):
         name = name.strip()
         only = None  # "Voltage.L2" style suffix selects one phase (digest §7 Q7)
@@ -91,7 +93,7 @@ class Sampler:
     def begin(self, tx, snap):
         """A transaction starts with the snapshot of its meterStart: its Transaction.Begin sample, and the
         periodic samples counted from now."""
-        self.keep(tx, tx.t0, BEGIN, snap)
+        self.keep(tx, tx.t0, _BEGIN, snap)
         self._interval = interval = self.cfg.get("MeterValueSampleInterval")
         self._next_ms = time.ticks_add(self.ms(), interval * 1000)
 
@@ -108,7 +110,7 @@ class Sampler:
         if not self.meter.fresh(now_ms):
             return  # never the last reading as a new one: the sample goes out once the meter reads true again
         self._next_ms = time.ticks_add(now_ms, interval * 1000)
-        self._send(tx, PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
+        self._send(tx, _PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
 
     def aligned(self, tx):
         """Clock-aligned data (OCPP 1.6 §4.7) at every multiple of ClockAlignedDataInterval after midnight UTC:
@@ -126,7 +128,7 @@ class Sampler:
         if not self.meter.fresh(self.ms()):
             log.warn(_TAG, "clock-aligned sample skipped: no fresh meter reading")  # its time is gone
             return
-        self._send(tx, CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
+        self._send(tx, _CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
 
     def _send(self, tx, ctx, keys, t):
         snap = snapshot(self.meter, self.evse)
@@ -143,8 +145,11 @@ class Sampler:
 
     def keep(self, tx, t, ctx, snap):
         # Only what StopTxnSampledData / StopTxnAlignedData ask for is kept for transactionData.
-        if self.cfg.get("StopTxnAlignedData" if ctx == CLOCK else "StopTxnSampledData"):
-            tx.keep(t, ctx, snap)
+        if self.cfg.get("StopTxnAlignedData" if ctx == _CLOCK else "StopTxnSampledData"):
+            s = tx.samples
+            if len(s) >= _TX_DATA_MAX:
+                s.pop(1)  # keep Transaction.Begin and the most recent samples
+            s.append([t, ctx, snap])
 
     def transaction_data(self, tx, wh, when):
         """StopTransaction.transactionData of tx, ending with the reading wh at when; None when not configured."""
@@ -154,10 +159,10 @@ class Sampler:
             return None
         end = snapshot(self.meter, self.evse)
         end[0] = wh
-        self.keep(tx, when, END, end)
+        self.keep(tx, when, _END, end)
         out = []
         for t, ctx, snap in tx.samples:
-            keys = aligned if ctx == CLOCK else sampled
+            keys = aligned if ctx == _CLOCK else sampled
             if keys:
                 out.append({"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)})
         return out
@@ -170,7 +175,7 @@ class Sampler:
             log.warn(_TAG, "triggered MeterValues not sent: no fresh meter reading")
             return
         payload = {"connectorId": _CONNECTOR, "meterValue": [{"timestamp": clock.iso(), "sampledValue": values_from(
-            snapshot(self.meter, self.evse), self.cfg.get("MeterValuesSampledData"), TRIGGER)}]}
+            snapshot(self.meter, self.evse), self.cfg.get("MeterValuesSampledData"), _TRIGGER)}]}
         if tx_id is not None:
             payload["transactionId"] = tx_id
         await self.session.notify("MeterValues", payload)

@@ -23,30 +23,29 @@ class StatusReporter:
         self._since = ms()
         self._evt = asyncio.Event()
 
-    def compute(self, tx, finishing, pending, reserved):
+    def update(self, tx, finishing, pending, reserved):
         """The status for a transaction open (tx), the cable still in after one (finishing), an authorised start
         waiting (pending) and a reservation (reserved), with what the EVSE sees now."""
         evse = self.evse
         if evse.fault:
-            return "Faulted"
-        if tx:
+            status = "Faulted"
+        elif tx:
             if not evse.allow or evse.offer_da == 0:
-                return "SuspendedEVSE"
-            if evse.contactor:
-                return "Charging"
-            return "SuspendedEV"
-        if not evse.operative:
-            return "Unavailable"
-        if finishing:
-            return "Finishing"
-        if pending or evse.ev_connected:
-            return "Preparing"
-        if reserved:
-            return "Reserved"
-        return "Available"
-
-    def update(self, tx, finishing, pending, reserved):
-        status = self.compute(tx, finishing, pending, reserved)
+                status = "SuspendedEVSE"
+            elif evse.contactor:
+                status = "Charging"
+            else:
+                status = "SuspendedEV"
+        elif not evse.operative:
+            status = "Unavailable"
+        elif finishing:
+            status = "Finishing"
+        elif pending or evse.ev_connected:
+            status = "Preparing"
+        elif reserved:
+            status = "Reserved"
+        else:
+            status = "Available"
         if status != self.status:
             log.info(_TAG, "status %s -> %s" % (self.status, status))
             self.status = status
@@ -55,15 +54,6 @@ class StatusReporter:
 
     def error_code(self):
         return self.evse.fault or "NoError"
-
-    def payload(self):
-        evse = self.evse
-        p = {"connectorId": _CONNECTOR, "errorCode": self.error_code(), "status": self.status,
-             "timestamp": clock.iso()}
-        if evse.fault:
-            p["info"] = evse.fault_info[:50]
-            p["vendorErrorCode"] = "EVSE-%d" % evse.fault_code
-        return p
 
     async def report(self):
         """The task: a StatusNotification whenever the status differs from what the Central System last saw, once
@@ -77,16 +67,21 @@ class StatusReporter:
                 if wait > 0:
                     await asyncio.sleep_ms(wait)
                     continue
-                status = self.status
-                if await session.notify("StatusNotification", self.payload()) is None:
+                if not await self.send_now():
                     await asyncio.sleep_ms(2000)
-                else:
-                    self.reported = status
 
     async def send_now(self):
-        """TriggerMessage(StatusNotification): the current status, even if the Central System has it."""
-        if await self.session.notify("StatusNotification", self.payload()) is not None:
-            self.reported = self.status
+        """The current status, even if the Central System has it (TriggerMessage too) -> whether it was answered."""
+        status = self.status  # a change while the call waits is reported after it
+        evse = self.evse
+        p = {"connectorId": _CONNECTOR, "errorCode": self.error_code(), "status": status, "timestamp": clock.iso()}
+        if evse.fault:
+            p["info"] = evse.fault_info[:50]
+            p["vendorErrorCode"] = "EVSE-%d" % evse.fault_code
+        if await self.session.notify("StatusNotification", p) is None:
+            return False
+        self.reported = status
+        return True
 
     def kick(self):
         self._evt.set()

@@ -128,8 +128,8 @@ class Rig:
 
         def record(*view):
             update(*view)
-            if not self.statuses or self.statuses[-1] != conn.status:
-                self.statuses.append(conn.status)
+            if not self.statuses or self.statuses[-1] != conn.reporter.status:
+                self.statuses.append(conn.reporter.status)
         conn.reporter.update = record
         self.phase = 0  # board ms (mod 100) at which the connector ticks
 
@@ -162,7 +162,7 @@ class Rig:
         assert self.conn.tx is not None
         self.board.ev = "C"
         await self.run(1000)
-        assert self.board.cmd and self.conn.status == "Charging", (self.board.cmd, self.conn.status)
+        assert self.board.cmd and self.conn.reporter.status == "Charging", (self.board.cmd, self.conn.reporter.status)
 
     def queued(self, action=None):
         out = []
@@ -208,7 +208,7 @@ async def test_unplug_race_replayed_step_by_step():
     assert not r.board.cmd
     r.evse.update()  # PP: no cable; pilot A seen for the first time (debounce starts)
     r.conn.tick()
-    assert r.conn.tx is None and r.conn.status == "Available", r.statuses
+    assert r.conn.tx is None and r.conn.reporter.status == "Available", r.statuses
 
 
 # ---- issue 9 item 1: EV-side disconnect with StopTransactionOnEVSideDisconnect = false ----
@@ -218,13 +218,13 @@ async def test_fixed_cable_pulled_from_the_car_suspends_and_resumes():
     lid = r.conn.tx.lid
     r.board.ev = "A"  # the tethered cable leaves the car
     await r.run(1000)
-    assert r.conn.tx is not None and r.conn.status == "SuspendedEV", r.statuses
+    assert r.conn.tx is not None and r.conn.reporter.status == "SuspendedEV", r.statuses
     assert not r.board.cmd and r.board.pwm == 1000 and r.queued(STOP) == []
     r.board.ev = "B"  # back into the car: the same transaction, no new tag
     await r.run(1000)
     r.board.ev = "C"
     await r.run(1000)
-    assert r.board.cmd and r.conn.status == "Charging" and r.conn.tx.lid == lid
+    assert r.board.cmd and r.conn.reporter.status == "Charging" and r.conn.tx.lid == lid
     assert len(r.queued(START)) == 1 and r.queued(STOP) == []
     r.conn.present_tag("TAG1")
     await r.run(500)
@@ -245,7 +245,7 @@ async def test_socket_ev_side_disconnect_suspends_and_resumes():
     await r.charging()
     r.board.ev = "A"  # the cable leaves the car, stays in the socket
     await r.run(1000)
-    assert r.conn.tx is not None and r.conn.status == "SuspendedEV" and not r.board.cmd
+    assert r.conn.tx is not None and r.conn.reporter.status == "SuspendedEV" and not r.board.cmd
     assert r.board.lock_cmd  # the session goes on: the cable stays locked
     r.board.ev = "B"
     await r.run(500)
@@ -266,7 +266,7 @@ async def test_lock_failure_before_start_sends_no_start_transaction():
     await r.run(3000)
     assert r.board.lock_cmd  # the lock was tried
     assert r.conn.tx is None and r.queued(START) == []
-    assert r.conn.status == "Faulted" and r.conn.reporter.error_code() == "ConnectorLockFailure"
+    assert r.conn.reporter.status == "Faulted" and r.conn.reporter.error_code() == "ConnectorLockFailure"
     r.board.ev = "C"
     await r.run(8000)  # ConnectionTimeOut: the authorised start is dropped
     assert r.conn.pending_tag is None and r.queued() == []
@@ -279,14 +279,14 @@ async def test_lock_that_engages_late_starts_the_transaction():
     r.conn.arm("TAG1")
     r.plug()
     await r.run(3000)
-    assert r.conn.status == "Faulted" and r.queued(START) == []
+    assert r.conn.reporter.status == "Faulted" and r.queued(START) == []
     r.board.lock_works = True
     r.board.set_lock(r.board.lock_cmd)  # the lock reaches its commanded position after all
     await r.run(500)
-    assert len(r.queued(START)) == 1 and r.conn.status == "SuspendedEV"
+    assert len(r.queued(START)) == 1 and r.conn.reporter.status == "SuspendedEV"
     r.board.ev = "C"
     await r.run(1000)
-    assert r.board.cmd and r.conn.status == "Charging"
+    assert r.board.cmd and r.conn.reporter.status == "Charging"
 
 
 async def test_lock_lost_during_a_transaction_ends_it():
@@ -299,12 +299,12 @@ async def test_lock_lost_during_a_transaction_ends_it():
     (stop,) = r.queued(STOP)
     assert stop["reason"] == "Other"
     assert "Faulted" in _after(r.statuses, "Charging")
-    assert r.conn.reporter.error_code() == "ConnectorLockFailure" and r.conn.status == "Faulted"
+    assert r.conn.reporter.error_code() == "ConnectorLockFailure" and r.conn.reporter.status == "Faulted"
     await r.run(3000)
     assert r.board.closes == 1 and not r.board.lock_cmd  # unlocked so the cable can be taken out
     r.unplug()
     await r.run(500)
-    assert r.conn.status == "Available"
+    assert r.conn.reporter.status == "Available"
 
 
 # ---- issue 9 item 5: a new MeterValueSampleInterval applies at once ----
@@ -339,10 +339,10 @@ async def test_the_same_card_in_another_case_cancels_a_pending_start():
     r = Rig()
     r.conn.arm("ABC123")
     await r.run(200)
-    assert r.conn.status == "Preparing"
+    assert r.conn.reporter.status == "Preparing"
     r.conn.present_tag("abc123")
     await r.run(200)
-    assert r.conn.pending_tag is None and r.conn.status == "Available"
+    assert r.conn.pending_tag is None and r.conn.reporter.status == "Available"
 
 
 tinytest.run(globals())
