@@ -76,8 +76,9 @@ def test_lock_failure_starts_no_transaction(csms_factory, sim_factory):
     assert faulted["errorCode"] == "ConnectorLockFailure"
     sim.wait_line(r"\[mcu\].*start for TAG1 cancelled: connector not locked", timeout=15, since=since)
     assert csms.calls("StartTransaction") == [] and csms.calls("StopTransaction") == []
-    status = sim.status()
-    assert not status["contactor"] and status["offered_a"] == 0 and not status["lock_cmd"]
+    # the lock is released by the EVSE's next step after the start is dropped
+    status = board_until(sim, lambda s: not s["lock_cmd"], msg="lock released after the dropped start")
+    assert not status["contactor"] and status["offered_a"] == 0
     events = sim.cmd({"cmd": "events", "since": 0})["events"]
     assert not [e for e in events if e["kind"] == "contactor" and e["on"]]
     assert _statuses(csms, mark)[-1] == "Faulted"  # until the cable is taken out

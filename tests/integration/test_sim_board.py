@@ -22,12 +22,6 @@ PROBE = "tests/integration/board_probe.py"
 WAIT_S = 15
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pids_mentioning(text):
     """Live processes whose command line contains text (zombies excluded)."""
     found = []
@@ -55,13 +49,13 @@ def alive(pid):
 class Sim:
     def __init__(self, state_dir, *extra):
         self.state_dir = Path(state_dir)
-        self.port = free_port()
+        self.port = None  # the sim binds a free port (--control 0) and names it in its ready line
         self.lines = []
         self.cond = threading.Condition()
         self.eof = False
         env = dict(os.environ, SIM_MCU_SCRIPT=PROBE)
         cmd = [str(PYTHON), str(ROOT / "tools" / "sim.py"), "--csms", "ws://127.0.0.1:9/ocpp", "--id", "PROBE1",
-               "--state", str(self.state_dir), "--control", str(self.port), *extra]
+               "--state", str(self.state_dir), "--control", "0", *extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         threading.Thread(target=self._collect, daemon=True).start()
@@ -122,6 +116,17 @@ class Sim:
         assert r["ok"], r
         return r["events"]
 
+    def until_event(self, since, kind, timeout=WAIT_S, **match):
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events(since)
+            try:
+                return first(events, kind, **match)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
     def close(self):
         if self.sock is not None:
             self.sock.close()
@@ -138,7 +143,7 @@ class Sim:
 def start(tmp_path, *extra):
     sim = Sim(tmp_path / "state", *extra)
     try:
-        sim.wait_line(r"^SIM READY control=127\.0\.0\.1:%d$" % sim.port)
+        sim.port = int(sim.wait_line(r"^SIM READY control=127\.0\.0\.1:(\d+)$")[1].group(1))
         sim.wait_line(r"^\[mcu\] PROBE START")
     except BaseException:
         sim.close()
@@ -310,7 +315,8 @@ def test_limit_block_and_ignore_pwm_commands(sim):
     since = sim.ctl(cmd="events", since=0)["next"]
     assert sim.ctl(cmd="mcu", block_ms=300)["delivered"]
     sim.wait_line(r"PROBE BLOCK 300", after=mark)
-    block = first(sim.events(since), "block", ms=300)
+    # the MCU prints the line and sends its "blocking" ack over the socket: either may arrive first
+    block = sim.until_event(since, "block", ms=300)
     assert block["t"] >= first(sim.events(since), "mcu", state="block")["t"]
     for bad in ({"block_ms": 0}, {"block_ms": "5"}, {"block_ms": True}, {}):
         assert not sim.ctl(cmd="mcu", **bad)["ok"], bad
