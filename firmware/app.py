@@ -109,7 +109,7 @@ class App:
 
     def _on_accepted(self):
         # After a boot the Central System must see every connector's status; after a mere reconnect only a
-        # status that changed while offline (OCPP 1.6 §4.9), which report_status notices by itself.
+        # status that changed while offline (OCPP 1.6 §4.9), which the status reporter notices by itself.
         if not self._booted:
             self._booted = True
             self.kick_status0()
