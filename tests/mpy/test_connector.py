@@ -6,7 +6,7 @@
 import asyncio
 import json
 import tinytest
-from firmware import config, pilot
+from firmware import config, pilot, store
 from firmware import evse as E
 from firmware.ocpp import connector as C
 from firmware.ocpp.auth import Auth
@@ -92,6 +92,11 @@ class Meter:
     def release(self):
         pass
 
+    def anchor(self, wh, extra_wh):
+        self.anchored = (wh, extra_wh)
+
+    max_w = 22080
+
     def step(self, board):
         amps = 0
         if board.cmd and board.ev in "CD":
@@ -111,8 +116,9 @@ class Session:
 
 
 class Rig:
-    def __init__(self, variant="socket", **keys):
-        d = tinytest.tempdir("conn")
+    def __init__(self, variant="socket", flash=None, **keys):
+        d = flash or tinytest.tempdir("conn")  # flash: the directory of an earlier Rig (a reboot on the same flash)
+        self.dir = d
         with open(d + "/provision.json", "w") as f:
             f.write(json.dumps({"Variant": variant}))
         self.cfg = cfg = config.Config(d)
@@ -343,6 +349,47 @@ async def test_the_same_card_in_another_case_cancels_a_pending_start():
     r.conn.present_tag("abc123")
     await r.run(200)
     assert r.conn.pending_tag is None and r.conn.reporter.status == "Available"
+
+
+# ---- boot: the transaction a reset left open (firmware/ocpp/recovery.py with TxQueue.recover) ----
+async def test_a_transaction_cut_by_a_power_loss_is_closed_at_boot_once():
+    r = Rig(MeterValueSampleInterval="10")
+    await r.charging()
+    await r.run(11000)  # a sample: stored with the transaction
+    tx = r.conn.tx
+    stored = tx.wh
+    assert len(r.queued(METER)) == 1 and r.queued(STOP) == []
+    r2 = Rig(flash=r.dir)  # the power comes back: a new MCU on the same flash
+    r2.meter.energy_wh = stored + 5  # the register moved by what flowed after the last sample
+    await r2.conn.recover("power")
+    assert r2.meter.anchored[0] == stored  # the first reading was checked against the stored one
+    (stop,) = r2.queued(STOP)
+    assert stop["reason"] == "PowerLoss" and stop["meterStop"] == stored + 5
+    assert len(r2.queued(START)) == 1 and r2.conn.tx is None
+    r3 = Rig(flash=r.dir)  # and again: it has its Stop, none more
+    await r3.conn.recover("power")
+    assert len(r3.queued(STOP)) == 1
+    assert r3.txq.new_local_id() > tx.lid
+
+
+async def test_a_watchdog_reset_closes_it_with_reason_reboot():
+    r = Rig()
+    await r.charging()
+    r2 = Rig(flash=r.dir)
+    await r2.conn.recover("watchdog")
+    (stop,) = r2.queued(STOP)
+    assert stop["reason"] == "Reboot"
+
+
+async def test_a_lost_transaction_file_still_gets_its_stop():
+    r = Rig()
+    await r.charging()
+    lid = r.conn.tx.lid
+    store.delete(r.dir + "/tx.json")  # both copies gone (corrupt flash)
+    r2 = Rig(flash=r.dir)
+    await r2.conn.recover("power")
+    (stop,) = r2.queued(STOP)
+    assert stop["reason"] == "PowerLoss" and json.loads(list(r2.txq.journal.records())[-1][1])[1] == lid
 
 
 tinytest.run(globals())
