@@ -278,8 +278,9 @@ class SimProc(ChildProcess):
     ready_pattern = r"SIM READY control=127\.0\.0\.1:(\d+)"
 
     def __init__(self, csms_url, cp_id="CP1", state_dir=None, password=None, cafile=None, meter="SDM630",
-                 variant="socket", heap="110wK", env=None):
+                 variant="socket", heap="110wK", env=None, settings=None):
         super().__init__()
+        self.settings = dict(settings or {})  # further device settings: --set NAME=VALUE
         self.csms_url = csms_url
         self.cp_id = cp_id
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="sim-%s-" % cp_id)
@@ -300,6 +301,8 @@ class SimProc(ChildProcess):
             argv += ["--password", self.password]
         if self.cafile:
             argv += ["--cafile", self.cafile]
+        for name, value in self.settings.items():
+            argv += ["--set", "%s=%s" % (name, value)]
         return argv
 
     def start(self):
