@@ -57,7 +57,7 @@ class Connector:
         self.finishing = False
         self.stopping = None  # the task that sends StopTransaction after the last meter reading
         self.sampler = metering.Sampler(session, txq, meter, evse, cfg, ms)
-        self.reporter = StatusReporter(session, evse, cfg, ms)
+        self.reporter = StatusReporter(self, session, evse, cfg, ms)
         self._authorizing = False
         self.beats = 0  # turns of run(), for the watchdog
         txq.on_conf = self._on_conf
@@ -302,11 +302,10 @@ class Connector:
             self.sampler.periodic(tx, now)
         tx = self.tx
         self.sampler.aligned(tx)
-        res = self.reservations
-        res.check(evse.operative, evse.fault is not None)
+        self.reservations.check(evse.operative, evse.fault is not None)
         volts = self.meter.voltage_v[0] if self.meter.ok and self.meter.voltage_v[0] > 50 else 230.0
         evse.limit_da = self.smart.limit_da(CONNECTOR, clock.now(), tx and tx.t0, self.transaction_id(), volts)
-        self.reporter.update(tx is not None, self.finishing, self.pending_tag is not None, res.active(CONNECTOR))
+        self.reporter.update()  # from this tick's view
 
     def _plug_present(self):
         # Socket: the cable in the socket keeps the connector busy; fixed cable: the car.

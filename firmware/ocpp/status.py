@@ -1,7 +1,7 @@
-# The status of connector 1 (OCPP 1.6 §4.9, digest §2.8) and its StatusNotifications. The connector hands in
-# one view per tick (its transaction, pending start, finishing, reservation) and the EVSE model gives the rest
-# (fault, operative, plug and pilot, contactor, offer), so a status always follows one consistent state: no
-# Charging -> Preparing while the transaction is being stopped on an unplug (issue 9).
+# The status of connector 1 (OCPP 1.6 §4.9, digest §2.8) and its StatusNotifications. It is computed at each
+# connector tick from one view: the connector's (its transaction, pending start, finishing, reservation) and the
+# EVSE model's (fault, operative, plug and pilot, contactor, offer), so a status always follows one consistent
+# state: no Charging -> Preparing while the transaction is being stopped on an unplug (issue 9).
 import asyncio
 import time
 from micropython import const
@@ -13,7 +13,8 @@ _CONNECTOR = const(1)
 
 
 class StatusReporter:
-    def __init__(self, session, evse, cfg, ms):
+    def __init__(self, view, session, evse, cfg, ms):
+        self.view = view  # the connector: .tx, .finishing, .pending_tag, .reservations
         self.session = session
         self.evse = evse
         self.cfg = cfg
@@ -23,29 +24,30 @@ class StatusReporter:
         self._since = ms()
         self._evt = asyncio.Event()
 
-    def update(self, tx, finishing, pending, reserved):
-        """The status for a transaction open (tx), the cable still in after one (finishing), an authorised start
-        waiting (pending) and a reservation (reserved), with what the EVSE sees now."""
+    def compute(self):
+        """The status the view shows now (the model asks it before the first tick)."""
+        v = self.view
         evse = self.evse
         if evse.fault:
-            status = "Faulted"
-        elif tx:
+            return "Faulted"
+        if v.tx is not None:
             if not evse.allow or evse.offer_da == 0:
-                status = "SuspendedEVSE"
-            elif evse.contactor:
-                status = "Charging"
-            else:
-                status = "SuspendedEV"
-        elif not evse.operative:
-            status = "Unavailable"
-        elif finishing:
-            status = "Finishing"
-        elif pending or evse.ev_connected:
-            status = "Preparing"
-        elif reserved:
-            status = "Reserved"
-        else:
-            status = "Available"
+                return "SuspendedEVSE"
+            if evse.contactor:
+                return "Charging"
+            return "SuspendedEV"
+        if not evse.operative:
+            return "Unavailable"
+        if v.finishing:
+            return "Finishing"
+        if v.pending_tag is not None or evse.ev_connected:
+            return "Preparing"
+        if v.reservations.active(_CONNECTOR):
+            return "Reserved"
+        return "Available"
+
+    def update(self):
+        status = self.compute()
         if status != self.status:
             log.info(_TAG, "status %s -> %s" % (self.status, status))
             self.status = status

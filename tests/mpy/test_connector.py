@@ -132,8 +132,8 @@ class Rig:
         self.statuses = []  # every status the connector took, in order (what the reporter would send)
         update = conn.reporter.update
 
-        def record(*view):
-            update(*view)
+        def record():
+            update()
             if not self.statuses or self.statuses[-1] != conn.reporter.status:
                 self.statuses.append(conn.reporter.status)
         conn.reporter.update = record

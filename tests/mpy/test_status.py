@@ -37,13 +37,45 @@ class Session:
         return {}
 
 
+class NoReservation:
+    def active(self, connector_id):
+        return False
+
+
+class Reserved:
+    def active(self, connector_id):
+        return connector_id == 1
+
+
+class View:
+    # What the reporter reads of the connector at a tick.
+    def __init__(self):
+        self.tx = None
+        self.finishing = False
+        self.pending_tag = None
+        self.reservations = NoReservation()
+
+    def set(self, tx=False, finishing=False, pending=False, reserved=False):
+        self.tx = object() if tx else None
+        self.finishing = finishing
+        self.pending_tag = "TAG1" if pending else None
+        self.reservations = Reserved() if reserved else NoReservation()
+
+
 def _rig(**keys):
     cfg = Config(tinytest.tempdir("status"))
     for k, v in keys.items():
         assert cfg.set(k, v)[0] == "Accepted", k
     evse = Evse()
     session = Session()
-    return StatusReporter(session, evse, cfg, time.ticks_ms), evse, session
+    view = View()
+    r = StatusReporter(view, session, evse, cfg, time.ticks_ms)
+
+    def update(*args, **kw):
+        view.set(*args, **kw)
+        r.update()
+    r.see = update  # the view of one tick, then the update the connector makes
+    return r, evse, session
 
 
 async def _until(cond, ms=3000):
@@ -59,10 +91,11 @@ def test_a_charge_session_goes_through_its_statuses():
     seen = []
 
     def view(tx=False, finishing=False, pending=False, reserved=False):
-        r.update(tx, finishing, pending, reserved)
+        r.see(tx, finishing, pending, reserved)
         if not seen or seen[-1] != r.status:
             seen.append(r.status)
 
+    assert r.status is None and r.compute() == "Available"  # before the first tick (the charger model asks)
     view()
     evse.ev_connected = True  # plugged in
     view()
@@ -88,32 +121,32 @@ def test_no_preparing_while_a_transaction_is_open():
     evse.allow = True
     evse.offer_da = 160
     evse.contactor = True
-    r.update(True, False, False, False)
+    r.see(True, False, False, False)
     assert r.status == "Charging"
     for connected in (True, False):
         for contactor in (True, False):
             evse.ev_connected = connected
             evse.contactor = contactor
-            r.update(True, False, True, False)
+            r.see(True, False, True, False)
             assert r.status in ("Charging", "SuspendedEV"), (connected, contactor, r.status)
     evse.contactor = False
     evse.offer_da = 0  # the arbiter offers nothing (a 0 A profile)
-    r.update(True, False, False, False)
+    r.see(True, False, False, False)
     assert r.status == "SuspendedEVSE"
     evse.operative = False  # inoperative scheduled while the transaction runs: it keeps its status
-    r.update(True, False, False, False)
+    r.see(True, False, False, False)
     assert r.status == "SuspendedEVSE"
 
 
 def test_fault_first_then_availability_then_reservation():
     r, evse, _ = _rig()
-    r.update(False, False, False, True)
+    r.see(False, False, False, True)
     assert r.status == "Reserved" and r.error_code() == "NoError"
     evse.operative = False
-    r.update(False, False, False, True)
+    r.see(False, False, False, True)
     assert r.status == "Unavailable"
     evse.fault = "GroundFailure"
-    r.update(True, True, True, True)
+    r.see(True, True, True, True)
     assert r.status == "Faulted" and r.error_code() == "GroundFailure"
 
 
@@ -121,19 +154,19 @@ def test_fault_first_then_availability_then_reservation():
 async def test_a_status_goes_out_once_it_lasted_minimum_status_duration():
     r, evse, session = _rig(MinimumStatusDuration="1")
     task = asyncio.create_task(r.report())
-    r.update(False, False, False, False)
+    r.see(False, False, False, False)
     r.resend()
     await _until(lambda: len(session.sent) == 1)
     assert session.sent[0]["status"] == "Available" and session.sent[0]["connectorId"] == 1
     evse.ev_connected = True
-    r.update(False, False, False, False)  # Preparing for a moment only
+    r.see(False, False, False, False)  # Preparing for a moment only
     await asyncio.sleep_ms(300)
     evse.ev_connected = False
-    r.update(False, False, False, False)
+    r.see(False, False, False, False)
     await asyncio.sleep_ms(1200)
     assert len(session.sent) == 1  # back to what the Central System has: nothing to tell
     evse.ev_connected = True
-    r.update(False, False, False, False)
+    r.see(False, False, False, False)
     t0 = time.ticks_ms()
     await _until(lambda: len(session.sent) == 2)
     assert time.ticks_diff(time.ticks_ms(), t0) >= 1000 and session.sent[1]["status"] == "Preparing"
@@ -147,7 +180,7 @@ async def test_a_failed_notification_is_sent_again_and_a_fault_carries_its_info(
     evse.fault = "ConnectorLockFailure"
     evse.fault_info = "connector lock did not engage"
     evse.fault_code = 6
-    r.update(False, False, False, False)
+    r.see(False, False, False, False)
     await asyncio.sleep_ms(100)
     assert session.sent == [] and r.reported is None
     session.fail = False
@@ -162,7 +195,7 @@ async def test_a_failed_notification_is_sent_again_and_a_fault_carries_its_info(
 async def test_after_a_reconnect_only_a_changed_status_goes_out_after_a_boot_the_current_one():
     r, evse, session = _rig()
     task = asyncio.create_task(r.report())
-    r.update(False, False, False, False)
+    r.see(False, False, False, False)
     await _until(lambda: session.sent)
     r.kick()  # a reconnect: the Central System has Available already
     await asyncio.sleep_ms(100)
