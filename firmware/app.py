@@ -7,10 +7,10 @@ import sys
 from firmware import config, leds, log, store, wifi
 from firmware.evse import Evse
 from firmware.meter import Meter
-from firmware.ocpp import localauth
+from firmware.ocpp import core
 from firmware.ocpp.auth import Auth
 from firmware.ocpp.connector import Connector, CONNECTOR
-from firmware.ocpp.core import Core, VENDOR_ID
+from firmware.ocpp.core import VENDOR_ID
 from firmware.ocpp.session import Session
 from firmware.ocpp.txqueue import TxQueue
 from firmware.watchdog import Watchdog
@@ -54,14 +54,13 @@ class App:
         session.lazy(("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"), self.load_smart)
         session.lazy(("ReserveNow", "CancelReservation"), self.load_reservations)
         session.lazy(("TriggerMessage",), self._load_trigger)
-        session.lazy(("GetLocalListVersion", "SendLocalList"), lambda: localauth.register(session, self.auth))
+        session.lazy(("ClearCache", "GetLocalListVersion", "SendLocalList"), self._load_localauth)
         if store.present(state + "/profiles.json"):
             self.load_smart()
         if store.present(state + "/reservation.json"):
             self.load_reservations()
         self.scheduled_operative = None  # ChangeAvailability waiting for the transaction to end
-        self.core = Core(self)
-        self.session.handle("ClearCache", localauth.CLEAR_CACHE, localauth.clear_cache_handler(self.auth))
+        core.register(session, self)
         self.session.on_accepted = self._on_accepted
         self._booted = False
         self._status0_again = False   # kick_status0: connector 0's status changed since the task last sent
@@ -78,7 +77,7 @@ class App:
             self.smart = smartcharging.SmartCharging(self.cfg, self.board.state_dir)
             self.connector.smart = self.smart
             self.smart.on_change = self.connector.tick  # a new limit reaches the PWM at once
-            smartcharging.register(self.session, self.smart, self._tx_info)
+            smartcharging.register(self.session, self)
         return self.smart
 
     def load_reservations(self):
@@ -86,13 +85,18 @@ class App:
             from firmware.ocpp import reservation
             self.reservations = reservation.Reservations(self.cfg, self.board.state_dir, self.connector)
             self.connector.reservations = self.reservations
-            reservation.register(self.session, self.reservations)
+            reservation.register(self.session, self)
 
     def _load_trigger(self):
         from firmware.ocpp import trigger
-        trigger.register(self)
+        trigger.register(self.session, self)
 
-    def _tx_info(self):
+    def _load_localauth(self):
+        from firmware.ocpp import localauth
+        localauth.register(self.session, self)
+
+    def tx_info(self):
+        """(transactionId or None, start epoch or None, volts): what SmartCharging needs of the transaction."""
         conn = self.connector
         tx = conn.tx
         return conn.transaction_id(), tx and tx["t0"], self.meter.voltage_v[0]
@@ -122,11 +126,10 @@ class App:
         notes = store.notes
         try:
             while notes:
-                await self.session.call("DataTransfer", {"vendorId": VENDOR_ID, "messageId": "FlashRecovery",
-                                                         "data": notes[0]})
+                if await self.session.notify("DataTransfer", {"vendorId": VENDOR_ID, "messageId": "FlashRecovery",
+                                                              "data": notes[0]}) is None:
+                    break
                 notes.pop(0)
-        except Exception as e:
-            log.warn(_TAG, "FlashRecovery report failed: %r" % (e,))
         finally:
             self._reporting = False
 
@@ -150,11 +153,8 @@ class App:
     async def status_connector0(self):
         from firmware import clock
         status = "Available" if self.evse.operative else "Unavailable"
-        try:
-            await self.session.call("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
-                                                           "status": status, "timestamp": clock.iso()})
-        except Exception as e:
-            log.warn(_TAG, "StatusNotification for connector 0 failed: %r" % (e,))
+        await self.session.notify("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
+                                                         "status": status, "timestamp": clock.iso()})
 
     # ---- actions requested by the Central System ----
     def set_availability(self, operative):
@@ -235,10 +235,9 @@ class App:
                 p["messageId"] = words[2]
             if len(words) > 3:
                 p["data"] = words[3]
-            try:
-                log.info(_TAG, "DataTransfer answer: %s" % (await self.session.call("DataTransfer", p)))
-            except Exception as e:
-                log.warn(_TAG, "DataTransfer failed: %r" % (e,))
+            answer = await self.session.notify("DataTransfer", p)
+            if answer is not None:
+                log.info(_TAG, "DataTransfer answer: %s" % answer)
         elif words[0] == "heap":
             gc.collect()
             log.info(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))

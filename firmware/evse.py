@@ -48,7 +48,6 @@ _CODES = (None, "GroundFailure", "PowerSwitchFailure", "OtherError", "OtherError
 _INFO = (None, "RCD tripped", "contactor welded", "CP shorted to PE (state E)", "CP at -12 V (state F)",
          "EV diode check failed", "connector lock did not engage", "energy meter not answering",
          "EV drew more than offered")
-NO_FAULT = None
 
 
 def _energised_ok(st, vent):
@@ -210,10 +209,6 @@ class Evse:
     @property
     def locked(self):
         return self.board.lock_feedback()
-
-    @property
-    def charging(self):
-        return self.contactor and self.meter.power_w > 50
 
     def max_current_a(self):
         limit = self.cfg.get("MaxCurrent")

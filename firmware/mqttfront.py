@@ -132,17 +132,12 @@ def _tls(cfg):
     ca = cfg.get("MqttCa")
     if not ca:
         raise MQTTError("mqtts:// needs MqttCa, the CA certificate that signed the broker's certificate")
-    import ssl
-    from lib.ws import pem_to_der, WSError
+    from lib import tls
 
     try:
-        der = pem_to_der(ca)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
-        ctx.load_verify_locations(cadata=der)
-    except (WSError, ValueError, OSError) as e:
+        return tls.context(tls.certificates(ca)[:1])
+    except ValueError as e:
         raise MQTTError("MqttCa: bad CA certificate (%s)" % e)
-    return ctx
 
 
 def _printable(text):

@@ -347,19 +347,6 @@ class Journal:
             self._mirror(self._m.pop, seq)
         return True
 
-    def replace(self, seq, data):
-        """Patch a queued record in place: same seq, so it keeps its FIFO position. False if not queued."""
-        i = self._index(seq)
-        if i < 0:
-            return False
-        m = self._m
-        kept = m is not None and m._index(seq) >= 0
-        self._write_rec(_K_KEEP if kept else _K_DATA, seq, data, i)
-        self._maybe_compact()
-        if kept:
-            self._mirror(m.replace, seq, data)
-        return True
-
     def records(self):
         """(seq, payload) of every queued record, oldest first (read one at a time from flash)."""
         for seq in list(self._seqs):
@@ -374,9 +361,6 @@ class Journal:
         for n in self._lens:
             live += _HDR + n
         return self._end - live
-
-    def compact(self):
-        self._rewrite()
 
     # ---- internals --------------------------------------------------------------------------------
     def _mirror(self, fn, *args):

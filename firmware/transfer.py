@@ -2,7 +2,6 @@
 # scheme dispatch over lib/http.py and lib/ftp.py, the TLS context from the configured CA set, one error type with
 # a reason for the log, and URLs with their password masked for that log. Imported only while an engine runs; the
 # transfer libraries only when a transfer starts.
-import binascii
 from micropython import const
 
 _TIMEOUT_MS = const(30000)  # per read and write: a slow CDN or a busy FTP server, not a dead one
@@ -46,52 +45,24 @@ def safe_url(url):
     return url if c < 0 else url[:c + 1] + "***" + url[at:]
 
 
-def certificates(text):
-    """Every certificate in a PEM text (or one DER certificate) -> a list of DER bytes."""
-    if isinstance(text, (bytes, bytearray)):
-        if text[:1] == b"\x30":
-            return [bytes(text)]
-        text = str(text, "utf-8")
-    out = []
-    i = 0
-    while True:
-        b = text.find("-----BEGIN CERTIFICATE-----", i)
-        if b < 0:
-            return out
-        b += 27
-        e = text.find("-----END CERTIFICATE-----", b)
-        if e < 0:
-            raise ValueError("a PEM certificate has no END line")
-        try:
-            out.append(binascii.a2b_base64("".join(text[b:e].split())))
-        except ValueError:
-            raise ValueError("a PEM certificate has bad base64")
-        i = e + 25
-
-
 def tls_context(cas):
-    """A verifying SSLContext trusting every certificate of every text in cas (PEM, possibly several
-    certificates each, or DER). mbedTLS adds each load_verify_locations() call to its trusted chain (a DER
-    buffer of several certificates would only load the first). Raises Failed (final) when there is none."""
-    import ssl
+    """A verifying SSLContext (lib/tls.py) trusting every certificate of every text in cas (PEM, possibly several
+    certificates each, or DER). Raises Failed (final) when there is none or one is refused."""
+    from lib import tls
 
     ders = []
     for text in cas:
         if text:
             try:
-                ders += certificates(text)
+                ders += tls.certificates(text)
             except ValueError as e:
                 raise Failed("CA certificate: %s" % e, True)
     if not ders:
         raise Failed("https needs a CA certificate: set TransferCa (or CentralSystemCa)", True)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's default is CERT_NONE
-    for der in ders:
-        try:
-            ctx.load_verify_locations(cadata=der)
-        except (ValueError, OSError) as e:
-            raise Failed("bad CA certificate: %s" % e, True)
-    return ctx
+    try:
+        return tls.context(ders)
+    except ValueError as e:
+        raise Failed("bad CA certificate: %s" % e, True)
 
 
 class Client:
@@ -160,7 +131,7 @@ class Client:
             raise Failed(str(e))
 
 
-_CLIENTS = ("lib.http", "lib.ftp", "lib.tcp", "lib.url")
+_CLIENTS = ("lib.http", "lib.ftp", "lib.tcp", "lib.url", "lib.tls")
 
 
 def drop(names, other, shared=("firmware.transfer",) + _CLIENTS):

@@ -1,4 +1,6 @@
-# RFC 6455 WebSocket client on asyncio streams. Knows nothing of OCPP: the subprotocol is an argument.
+# RFC 6455 WebSocket client on asyncio streams: the opening handshake, the connection (send, ping, recv, close) and
+# connect(). Knows nothing of OCPP: the subprotocol is an argument. The frame codec is lib/wsframe.py; TLS is the
+# caller's: connect() takes a verifying SSLContext as ssl= (lib/tls.py builds one), as umqtt does.
 # One task may call recv() while others call send()/ping(): writes are serialised by a lock because
 # MicroPython's Stream.drain() drops bytes written by another task while it drains.
 import asyncio
@@ -9,6 +11,9 @@ import os
 import time
 from micropython import const
 
+from lib.wsframe import Fail, WSNoRoom, apply_mask, close_code_ok, put_header, read_frame, read_header
+
+# RFC 6455 §5.2 opcodes (lib/wsframe.py has its own private copies: a private const costs no RAM)
 _CONT = const(0)
 _TEXT = const(1)
 _BINARY = const(2)
@@ -43,156 +48,6 @@ class WSClosed(WSError):
         self.reason = reason
 
 
-class WSNoRoom(Exception):
-    # A message the heap has no block for. It was read past, so the link stays usable; .size is its length.
-    def __init__(self, size):
-        super().__init__("message of %d bytes does not fit in memory" % size)
-        self.size = size
-
-
-class _Fail(Exception):
-    # A protocol violation: fail the connection with this close code (RFC 6455 §7.1.7).
-    def __init__(self, code, msg, unread=0):
-        super().__init__(msg)
-        self.code = code
-        self.unread = unread  # payload bytes still in the stream
-
-
-def _mask_py(buf, key):
-    mv = memoryview(buf)
-    for i in range(len(mv)):
-        mv[i] ^= key[i & 3]
-
-
-# viper needs an -march for mpy-cross and a native emitter at run time, so it is compiled from a string
-# and the plain loop stays as the fallback.
-_mask_fast = None
-try:
-    exec("""
-@micropython.viper
-def _mask_v(buf: ptr8, n: int, key: ptr8):
-    i = 0
-    while i < n:
-        buf[i] ^= key[i & 3]
-        i += 1
-_mask_fast = _mask_v
-""")
-except Exception:
-    pass
-
-
-def apply_mask(buf, key):
-    # In place, on a bytearray or a writable memoryview; XOR is its own inverse.
-    if _mask_fast is not None:
-        _mask_fast(buf, len(buf), key)
-    else:
-        _mask_py(buf, key)
-
-
-def _put_header(hdr, opcode, n, key, fin):
-    # Writes the frame header into hdr (>= 14 bytes); returns its length.
-    hdr[0] = (0x80 if fin else 0) | opcode
-    m = 0x80 if key else 0
-    if n < 126:
-        hdr[1] = m | n
-        i = 2
-    elif n < 0x10000:
-        hdr[1] = m | 126
-        hdr[2] = n >> 8
-        hdr[3] = n & 0xFF
-        i = 4
-    else:
-        hdr[1] = m | 127
-        for j in range(8):
-            hdr[2 + j] = (n >> (56 - 8 * j)) & 0xFF
-        i = 10
-    if key:
-        hdr[i:i + 4] = key
-        i += 4
-    return i
-
-
-def encode_frame(opcode, payload, mask_key=None, fin=True):
-    """Whole frame as a bytearray; masked when mask_key (4 bytes) is given, as client frames must be."""
-    hdr = bytearray(14)
-    h = _put_header(hdr, opcode, len(payload), mask_key, fin)
-    frame = bytearray(h + len(payload))
-    frame[:h] = memoryview(hdr)[:h]
-    frame[h:] = payload
-    if mask_key:
-        apply_mask(memoryview(frame)[h:], mask_key)
-    return frame
-
-
-async def _fill(stream, mv):
-    got = 0
-    n = len(mv)
-    while got < n:
-        r = await stream.readinto(mv[got:])
-        if r is None:  # TLS record not complete yet
-            continue
-        if not r:
-            raise EOFError
-        got += r
-
-
-async def _read_header(stream, hdr):
-    # -> (first byte, opcode, payload length) of the next server frame
-    mv = memoryview(hdr)
-    await _fill(stream, mv[:2])
-    b0 = hdr[0]
-    b1 = hdr[1]
-    op = b0 & 0x0F
-    if b0 & 0x70:
-        raise _Fail(_PROTOCOL_ERROR, "reserved bits set (no extension negotiated)")
-    if b1 & 0x80:
-        raise _Fail(_PROTOCOL_ERROR, "server sent a masked frame")
-    if op > _BINARY and op < _CLOSE or op > _PONG:
-        raise _Fail(_PROTOCOL_ERROR, "unknown opcode %d" % op)
-    n = b1 & 0x7F
-    if n == 126:
-        await _fill(stream, mv[:2])
-        n = (hdr[0] << 8) | hdr[1]
-    elif n == 127:
-        await _fill(stream, mv[:8])
-        n = 0
-        for i in range(8):
-            n = (n << 8) | hdr[i]
-    if op >= _CLOSE and (n > 125 or not b0 & 0x80):
-        raise _Fail(_PROTOCOL_ERROR, "bad control frame")  # RFC 6455 §5.5
-    return b0, op, n
-
-
-async def read_frame(stream, hdr, max_frame):
-    """Reads one server frame -> (fin, opcode, payload). hdr: reusable bytearray(8).
-    Raises EOFError at end of stream and _Fail (with .code) on a protocol violation."""
-    b0, op, n = await _read_header(stream, hdr)
-    if n > max_frame:
-        raise _Fail(_TOO_BIG, "frame too large (%d > %d)" % (n, max_frame), n)
-    if not n:
-        return b0 >> 7, op, b""
-    try:
-        # one block of the final size: readexactly() grows its result piece by piece, needing twice as much
-        payload = bytearray(n)
-    except MemoryError:
-        try:
-            scratch = bytearray(256)
-        except MemoryError:
-            scratch = hdr
-        await _skip(stream, n, scratch)
-        raise WSNoRoom(n)
-    await _fill(stream, memoryview(payload))
-    return b0 >> 7, op, payload
-
-
-async def _skip(stream, n, scratch):
-    mv = memoryview(scratch)
-    while n:
-        k = min(n, len(mv))
-        await _fill(stream, mv[:k])
-        n -= k
-
-
 class WS:
     def __init__(self, stream, max_frame=16384):
         self._s = stream
@@ -219,7 +74,7 @@ class WS:
             try:
                 # Header and first chunk leave in one write: two small writes would meet Nagle's algorithm
                 # and the peer's delayed ACK, 40 ms per message on Linux.
-                off = _put_header(self._whdr, op, n, key, True)
+                off = put_header(self._whdr, op, n, key, True)
                 buf[:off] = self._whdr[:off]
                 i = 0
                 while True:
@@ -260,7 +115,7 @@ class WS:
         self._reading = True
         try:
             return await self._recv()
-        except _Fail as e:
+        except Fail as e:
             await self._fail(e.code, e.unread)
             raise WSError(e.args[0])
         except (EOFError, OSError) as e:
@@ -281,12 +136,12 @@ class WS:
                 continue
             if op == _CONT:
                 if msg is None:
-                    raise _Fail(_PROTOCOL_ERROR, "continuation frame without a message")
+                    raise Fail(_PROTOCOL_ERROR, "continuation frame without a message")
                 if len(msg) + len(data) > self._max:
-                    raise _Fail(_TOO_BIG, "message too large (%d > %d)" % (len(msg) + len(data), self._max))
+                    raise Fail(_TOO_BIG, "message too large (%d > %d)" % (len(msg) + len(data), self._max))
                 msg.extend(data)
             elif msg is not None:
-                raise _Fail(_PROTOCOL_ERROR, "new message inside a fragmented one")
+                raise Fail(_PROTOCOL_ERROR, "new message inside a fragmented one")
             elif fin:
                 msg = data
                 mop = op
@@ -299,7 +154,7 @@ class WS:
                 try:
                     return str(msg, "utf-8")
                 except UnicodeError:
-                    raise _Fail(_BAD_DATA, "text message is not UTF-8")
+                    raise Fail(_BAD_DATA, "text message is not UTF-8")
                 except MemoryError:
                     raise WSNoRoom(len(msg))
 
@@ -393,13 +248,7 @@ class WS:
                 skip -= k
             if op == _CLOSE:  # its payload is read too: unread bytes would turn our FIN into a RST
                 return
-            b0, op, skip = await _read_header(self._s, self._rhdr)
-
-
-def close_code_ok(code):
-    """True for a status code a peer may send in a close frame (RFC 6455 §7.4.1, §7.4.2, IANA registry):
-    1004 is reserved, 1005/1006/1015 must never be on the wire, 1016-2999 are unassigned, 5000+ undefined."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+            b0, op, skip = await read_header(self._s, self._rhdr)
 
 
 # ---- opening handshake ----
@@ -423,23 +272,6 @@ def basic_auth(user, password):
     if b":" in user:
         raise WSError("user id must not contain ':' (RFC 7617)")
     return "Basic " + _b64(user + b":" + _b(password))
-
-
-def pem_to_der(text):
-    """First certificate of a PEM text as DER; DER input is returned unchanged."""
-    if isinstance(text, (bytes, bytearray)):
-        if text[:1] == b"\x30":  # ASN.1 SEQUENCE: already DER
-            return text
-        text = str(text, "utf-8")
-    start = text.find("-----BEGIN")
-    start = text.find("-----", start + 10) if start >= 0 else -1
-    end = text.find("-----END", start + 5) if start >= 0 else -1
-    if end < 0:
-        raise WSError("CA certificate is neither PEM nor DER")
-    try:
-        return binascii.a2b_base64("".join(text[start + 5:end].split()))
-    except ValueError:
-        raise WSError("CA certificate PEM has bad base64")
 
 
 def parse_url(url):
@@ -546,30 +378,11 @@ async def _head_line(stream, line, left):
 
 # ---- connect ----
 
-_tls = [None, None]  # [CA DER, SSLContext] kept for every reconnect
-
-
-def tls_context(cadata):
-    """The verifying TLS context for a CA (PEM or DER). Built once and reused: the context object holds the
-    mbedTLS entropy and DRBG state, a few KB that a fragmented heap may no longer have in one piece."""
-    der = pem_to_der(cadata)
-    if _tls[0] != der:
-        import ssl
-
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
-        try:
-            ctx.load_verify_locations(cadata=der)
-        except (ValueError, OSError) as e:
-            raise WSError("bad CA certificate: %s" % e)
-        _tls[0], _tls[1] = der, ctx
-    return _tls[1]
-
-async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
+async def _open(tls, host, port, path, protocol, auth, ssl, max_frame):
     where = "%s:%d" % (host, port)
     kw = {}
     if tls:
-        kw = {"ssl": tls_context(cadata), "server_hostname": host}
+        kw = {"ssl": ssl, "server_hostname": host}
     stream = None
     try:
         stream, _ = await asyncio.open_connection(host, port, **kw)
@@ -601,17 +414,17 @@ async def _open(tls, host, port, path, protocol, auth, cadata, max_frame):
     return WS(stream, max_frame)
 
 
-async def connect(url, protocol="ocpp1.6", user=None, password=None, cadata=None, timeout_ms=10000,
+async def connect(url, protocol="ocpp1.6", user=None, password=None, ssl=None, timeout_ms=10000,
                   max_frame=16384):
-    """Opens a WebSocket; cadata (DER or PEM) is required for wss:// and the server is always verified.
-    HTTP Basic auth is sent only with a password."""
+    """Opens a WebSocket. wss:// needs ssl, a verifying SSLContext (lib/tls.py): the server is always verified,
+    and its name checked. HTTP Basic auth is sent only with a password."""
     tls, host, port, path = parse_url(url)
-    if tls and not cadata:
+    if tls and ssl is None:
         raise WSError("wss needs a CA certificate")
     # No password, no Authorization header: "CP1:" would tell the server a password is empty, not absent.
     auth = basic_auth(user, password) if user is not None and password else None
     try:
-        return await asyncio.wait_for_ms(_open(tls, host, port, path, protocol, auth, cadata, max_frame),
+        return await asyncio.wait_for_ms(_open(tls, host, port, path, protocol, auth, ssl, max_frame),
                                          timeout_ms)
     except asyncio.TimeoutError:
         raise WSError("handshake timed out")

@@ -176,8 +176,47 @@ def pytest_sessionstart(session):
     build.romfs(out)
 
 
+DURATIONS = os.path.join(ROOT, "tests", "durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--save-durations", action="store_true",
+                     help="record each test's time (setup + call) into tests/durations.json, merged with what is there")
+
+
+def _durations():
+    try:
+        with open(DURATIONS) as f:
+            table = json.load(f)
+        return {k: float(v) for k, v in table.items()} if isinstance(table, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}  # a missing or damaged table only loses the ordering
+
+
 def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: file order otherwise kept
+    # Longest first (times of an earlier run, tests/durations.json), so that the parallel workers finish
+    # together instead of one starting a 90 s test at the end; tests not in the table go by their "long" mark.
+    # Every worker sorts the same way, as xdist requires.
+    times = _durations()
+    items.sort(key=lambda item: -times.get(item.nodeid, 30.0 if item.get_closest_marker("long") else 0.0))
+
+
+_measured = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when in ("setup", "call"):
+        _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    if not session.config.getoption("--save-durations") or hasattr(session.config, "workerinput"):
+        return
+    table = _durations()
+    table.update({k: round(v, 1) for k, v in _measured.items()})
+    with open(DURATIONS, "w") as f:
+        json.dump(dict(sorted(table.items())), f, indent=0)
+        f.write("\n")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -52,7 +52,11 @@ def flip(data, pos):
 @pytest.fixture(scope="module")
 def vectors(tmp_path_factory):
     d = tmp_path_factory.mktemp("ota_vectors")
-    tree, _ = build.build(str(d / "build"))
+    # a copy of the session's build (conftest builds it before the workers start): compiling a tree of its own
+    # in every worker that runs one of these tests cost half a minute each; the tests may write into the copy
+    shared, _ = build.build(os.path.join(ROOT, "build", "unix"))
+    tree = str(d / "build")
+    shutil.copytree(shared, tree, symlinks=True)
     priv_path, pub_path = otapack.keygen(str(d / "vendor"))
     other_priv, _ = otapack.keygen(str(d / "other"))
     key, other = otapack.load_private(priv_path), otapack.load_private(other_priv)

@@ -138,7 +138,7 @@ def _check_ca(pem, now=None):
     except ValueError as e:
         return "not a PEM certificate (%s)" % e
     if len(certs) != 1:
-        return ("%d certificates; the firmware loads one (lib/ws.py uses the first PEM block): give the CA that "
+        return ("%d certificates; the firmware loads one (the OCPP session trusts the first): give the CA that "
                 "signed the Central System's certificate" % len(certs))
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cert = certs[0]

@@ -119,9 +119,15 @@ def chromium(user_data_dir, width=1200, height=1000):
 
 
 def wait(fn, timeout=20, what=""):
+    """fn() until it is true. An element the page has not rendered yet (NoSuchElementException, or a stale one
+    replaced by a re-render) counts as "not yet", not as a failure."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     deadline = time.monotonic() + timeout
     while True:
-        v = fn()
+        try:
+            v = fn()
+        except (NoSuchElementException, StaleElementReferenceException):
+            v = None
         if v:
             return v
         if time.monotonic() > deadline:

@@ -48,7 +48,8 @@ package(
     opt=3,
 )
 package("hal", files=("__init__.py", "esp32.py"), base_path=_REPO, opt=3)
-package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "ws.py"), base_path=_REPO, opt=3)
+package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "tls.py", "ws.py", "wsframe.py"), base_path=_REPO,
+        opt=3)
 # microdot, the web page's HTTP server, is installed from PyPI into the venv (requirements.txt pins it), never
 # copied into this repository: frozen from there, the modules tools/build.py INSTALLED names.
 package(

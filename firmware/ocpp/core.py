@@ -1,5 +1,6 @@
 # Core profile: the Central System's calls (OCPP 1.6 §5). Each handler validates with a compact spec
 # (rpc.validate) and answers with a dict; a tuple (answer, after) runs `after` once the answer is sent.
+# ClearCache is Core too, but it empties the authorisation cache: it lives with the list (localauth.py).
 import asyncio
 
 from firmware import log
@@ -20,18 +21,23 @@ _AVAILABILITY = (("connectorId", INT, True, 0), ("type", ENUM, True, ("Inoperati
 _DATA_TRANSFER = (("vendorId", STR, True, 255), ("messageId", STR, False, 50), ("data", STR, False, None))
 
 
+def register(session, app):
+    """Installs the Core handlers on session; app is the charger they act on (every profile module has this
+    register(session, app))."""
+    c = Core(app)
+    session.handle("GetConfiguration", _GET_CONFIGURATION, c.get_configuration)
+    session.handle("ChangeConfiguration", _CHANGE_CONFIGURATION, c.change_configuration)
+    session.handle("RemoteStartTransaction", _REMOTE_START, c.remote_start)
+    session.handle("RemoteStopTransaction", _REMOTE_STOP, c.remote_stop)
+    session.handle("Reset", _RESET, c.reset)
+    session.handle("UnlockConnector", _UNLOCK, c.unlock)
+    session.handle("ChangeAvailability", _AVAILABILITY, c.change_availability)
+    session.handle("DataTransfer", _DATA_TRANSFER, c.data_transfer)
+
+
 class Core:
     def __init__(self, app):
         self.app = app
-        s = app.session
-        s.handle("GetConfiguration", _GET_CONFIGURATION, self.get_configuration)
-        s.handle("ChangeConfiguration", _CHANGE_CONFIGURATION, self.change_configuration)
-        s.handle("RemoteStartTransaction", _REMOTE_START, self.remote_start)
-        s.handle("RemoteStopTransaction", _REMOTE_STOP, self.remote_stop)
-        s.handle("Reset", _RESET, self.reset)
-        s.handle("UnlockConnector", _UNLOCK, self.unlock)
-        s.handle("ChangeAvailability", _AVAILABILITY, self.change_availability)
-        s.handle("DataTransfer", _DATA_TRANSFER, self.data_transfer)
 
     def get_configuration(self, p):
         cfg = self.app.cfg

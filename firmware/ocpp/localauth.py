@@ -1,6 +1,8 @@
 # LocalAuthListManagement profile (OCPP 1.6 §5.9, §5.15): the Central System reads the list version and
 # replaces or patches the Local Authorization List. Entries are checked by hand with the CALLERROR codes of
 # docs/decisions.md; what is left (versions, sizes, duplicates, storage) becomes a SendLocalList status.
+# Core's ClearCache (§5.4) is here too: it is the other Central System call on firmware/ocpp/auth.py, and so
+# the three load together on first use.
 from firmware import clock
 from firmware.ocpp import rpc
 from firmware.ocpp.auth import STATUSES
@@ -11,17 +13,15 @@ _SEND = (("listVersion", INT, True, None), ("updateType", ENUM, True, ("Differen
          ("localAuthorizationList", LIST, False, None))
 _ENTRY = (("idTag", STR, True, 20), ("idTagInfo", OBJ, False, None))
 _INFO = (("status", ENUM, True, STATUSES), ("expiryDate", TIME, False, None), ("parentIdTag", STR, False, 20))
-CLEAR_CACHE = ()  # ClearCache.req has no fields
+_CLEAR_CACHE = ()  # ClearCache.req has no fields
 
 
-def register(session, auth):
+def register(session, app):
+    """Installs GetLocalListVersion, SendLocalList and ClearCache on session, acting on app.auth."""
+    auth = app.auth
     session.handle("GetLocalListVersion", _GET_VERSION, lambda p: {"listVersion": auth.list_version()})
     session.handle("SendLocalList", _SEND, lambda p: _send_local_list(auth, p))
-
-
-def clear_cache_handler(auth):
-    """The Core ClearCache handler: session.handle("ClearCache", CLEAR_CACHE, clear_cache_handler(auth))."""
-    return lambda p: {"status": "Accepted" if auth.clear_cache() else "Rejected"}
+    session.handle("ClearCache", _CLEAR_CACHE, lambda p: {"status": "Accepted" if auth.clear_cache() else "Rejected"})
 
 
 def _send_local_list(auth, p):

@@ -82,6 +82,7 @@ class Reservations:
             self._save(None)
 
 
-def register(session, reservations):
-    session.handle("ReserveNow", _RESERVE, reservations.reserve_now)
-    session.handle("CancelReservation", _CANCEL, reservations.cancel)
+def register(session, app):
+    """Installs ReserveNow and CancelReservation on session, acting on app.reservations."""
+    session.handle("ReserveNow", _RESERVE, app.reservations.reserve_now)
+    session.handle("CancelReservation", _CANCEL, app.reservations.cancel)

@@ -33,18 +33,6 @@ class BadAnswer(CallError):
     pass
 
 
-def encode_call(uid, action, payload):
-    return json.dumps([CALL, uid, action, payload])
-
-
-def encode_result(uid, payload):
-    return json.dumps([RESULT, uid, payload])
-
-
-def encode_error(uid, code, description="", details=None):
-    return json.dumps([ERROR, uid, code, description, details or {}])
-
-
 def decode(text):
     """Returns (type, uid, action, payload) for CALL, (type, uid, None, payload) for CALLRESULT and
     (type, uid, code, (description, details)) for CALLERROR; None for a frame to ignore.

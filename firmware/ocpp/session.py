@@ -50,11 +50,10 @@ class Session:
         self._call_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._out = JsonBuf(_OUT_BUF)  # used only under _send_lock: one frame at a time
-        ca = cfg.get("CentralSystemCa")
-        self._cadata = wslib.pem_to_der(ca) if ca else None
-        if self._cadata and cfg.get("CentralSystemUrl").startswith("wss"):
+        self._ssl = None  # the verifying TLS context for wss://, built once and reused (lib/tls.py)
+        if cfg.get("CentralSystemCa") and cfg.get("CentralSystemUrl").startswith("wss"):
             try:
-                wslib.tls_context(self._cadata)  # built now, while the heap is whole, and reused
+                self._tls()  # built now, while the heap is whole
             except wslib.WSError as e:
                 log.error(_TAG, str(e))
         self._reply = None
@@ -78,9 +77,6 @@ class Session:
     def lazy(self, actions, loader):
         for action in actions:
             self._lazy[action] = loader
-
-    def trigger_boot(self):
-        self._boot_now.set()
 
     # ---- outgoing CALLs ------------------------------------------------------------------------------
     async def notify(self, action, payload):
@@ -185,27 +181,37 @@ class Session:
                 self._reply_evt.set()
 
     async def _on_frame(self, ws, text):
+        reply, after = await self.dispatch(text)
+        if reply is not None:
+            await self._send(ws, reply)
+        if after is not None:
+            asyncio.create_task(after())  # e.g. TriggerMessage: the answer goes out first
+
+    async def dispatch(self, text):
+        """One incoming frame -> (the frame to answer with or None, an after-action or None). No socket: the
+        caller sends the answer, then starts after() (a coroutine function) as a task. A CALL is served: the
+        profile that handles it loaded on first use, the payload validated, the handler run, and a failure
+        mapped to its CALLERROR. An answer to our outstanding CALL wakes call()."""
         try:
             frame = rpc.decode(text)
         except rpc.CallError as e:
             # No usable id: answer with "-1" so the peer at least sees why (docs/decisions.md).
-            await self._send(ws, [rpc.ERROR, e.uid or "-1", e.code, e.description, {}])
-            return
+            return [rpc.ERROR, e.uid or "-1", e.code, e.description, {}], None
         if frame is None:
-            return
+            return None, None
         kind, uid, action, payload = frame
         if kind == rpc.CALL:
-            await self._serve(ws, uid, action, payload)
-        elif uid == self._wait_uid:
+            if self.boot_status == "Rejected":
+                return None, None  # OCPP 1.6 §4.2: a rejected CP answers nothing until the retry interval
+            return await self._serve(uid, action, payload)
+        if uid == self._wait_uid:
             self._reply = (rpc.RESULT, payload) if kind == rpc.RESULT else (rpc.ERROR, action, payload[0])
             self._reply_evt.set()
         else:
             log.warn(_TAG, "ignored answer to unknown id %s" % uid)
+        return None, None
 
-    async def _serve(self, ws, uid, action, payload):
-        if self.boot_status == "Rejected":
-            return  # OCPP 1.6 §4.2: a rejected CP answers nothing until the retry interval
-        after = None
+    def _handler(self, action):
         entry = self.handlers.get(action)
         if entry is None and action in self._lazy:
             loader = self._lazy[action]
@@ -213,6 +219,11 @@ class Session:
                 del self._lazy[name]
             loader()
             entry = self.handlers.get(action)
+        return entry
+
+    async def _serve(self, uid, action, payload):
+        after = None
+        entry = self._handler(action)  # a profile that fails to load fails the reader, as a bug would
         try:
             if entry is None:
                 if action in _ACTIONS_16:
@@ -224,15 +235,12 @@ class Session:
                 response = await response
             if isinstance(response, tuple):
                 response, after = response
-            reply = [rpc.RESULT, uid, response]
+            return [rpc.RESULT, uid, response], after
         except rpc.CallError as e:
-            reply = [rpc.ERROR, uid, e.code, e.description, {}]
+            return [rpc.ERROR, uid, e.code, e.description, {}], None
         except Exception as e:
             log.error(_TAG, "%s handler failed: %r" % (action, e))
-            reply = [rpc.ERROR, uid, rpc.INTERNAL, "%s failed" % action, {}]
-        await self._send(ws, reply)
-        if after is not None:
-            asyncio.create_task(after())  # e.g. TriggerMessage: the answer goes out first
+            return [rpc.ERROR, uid, rpc.INTERNAL, "%s failed" % action, {}], None
 
     # ---- connection supervisor -----------------------------------------------------------------------
     def url(self):
@@ -281,7 +289,21 @@ class Session:
             log.warn(_TAG, "the Basic-auth password goes over unencrypted ws://: anyone on the network path can "
                      "read it; use a wss:// URL")
         return await wslib.connect(url, protocol="ocpp1.6", user=cfg.get("ChargeBoxId"), password=password,
-                                   cadata=self._cadata)
+                                   ssl=self._tls() if url[:4].lower() == "wss:" else None)
+
+    def _tls(self):
+        # The context trusting CentralSystemCa; None without one (connect then refuses wss://). The first
+        # certificate only: one CA signs the Central System's certificate (a deploy refuses more).
+        if self._ssl is None:
+            ca = self.cfg.get("CentralSystemCa")
+            if ca:
+                from lib import tls
+
+                try:
+                    self._ssl = tls.context(tls.certificates(ca)[:1])
+                except ValueError as e:
+                    raise wslib.WSError("bad CA certificate: %s" % e)
+        return self._ssl
 
     def _backoff_ms(self, failures):
         # Exponential back-off with jitter so a fleet does not reconnect in lock-step (digest §1.5).
@@ -342,10 +364,9 @@ class Session:
         if not self.registered:
             self._boot_now.set()
             return
-        try:
-            self._boot_conf(await self.call("BootNotification", self.boot_fields))
-        except Exception as e:
-            log.warn(_TAG, "BootNotification failed: %r" % (e,))
+        conf = await self.notify("BootNotification", self.boot_fields)
+        if conf is not None:
+            self._boot_conf(conf)
         self.boot_status = "Accepted"  # a registered charger stays registered whatever this answer said
 
     async def _wait_down(self, ms):
@@ -382,10 +403,8 @@ class Session:
                 asyncio.create_task(self.heartbeat())
 
     async def heartbeat(self):
-        try:
-            conf = await self.call("Heartbeat", {})
-        except Exception as e:
-            log.warn(_TAG, "Heartbeat failed: %r" % (e,))
+        conf = await self.notify("Heartbeat", {})
+        if conf is None:
             return False
         t = clock.parse_iso(conf.get("currentTime") or "")
         if t is not None:

@@ -231,8 +231,11 @@ class SmartCharging:
                            tx_start, tx_id, _volts(volts), hw_limit_a)
 
 
-def register(session, sc, get_tx):
-    """Installs the SmartCharging handlers. get_tx() -> (transactionId or None, start epoch or None, volts)."""
+def register(session, app):
+    """Installs the SmartCharging handlers on session, acting on app.smart. app.tx_info() -> (transactionId or
+    None, start epoch or None, volts)."""
+    sc = app.smart
+    get_tx = app.tx_info
 
     def set_profile(p):
         prof = p["csChargingProfiles"]

@@ -7,8 +7,8 @@ _KNOWN = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNo
           "MeterValues", "StatusNotification")
 
 
-def register(app):
-    session = app.session
+def register(session, app):
+    """Installs TriggerMessage on session; app is the charger whose messages it sends."""
     # Requested messages not sent yet. A request for one already waiting is answered by that one: a Central
     # System firing TriggerMessages back to back must not queue a task each (measured: 50 of them exhausted
     # the heap of the 110 KB board, each waiting for its turn to send).
@@ -52,7 +52,4 @@ async def _send_one(app, what, cid):
             await app.connector.send_status_now()
     else:
         # No upload or firmware update is running, so the only true answer is Idle (OCPP 1.6 §4.4, §4.5).
-        try:
-            await session.call(what, {"status": app.firmware_status if what[0] == "F" else "Idle"})
-        except Exception:
-            pass
+        await session.notify(what, {"status": app.firmware_status if what[0] == "F" else "Idle"})

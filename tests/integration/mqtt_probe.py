@@ -43,13 +43,9 @@ def on_message(topic, payload, retained):
 
 
 def tls_context(path):
-    import ssl
+    from lib import tls
     with open(path, "rb") as f:
-        der = f.read()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=der)
-    return ctx
+        return tls.context(tls.certificates(f.read()))
 
 
 async def steps(c, o):

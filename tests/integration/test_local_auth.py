@@ -1,27 +1,10 @@
 """LocalAuthListManagement end to end (OCTT TC_042_2, TC_043 family, TC_008_1, TC_061): the firmware on the
 virtual board answers GetLocalListVersion / SendLocalList / ClearCache from the demo Central System, keeps the
 list across a power cut and uses it to authorise a tag without asking the Central System."""
-import os
-
-import pytest
-
-from conftest import ROOT
 
 CP = "CP1"
 SEND_MAX = 8    # SendLocalListMaxLength (firmware/config_keys.py)
 LIST_MAX = 16   # LocalAuthListMaxLength
-
-
-def _source(path):
-    with open(os.path.join(ROOT, path)) as f:
-        return f.read()
-
-
-# Switch on once firmware/app.py wires the module in (localauth.register(session, auth)).
-pytestmark = pytest.mark.skipif("localauth.register" not in _source("firmware/app.py"),
-                                reason="firmware/app.py does not register the LocalAuthListManagement handlers")
-
-_clear_cache_wired = "clear_cache_handler" in _source("firmware/app.py") + _source("firmware/ocpp/core.py")
 
 
 def _booted(csms_factory, sim_factory, **csms_kwargs):
@@ -136,7 +119,6 @@ def _session(csms, sim, tag):
     return [m["msg"][2] for m in csms.messages(CP)[mark:] if m["dir"] == "in" and m["msg"] and m["msg"][0] == 2]
 
 
-@pytest.mark.skipif(not _clear_cache_wired, reason="ClearCache is not registered yet (localauth.clear_cache_handler)")
 def test_clear_cache_makes_the_charger_ask_again(csms_factory, sim_factory):
     # TC_061: a cached id starts without Authorize (LocalPreAuthorize); after ClearCache it is asked for again
     csms, sim = _booted(csms_factory, sim_factory, tags=("TAG1",))

@@ -73,9 +73,9 @@ async def main():
     o = options(sys.argv)
     ctx = None
     if "ca" in o:
-        import lib.ws
+        from lib import tls
         with open(o["ca"], "rb") as f:
-            ctx = lib.ws.tls_context(f.read())
+            ctx = tls.context(tls.certificates(f.read())[:1])
     buf = bytearray(int(o.get("buf", "1024")))
     m = Meter("mem" in o)
     m.start()

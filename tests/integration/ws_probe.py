@@ -53,14 +53,15 @@ async def session(c, o):
 async def main():
     url = sys.argv[1]
     o = options(sys.argv)
-    cadata = None
+    ctx = None
     if "ca" in o:
+        from lib import tls
         with open(o["ca"], "rb") as f:
-            cadata = f.read()
+            ctx = tls.context(tls.certificates(f.read())[:1])
     password = binascii.unhexlify(o["password-hex"]) if "password-hex" in o else None
     try:
         c = await ws.connect(url, protocol=o.get("protocol", "ocpp1.6"), user=o.get("user"), password=password,
-                             cadata=cadata, timeout_ms=int(o.get("timeout-ms", "10000")),
+                             ssl=ctx, timeout_ms=int(o.get("timeout-ms", "10000")),
                              max_frame=int(o.get("max-frame", "16384")))
     except ws.WSError as e:
         print("ERROR", e)

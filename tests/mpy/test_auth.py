@@ -1,5 +1,6 @@
 # firmware.ocpp.auth and firmware.ocpp.localauth on the MicroPython unix port: the Local Authorization List
 # (SendLocalList / GetLocalListVersion, digest §2.5, §7 Q5) and the authorization cache (digest §2.10).
+import json
 import os
 import tinytest
 from firmware.config import Config
@@ -398,72 +399,86 @@ def test_clear_cache_storage_error_keeps_cache():
 
 
 # ---- the handlers --------------------------------------------------------------------------------------
+class _Charger:
+    # What localauth.register takes from the charger: its Auth
+    def __init__(self, auth):
+        self.auth = auth
+
+
 def _session(a):
     s = _SESSION
-    localauth.register(s, a)
-    s.handle("ClearCache", localauth.CLEAR_CACHE, localauth.clear_cache_handler(a))
+    localauth.register(s, _Charger(a))
     return s
 
 
-def _serve(s, action, payload):
-    """What session._serve does before encoding: validate against the spec, run the handler."""
-    spec, fn = s.handlers[action]
-    rpc.validate(payload, spec)
-    return fn(payload)
+async def _answer(s, action, payload):
+    """The session's dispatch of a CALL frame -> the answer frame it would send."""
+    reply, after = await s.dispatch(json.dumps([2, "u1", action, payload]))
+    assert after is None and reply[1] == "u1", reply
+    return reply
 
 
-def _code(s, action, payload):
-    return tinytest.raises(rpc.CallError, _serve, s, action, payload).code
+async def _serve(s, action, payload):
+    reply = await _answer(s, action, payload)
+    assert reply[0] == 3, reply
+    return reply[2]
 
 
-def test_handlers_round_trip():
+async def _code(s, action, payload):
+    reply = await _answer(s, action, payload)
+    assert reply[0] == 4, reply
+    return reply[2]
+
+
+async def test_handlers_round_trip():
     a, d = _auth()
     s = _session(a)
-    assert _serve(s, "GetLocalListVersion", {}) == {"listVersion": 0}
+    assert await _serve(s, "GetLocalListVersion", {}) == {"listVersion": 0}
     full = {"listVersion": 3, "updateType": "Full", "localAuthorizationList": _tags("H", 8)}
-    assert _serve(s, "SendLocalList", full) == {"status": "Accepted"}
-    assert _serve(s, "GetLocalListVersion", {}) == {"listVersion": 3}
+    assert await _serve(s, "SendLocalList", full) == {"status": "Accepted"}
+    assert await _serve(s, "GetLocalListVersion", {}) == {"listVersion": 3}
     diff = {"listVersion": 3, "updateType": "Differential", "localAuthorizationList": [_e("Z")]}
-    assert _serve(s, "SendLocalList", diff) == {"status": "VersionMismatch"}
+    assert await _serve(s, "SendLocalList", diff) == {"status": "VersionMismatch"}
     nine = {"listVersion": 4, "updateType": "Full", "localAuthorizationList": _tags("H", 9)}
-    assert _serve(s, "SendLocalList", nine) == {"status": "Failed"}
-    assert _serve(s, "GetLocalListVersion", {}) == {"listVersion": 3}
+    assert await _serve(s, "SendLocalList", nine) == {"status": "Failed"}
+    assert await _serve(s, "GetLocalListVersion", {}) == {"listVersion": 3}
 
 
-def test_handler_callerror_codes():
+async def test_handler_callerror_codes():
     a, d = _auth()
     s = _session(a)
 
-    def send(entries, kind="Full"):
-        return _code(s, "SendLocalList", {"listVersion": 1, "updateType": kind, "localAuthorizationList": entries})
+    async def send(entries, kind="Full"):
+        return await _code(s, "SendLocalList", {"listVersion": 1, "updateType": kind,
+                                                "localAuthorizationList": entries})
 
-    assert send([_e("X" * 21)]) == rpc.TYPE
-    assert send([{"idTag": 7, "idTagInfo": {"status": "Accepted"}}]) == rpc.TYPE
-    assert send(["TAG"]) == rpc.TYPE
-    assert send([{"idTag": "A", "idTagInfo": "Accepted"}]) == rpc.TYPE
-    assert send([_e("A", "Welcome")]) == rpc.PROPERTY
-    assert send([_e("A", expiryDate="2026-13-40T99:00:00Z")]) == rpc.PROPERTY
-    assert send([_e("A", parentIdTag="P" * 21)]) == rpc.TYPE
-    assert send([{"idTag": "A"}]) == rpc.OCCURENCE  # Full needs idTagInfo
-    assert send([{"idTagInfo": {"status": "Accepted"}}]) == rpc.OCCURENCE
-    assert send([{"idTag": "A", "idTagInfo": {}}]) == rpc.OCCURENCE
-    assert send([{"idTag": "A", "extra": 1}], "Differential") == rpc.FORMATION
-    assert send([{"idTag": "A", "idTagInfo": {"status": "Accepted", "x": 1}}]) == rpc.FORMATION
-    assert _code(s, "SendLocalList", {"listVersion": 1, "updateType": "Partial"}) == rpc.PROPERTY
-    assert _code(s, "SendLocalList", {"updateType": "Full"}) == rpc.OCCURENCE
-    assert _code(s, "SendLocalList", {"listVersion": "1", "updateType": "Full"}) == rpc.TYPE
-    assert _code(s, "GetLocalListVersion", {"x": 1}) == rpc.FORMATION
+    assert await send([_e("X" * 21)]) == rpc.TYPE
+    assert await send([{"idTag": 7, "idTagInfo": {"status": "Accepted"}}]) == rpc.TYPE
+    assert await send(["TAG"]) == rpc.TYPE
+    assert await send([{"idTag": "A", "idTagInfo": "Accepted"}]) == rpc.TYPE
+    assert await send([_e("A", "Welcome")]) == rpc.PROPERTY
+    assert await send([_e("A", expiryDate="2026-13-40T99:00:00Z")]) == rpc.PROPERTY
+    assert await send([_e("A", parentIdTag="P" * 21)]) == rpc.TYPE
+    assert await send([{"idTag": "A"}]) == rpc.OCCURENCE  # Full needs idTagInfo
+    assert await send([{"idTagInfo": {"status": "Accepted"}}]) == rpc.OCCURENCE
+    assert await send([{"idTag": "A", "idTagInfo": {}}]) == rpc.OCCURENCE
+    assert await send([{"idTag": "A", "extra": 1}], "Differential") == rpc.FORMATION
+    assert await send([{"idTag": "A", "idTagInfo": {"status": "Accepted", "x": 1}}]) == rpc.FORMATION
+    assert await _code(s, "SendLocalList", {"listVersion": 1, "updateType": "Partial"}) == rpc.PROPERTY
+    assert await _code(s, "SendLocalList", {"updateType": "Full"}) == rpc.OCCURENCE
+    assert await _code(s, "SendLocalList", {"listVersion": "1", "updateType": "Full"}) == rpc.TYPE
+    assert await _code(s, "GetLocalListVersion", {"x": 1}) == rpc.FORMATION
     assert a.list_count() == 0 and a.list_version() == 0  # nothing of the refused messages landed
 
 
-def test_clear_cache_handler():
+async def test_clear_cache_handler():
     a, d = _auth()
     s = _session(a)
     a.remember("A", {"status": "Accepted"})
-    assert _serve(s, "ClearCache", {}) == {"status": "Accepted"}
+    assert await _serve(s, "ClearCache", {}) == {"status": "Accepted"}
     assert a.lookup("A") is None
     assert a.cfg.set("AuthorizationCacheEnabled", "false")[0] == "Accepted"
-    assert _serve(s, "ClearCache", {}) == {"status": "Rejected"}
+    assert await _serve(s, "ClearCache", {}) == {"status": "Rejected"}
 
 
 def test_zz_cleanup():

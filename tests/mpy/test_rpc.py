@@ -1,17 +1,31 @@
 # OCPP-J framing and validation, byte-exact (OCPP-J 1.6 §4).
 import tinytest
+from firmware.jsonbuf import JsonBuf
 from firmware.ocpp import rpc
 from firmware.ocpp.rpc import CallError, STR, INT, ENUM, BOOL, OBJ, LIST, NUM
 
+_OUT = JsonBuf(256)
+
+
+def _wire(*frame):
+    """A frame as the session writes it (its JsonBuf), checked to come out the same from the buffer it falls back
+    to on a fragmented heap."""
+    text = bytes(_OUT.dump(list(frame))).decode()
+    _OUT._n = 0
+    import json
+    json.dump(list(frame), _OUT)
+    assert bytes(_OUT._mv[:_OUT._n]).decode() == text
+    return text
+
 
 def test_encode_call_exact():
-    assert rpc.encode_call("19223201", "BootNotification", {"chargePointVendor": "VendorX"}) == \
+    assert _wire(rpc.CALL, "19223201", "BootNotification", {"chargePointVendor": "VendorX"}) == \
         '[2, "19223201", "BootNotification", {"chargePointVendor": "VendorX"}]'
 
 
 def test_encode_result_and_error_exact():
-    assert rpc.encode_result("19223201", {"status": "Accepted"}) == '[3, "19223201", {"status": "Accepted"}]'
-    assert rpc.encode_error("1", "NotImplemented", "unknown action Foo") == \
+    assert _wire(rpc.RESULT, "19223201", {"status": "Accepted"}) == '[3, "19223201", {"status": "Accepted"}]'
+    assert _wire(rpc.ERROR, "1", "NotImplemented", "unknown action Foo", {}) == \
         '[4, "1", "NotImplemented", "unknown action Foo", {}]'
 
 

@@ -1,11 +1,13 @@
 # firmware.ocpp.session on the unix port with a fake WebSocket: answers to our CALLs are checked, and a link
-# that stops answering is dropped whatever WebSocketPingInterval is (issue 9 items 14 and 18).
+# that stops answering is dropped whatever WebSocketPingInterval is (issue 9 items 14 and 18). The dispatch of
+# incoming frames (frame in -> answer frame and after-action out) is driven without a socket (issue 10).
 import asyncio
 import json
+import sys
 import time
 import tinytest
 from firmware.config import Config
-from firmware.ocpp import rpc
+from firmware.ocpp import core, rpc
 from firmware.ocpp.session import Session, Offline
 
 
@@ -20,6 +22,7 @@ class FakeWS:
     async def send(self, data, text=False):
         if self.block:
             await asyncio.Event().wait()
+        await asyncio.sleep_ms(0)  # a real socket yields while it drains: other tasks may run meanwhile
         self.sent.append(json.loads(bytes(data)))
 
     async def ping(self):
@@ -185,6 +188,148 @@ async def test_no_traffic_at_all_drops_the_link():
     ws.last_rx_ms = time.ticks_add(time.ticks_ms(), -(120 + 2 * 30 + 1) * 1000)
     await asyncio.wait_for_ms(s._keepalive(), 3000)  # returns: run() then reconnects
     assert s._down.is_set()
+
+
+# ---- dispatch: frame in -> (answer frame, after-action) out, no socket ------------------------------------
+class _Charger:
+    # What core.register and localauth.register take from the charger, as far as these tests reach.
+    def __init__(self, cfg=None, auth=None):
+        self.cfg = cfg
+        self.auth = auth
+        self.reboots = []  # (kind, frames the session had sent when the reboot began)
+        self.ws = None
+
+    async def reboot(self, kind):
+        self.reboots.append((kind, len(self.ws.sent) if self.ws else None))
+
+
+def _core_session():
+    s, ws = _session()
+    app = _Charger(s.cfg)
+    app.ws = ws
+    core.register(s, app)
+    return s, ws, app
+
+
+async def test_dispatch_unknown_action_is_not_implemented_an_unhandled_16_action_not_supported():
+    s, ws, app = _core_session()
+    reply, after = await s.dispatch('[2,"a1","FlyToTheMoon",{}]')
+    assert reply[:3] == [4, "a1", "NotImplemented"] and after is None, reply
+    reply, after = await s.dispatch('[2,"a2","GetDiagnostics",{"location":"ftp://example.org/"}]')
+    assert reply[:3] == [4, "a2", "NotSupported"] and after is None, reply
+    assert await s.dispatch('[2,"a3","Reset",{"type":"Soft"}]') != (None, None)  # a handled one is answered
+    assert ws.sent == []  # dispatch itself sends nothing
+
+
+async def test_dispatch_malformed_frames_get_their_callerror():
+    s, ws, app = _core_session()
+    long_id = "x" * 37
+    cases = (
+        ('not json', "-1", rpc.FORMATION),
+        ('{"a":1}', "-1", rpc.FORMATION),  # not an array
+        ('[2,"m1"]', "-1", rpc.FORMATION),  # too short to be a CALL
+        ('[2,"%s","Reset",{"type":"Soft"}]' % long_id, "-1", rpc.FORMATION),  # uniqueId over 36: not usable
+        ('[2,"m2",7,{}]', "m2", rpc.FORMATION),  # the action is not a string
+        ('[2,"m3","Reset",[]]', "m3", rpc.FORMATION),  # the payload is not an object
+        ('[2,"m4","Reset",{"type":"Soft","when":1}]', "m4", rpc.FORMATION),  # a field the schema lacks
+        ('[2,"m5","Reset",{}]', "m5", rpc.OCCURENCE),
+        ('[2,"m6","Reset",{"type":1}]', "m6", rpc.TYPE),
+        ('[2,"m7","Reset",{"type":"Medium"}]', "m7", rpc.PROPERTY),
+        ('[2,"m8","ChangeAvailability",{"connectorId":-1,"type":"Operative"}]', "m8", rpc.PROPERTY),
+    )
+    for text, uid, code in cases:
+        reply, after = await s.dispatch(text)
+        assert reply is not None and reply[0] == 4 and reply[1] == uid and reply[2] == code, (text, reply)
+        assert isinstance(reply[3], str) and reply[4] == {} and after is None, (text, reply)
+    assert app.reboots == []  # no handler ran
+    assert await s.dispatch('[5,"m9","x",{}]') == (None, None)  # an unknown message type is ignored
+
+
+async def test_dispatch_handler_exception_is_internal_error():
+    s, ws = _session()
+
+    def broken(p):
+        return p["missing"]  # a bug: KeyError
+
+    async def broken_later(p):
+        await asyncio.sleep_ms(1)
+        raise ValueError("bug")
+
+    s.handle("Reset", (), broken)
+    s.handle("UnlockConnector", (), broken_later)
+    for action in ("Reset", "UnlockConnector"):
+        reply, after = await s.dispatch('[2,"e1","%s",{}]' % action)
+        assert reply == [4, "e1", "InternalError", action + " failed", {}] and after is None, reply
+    # the CALLERROR a handler raises on purpose is passed on as it is
+    s.handle("Reset", (), _raise_type)
+    reply, _ = await s.dispatch('[2,"e2","Reset",{}]')
+    assert reply == [4, "e2", "TypeConstraintViolation", "key entries must be strings", {}], reply
+
+
+def _raise_type(p):
+    raise rpc.CallError(rpc.TYPE, "key entries must be strings")
+
+
+async def test_dispatch_loads_a_lazy_profile_on_first_use_once():
+    from firmware.ocpp.auth import Auth
+
+    s, ws = _session()
+    name = "firmware.ocpp.localauth"
+    assert name not in sys.modules  # nothing here imported it yet
+    app = _Charger(s.cfg, Auth(s.cfg, tinytest.tempdir("session-auth")))
+    loads = []
+
+    def loader():
+        loads.append(1)
+        __import__(name, None, None, ("register",)).register(s, app)
+
+    s.lazy(("ClearCache", "GetLocalListVersion", "SendLocalList"), loader)
+    assert loads == [] and name not in sys.modules and "ClearCache" not in s.handlers
+    reply, after = await s.dispatch('[2,"l1","GetLocalListVersion",{}]')
+    assert reply == [3, "l1", {"listVersion": 0}] and after is None, reply
+    assert loads == [1] and name in sys.modules
+    app.auth.remember("A", {"status": "Accepted"})
+    reply, _ = await s.dispatch('[2,"l2","ClearCache",{}]')  # the same profile: not loaded again
+    assert reply == [3, "l2", {"status": "Accepted"}] and loads == [1], reply
+    assert app.auth.lookup("A") is None
+    reply, _ = await s.dispatch('[2,"l3","SendLocalList",{"listVersion":2,"updateType":"Full"}]')
+    assert reply == [3, "l3", {"status": "Accepted"}] and loads == [1], reply
+
+
+async def test_dispatch_returns_the_after_action_which_runs_once_the_answer_is_out():
+    s, ws, app = _core_session()
+    reply, after = await s.dispatch('[2,"r1","Reset",{"type":"Soft"}]')
+    assert reply == [3, "r1", {"status": "Accepted"}], reply
+    assert after is not None and app.reboots == []  # dispatch only hands it over
+    await after()
+    assert app.reboots == [("Soft", 0)]
+    # on the socket path the answer is written first, then the after-action starts
+    await s._on_frame(ws, '[2,"r2","Reset",{"type":"Hard"}]')
+    assert ws.sent == [[3, "r2", {"status": "Accepted"}]]
+    for _ in range(100):
+        if len(app.reboots) > 1:
+            break
+        await asyncio.sleep_ms(1)
+    assert app.reboots[1] == ("Hard", 1), app.reboots
+
+
+async def test_dispatch_answers_nothing_while_rejected_and_hands_answers_to_call():
+    s, ws, app = _core_session()
+    s.boot_status = "Rejected"  # OCPP 1.6 §4.2: silent until the retry interval
+    assert await s.dispatch('[2,"q1","Reset",{"type":"Soft"}]') == (None, None)
+    assert await s.dispatch('[2,"q2","FlyToTheMoon",{}]') == (None, None)
+    s.boot_status = "Accepted"
+
+    async def answer():
+        while not ws.sent:
+            await asyncio.sleep_ms(1)
+        got = await s.dispatch('[3,"%s",{"currentTime":"2026-01-01T00:00:00Z"}]' % ws.sent[-1][1])
+        assert got == (None, None)
+
+    t = asyncio.create_task(answer())
+    assert await s.call("Heartbeat", {}, 2000) == {"currentTime": "2026-01-01T00:00:00Z"}
+    await t
+    assert await s.dispatch('[3,"nobody-waits",{}]') == (None, None)  # logged and dropped
 
 
 tinytest.run(globals())

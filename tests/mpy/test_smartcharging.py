@@ -210,12 +210,14 @@ def test_remote_start_profile_pending_then_bound():
     assert _ids(sc) == [1]
 
 
-class _Ws:
-    def __init__(self):
-        self.sent = []
+class _Charger:
+    # What smartcharging.register takes from the charger: the SmartCharging object and the transaction's figures
+    def __init__(self, sc, tx):
+        self.smart = sc
+        self._tx = tx
 
-    async def send(self, data, text=False):
-        self.sent.append(json.loads(bytes(data)))  # the session hands over its encode buffer
+    def tx_info(self):
+        return self._tx
 
 
 # One Session for the whole file, made while the heap is whole, as the firmware makes one per boot: its 6 KB
@@ -229,14 +231,14 @@ def _session(tx=(None, None, 230.0)):
     session = _SESSION
     session.handlers = {}
     sc = SmartCharging(cfg, d)
-    register(session, sc, lambda: tx)
+    register(session, _Charger(sc, tx))
     return session, sc
 
 
 async def _call(session, action, payload):
-    ws = _Ws()
-    await session._serve(ws, "u1", action, payload)
-    return ws.sent[0]
+    reply, after = await session.dispatch(json.dumps([2, "u1", action, payload]))
+    assert after is None
+    return json.loads(json.dumps(reply))  # as it goes on the wire
 
 
 def _set_req(d, cid=1):

@@ -1,8 +1,9 @@
-# Byte-exact tests of lib/ws.py on the unix port: RFC 6455 examples, handshake, and recv() on a fake stream.
+# Byte-exact tests of lib/ws.py and its frame codec lib/wsframe.py on the unix port: RFC 6455 examples,
+# handshake, and recv() on a fake stream.
 import asyncio
-import binascii
 import tinytest
 import lib.ws as ws
+import lib.wsframe as wf
 
 KEY = bytes.fromhex("37fa213d")  # RFC 6455 §5.7 masking key
 
@@ -70,6 +71,19 @@ def real_key():
     ws.os = os
 
 
+def encode_frame(opcode, payload, mask_key=None, fin=True):
+    """Whole frame as a bytearray; masked when mask_key (4 bytes) is given, as client frames must be. The
+    server's side of these tests: the firmware never builds a frame in one piece."""
+    hdr = bytearray(14)
+    n = wf.put_header(hdr, opcode, len(payload), mask_key, fin)
+    frame = bytearray(n + len(payload))
+    frame[:n] = memoryview(hdr)[:n]
+    frame[n:] = payload
+    if mask_key:
+        wf.apply_mask(memoryview(frame)[n:], mask_key)
+    return frame
+
+
 def client_frames(data):
     # Splits what the client wrote into (fin, opcode, unmasked payload); checks every frame is masked.
     out = []
@@ -84,7 +98,7 @@ def client_frames(data):
             i += 2
         key = bytes(data[i:i + 4])
         body = bytearray(data[i + 4:i + 4 + n])
-        ws.apply_mask(body, key)
+        wf.apply_mask(body, key)
         out.append((b0 >> 7, b0 & 0x0F, bytes(body)))
         i += 4 + n
     return out
@@ -93,35 +107,35 @@ def client_frames(data):
 # ---- framing, RFC 6455 §5.7 ----
 
 def test_masked_hello_frame():
-    assert ws.encode_frame(1, b"Hello", KEY) == h("81 85 37 fa 21 3d 7f 9f 4d 51 58")
+    assert encode_frame(1, b"Hello", KEY) == h("81 85 37 fa 21 3d 7f 9f 4d 51 58")
 
 
 def test_unmasked_hello_frame():
-    assert ws.encode_frame(1, b"Hello") == h("81 05 48 65 6c 6c 6f")
+    assert encode_frame(1, b"Hello") == h("81 05 48 65 6c 6c 6f")
 
 
 def test_fragmented_hello_frames():
-    assert ws.encode_frame(1, b"Hel", fin=False) == h("01 03 48 65 6c")
-    assert ws.encode_frame(0, b"lo") == h("80 02 6c 6f")
+    assert encode_frame(1, b"Hel", fin=False) == h("01 03 48 65 6c")
+    assert encode_frame(0, b"lo") == h("80 02 6c 6f")
 
 
 def test_ping_pong_frames():
-    assert ws.encode_frame(9, b"Hello") == h("89 05 48 65 6c 6c 6f")
-    assert ws.encode_frame(10, b"Hello", KEY) == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
+    assert encode_frame(9, b"Hello") == h("89 05 48 65 6c 6c 6f")
+    assert encode_frame(10, b"Hello", KEY) == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
 
 
 def test_length_encodings():
-    f = ws.encode_frame(2, bytes(256))
+    f = encode_frame(2, bytes(256))
     assert f[:4] == h("82 7e 01 00") and len(f) == 4 + 256
-    f = ws.encode_frame(2, bytes(125), KEY)
+    f = encode_frame(2, bytes(125), KEY)
     assert f[:2] == h("82 fd") and f[2:6] == KEY
-    f = ws.encode_frame(2, bytes(126), KEY)
+    f = encode_frame(2, bytes(126), KEY)
     assert f[:4] == h("82 fe 00 7e")
     # a 64 KB payload does not fit an ESP32-sized heap twice over, so the 64-bit form is checked on the header
     hdr = bytearray(14)
-    assert ws._put_header(hdr, 2, 65536, None, True) == 10
+    assert wf.put_header(hdr, 2, 65536, None, True) == 10
     assert hdr[:10] == h("82 7f 00 00 00 00 00 01 00 00")
-    assert ws._put_header(hdr, 1, 65535, KEY, False) == 8
+    assert wf.put_header(hdr, 1, 65535, KEY, False) == 8
     assert hdr[:8] == h("01 fe ff ff 37 fa 21 3d")
 
 
@@ -129,22 +143,22 @@ def test_mask_fallback_matches_fast_path():
     data = bytearray(bytes(range(256)) * 3)
     a = bytearray(data)
     b = bytearray(data)
-    ws.apply_mask(a, b"\x01\x80\xff\x5a")
-    ws._mask_py(b, b"\x01\x80\xff\x5a")
+    wf.apply_mask(a, b"\x01\x80\xff\x5a")
+    wf._mask_py(b, b"\x01\x80\xff\x5a")
     assert a == b and a != data
-    ws.apply_mask(a, b"\x01\x80\xff\x5a")
+    wf.apply_mask(a, b"\x01\x80\xff\x5a")
     assert a == data
 
 
 async def test_read_frame_lengths():
     hdr = bytearray(8)
     for n in (0, 5, 125, 126, 256, 20000):
-        s = FakeStream(ws.encode_frame(2, bytes([n & 0xFF]) * n), chunk=1000)
-        fin, op, payload = await ws.read_frame(s, hdr, 65535)
+        s = FakeStream(encode_frame(2, bytes([n & 0xFF]) * n), chunk=1000)
+        fin, op, payload = await wf.read_frame(s, hdr, 65535)
         assert (fin, op, len(payload)) == (1, 2, n)
         assert s.pos == len(s.rx)
     for n, head in ((65536, "82 7f 00 00 00 00 00 01 00 00"), (2 ** 40, "82 7f 00 00 01 00 00 00 00 00")):
-        e = await expect_raise(ws.read_frame(FakeStream(h(head)), hdr, 65535))
+        e = await expect_raise(wf.read_frame(FakeStream(h(head)), hdr, 65535))
         assert str(e) == "frame too large (%d > 65535)" % n and e.code == 1009
 
 
@@ -170,19 +184,6 @@ def test_basic_auth():
     tinytest.raises(ws.WSError, ws.basic_auth, "a:b", b"x")
 
 
-def test_pem_to_der():
-    der = b"\x30\x82\x01\x0a" + bytes(range(200))
-    b64 = binascii.b2a_base64(der, newline=False).decode()
-    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
-    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
-    assert ws.pem_to_der(pem) == der
-    assert ws.pem_to_der(pem.encode()) == der
-    assert ws.pem_to_der(("junk\r\n" + pem + pem).replace("\n", "\r\n")) == der
-    assert ws.pem_to_der(der) is der
-    e = tinytest.raises(ws.WSError, ws.pem_to_der, "not a certificate")
-    assert "PEM" in str(e)
-
-
 def test_parse_url():
     assert ws.parse_url("ws://10.0.0.5/ocpp/CP1") == (False, "10.0.0.5", 80, "/ocpp/CP1")
     assert ws.parse_url("wss://cs.example.com/ocpp/CP%201") == (True, "cs.example.com", 443, "/ocpp/CP%201")
@@ -202,7 +203,7 @@ def response(key, protocol="ocpp1.6", status="101 Switching Protocols", accept=N
 
 async def test_handshake_request_bytes():
     key = "dGhlIHNhbXBsZSBub25jZQ=="
-    s = FakeStream(response(key) + ws.encode_frame(1, b"hi"))
+    s = FakeStream(response(key) + encode_frame(1, b"hi"))
     await ws.handshake(s, "cs:8180", "/ocpp/CP1", "ocpp1.6", "Basic QQ==", key)
     assert s.tx == (b"GET /ocpp/CP1 HTTP/1.1\r\nHost: cs:8180\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -276,7 +277,7 @@ async def test_long_headers_we_ignore_are_skipped_long_ones_we_check_refused():
     cookie = b"Set-Cookie: AWSALB=" + b"x" * 2000 + b"; Path=/\r\n"
     good = response(key)
     s = FakeStream(good[:good.index(b"\r\n") + 2] + cookie + good[good.index(b"\r\n") + 2:]
-                   + ws.encode_frame(1, b"hi"))
+                   + encode_frame(1, b"hi"))
     await ws.handshake(s, "h", "/", "ocpp1.6", None, key)
     assert await ws.WS(s).recv() == "hi"
     s = FakeStream(response(key, protocol="ocpp1.6" + " " * 300))
@@ -287,9 +288,9 @@ async def test_long_headers_we_ignore_are_skipped_long_ones_we_check_refused():
 # ---- recv() behaviour ----
 
 async def test_recv_text_binary_and_reassembly():
-    rx = (ws.encode_frame(1, "Grüße".encode()) + ws.encode_frame(2, b"\x00\xff")
-          + ws.encode_frame(1, b"Hel", fin=False) + ws.encode_frame(9, b"mid") + ws.encode_frame(0, b"l", fin=False)
-          + ws.encode_frame(0, b"o"))
+    rx = (encode_frame(1, "Grüße".encode()) + encode_frame(2, b"\x00\xff")
+          + encode_frame(1, b"Hel", fin=False) + encode_frame(9, b"mid") + encode_frame(0, b"l", fin=False)
+          + encode_frame(0, b"o"))
     fixed_key()
     try:
         s = FakeStream(rx)
@@ -304,7 +305,7 @@ async def test_recv_text_binary_and_reassembly():
 async def test_ping_answered_with_exact_pong():
     fixed_key()
     try:
-        s = FakeStream(ws.encode_frame(9, b"Hello") + ws.encode_frame(1, b"x"))
+        s = FakeStream(encode_frame(9, b"Hello") + encode_frame(1, b"x"))
         assert await ws.WS(s).recv() == "x"
         assert s.tx == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
     finally:
@@ -325,7 +326,7 @@ async def test_send_and_ping_exact_bytes():
 
 async def test_unsolicited_pong_updates_last_rx():
     import time
-    s = FakeStream(ws.encode_frame(10, b"") + ws.encode_frame(1, b"x"))
+    s = FakeStream(encode_frame(10, b"") + encode_frame(1, b"x"))
     c = ws.WS(s)
     c.last_rx_ms = time.ticks_add(time.ticks_ms(), -60000)
     assert await c.recv() == "x"
@@ -352,17 +353,17 @@ async def expect_failure(rx, want_text, want_code, max_frame=16384):
 
 
 async def test_oversized_frame_rejected_1009():
-    await expect_failure(ws.encode_frame(1, bytes(101)), "frame too large (101 > 100)", 1009, 100)
+    await expect_failure(encode_frame(1, bytes(101)), "frame too large (101 > 100)", 1009, 100)
 
 
 async def test_oversized_fragmented_message_rejected_1009():
-    rx = ws.encode_frame(1, bytes(60), fin=False) + ws.encode_frame(0, bytes(60))
+    rx = encode_frame(1, bytes(60), fin=False) + encode_frame(0, bytes(60))
     await expect_failure(rx, "too large (120 > 100)", 1009, 100)
 
 
 async def test_failure_reads_up_to_the_server_close():
     # so closing our socket sends a FIN, not a RST that could destroy our close frame at the server
-    rx = ws.encode_frame(1, bytes(3000)) + ws.encode_frame(1, bytes(300)) + ws.encode_frame(8, b"\x03\xf1")
+    rx = encode_frame(1, bytes(3000)) + encode_frame(1, bytes(300)) + encode_frame(8, b"\x03\xf1")
     s = FakeStream(rx, chunk=700)
     c = ws.WS(s, max_frame=1000)
     e = await expect_raise(c.recv())
@@ -372,23 +373,23 @@ async def test_failure_reads_up_to_the_server_close():
 
 
 async def test_masked_server_frame_rejected_1002():
-    await expect_failure(ws.encode_frame(1, b"Hello", KEY), "masked", 1002)
+    await expect_failure(encode_frame(1, b"Hello", KEY), "masked", 1002)
 
 
 async def test_unknown_opcode_rejected_1002():
-    await expect_failure(ws.encode_frame(3, b"?"), "unknown opcode 3", 1002)
+    await expect_failure(encode_frame(3, b"?"), "unknown opcode 3", 1002)
 
 
 async def test_stray_continuation_rejected_1002():
-    await expect_failure(ws.encode_frame(0, b"lo"), "continuation", 1002)
+    await expect_failure(encode_frame(0, b"lo"), "continuation", 1002)
 
 
 async def test_invalid_utf8_rejected_1007():
-    await expect_failure(ws.encode_frame(1, b"\xff\xfe"), "UTF-8", 1007)
+    await expect_failure(encode_frame(1, b"\xff\xfe"), "UTF-8", 1007)
 
 
 async def test_close_frame_answered_and_raised():
-    s = FakeStream(ws.encode_frame(8, b"\x03\xe9going away") + ws.encode_frame(1, b"never"))
+    s = FakeStream(encode_frame(8, b"\x03\xe9going away") + encode_frame(1, b"never"))
     c = ws.WS(s)
     e = await expect_closed(c)
     assert (e.code, e.reason) == (1001, "going away")
@@ -401,17 +402,17 @@ async def test_close_frame_answered_and_raised():
 async def test_invalid_close_codes_answered_1002_not_echoed():
     # RFC 6455 §7.4: 1004 reserved, 1005/1006/1015 never on the wire, 1016-2999 unassigned, 5000+ undefined
     for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535):
-        s = FakeStream(ws.encode_frame(8, bytes((code >> 8, code & 0xFF)) + b"bye") + ws.encode_frame(1, b"x"))
+        s = FakeStream(encode_frame(8, bytes((code >> 8, code & 0xFF)) + b"bye") + encode_frame(1, b"x"))
         c = ws.WS(s)
         e = await expect_raise(c.recv())
         assert type(e) is ws.WSError and "invalid close code %d" % code in str(e), (code, repr(e))
         assert client_frames(s.tx) == [(1, 8, b"\x03\xea")], (code, client_frames(s.tx))
         assert s.closed
         assert isinstance(await expect_raise(c.recv()), ws.WSClosed)
-    s = FakeStream(ws.encode_frame(8, b"\x03"))  # a 1-byte payload cannot hold a code
+    s = FakeStream(encode_frame(8, b"\x03"))  # a 1-byte payload cannot hold a code
     e = await expect_raise(ws.WS(s).recv())
     assert "1-byte" in str(e) and client_frames(s.tx) == [(1, 8, b"\x03\xea")]
-    s = FakeStream(ws.encode_frame(8, b"\x03\xe8\xff\xfe"))  # a reason that is not UTF-8
+    s = FakeStream(encode_frame(8, b"\x03\xe8\xff\xfe"))  # a reason that is not UTF-8
     e = await expect_raise(ws.WS(s).recv())
     assert "not UTF-8" in str(e) and client_frames(s.tx) == [(1, 8, b"\x03\xef")]
 
@@ -419,21 +420,21 @@ async def test_invalid_close_codes_answered_1002_not_echoed():
 async def test_valid_close_codes_echoed():
     for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4000, 4999):
         payload = bytes((code >> 8, code & 0xFF))
-        s = FakeStream(ws.encode_frame(8, payload + b"ok"))
+        s = FakeStream(encode_frame(8, payload + b"ok"))
         e = await expect_closed(ws.WS(s))
         assert (e.code, e.reason) == (code, "ok")
         assert client_frames(s.tx) == [(1, 8, payload)], code
 
 
 async def test_empty_close_answered_empty():
-    s = FakeStream(ws.encode_frame(8, b""))
+    s = FakeStream(encode_frame(8, b""))
     e = await expect_closed(ws.WS(s))
     assert e.code == 1005
     assert client_frames(s.tx) == [(1, 8, b"")]
 
 
 async def test_eof_is_abnormal_close():
-    s = FakeStream(ws.encode_frame(1, b"Hello")[:4])
+    s = FakeStream(encode_frame(1, b"Hello")[:4])
     e = await expect_closed(ws.WS(s))
     assert e.code == 1006 and s.closed and s.tx == b""
 
@@ -447,7 +448,7 @@ async def expect_closed(c):
 
 
 async def test_close_sends_and_waits_for_answer():
-    s = FakeStream(ws.encode_frame(1, b"in flight") + ws.encode_frame(8, b"\x03\xe8"))
+    s = FakeStream(encode_frame(1, b"in flight") + encode_frame(8, b"\x03\xe8"))
     c = ws.WS(s)
     await c.close()
     assert client_frames(s.tx) == [(1, 8, b"\x03\xe8")]
@@ -488,7 +489,7 @@ async def test_close_while_another_task_is_in_recv():
     await asyncio.sleep_ms(10)
     assert client_frames(s.tx) == [(1, 8, b"\x03\xe9")]
     assert not s.closed
-    s.feed(ws.encode_frame(8, b"\x03\xe9"))
+    s.feed(encode_frame(8, b"\x03\xe9"))
     done, e = await asyncio.gather(closer, reader, return_exceptions=True)
     assert isinstance(e, ws.WSClosed) and e.code == 1001
     assert client_frames(s.tx) == [(1, 8, b"\x03\xe9")]  # the answer is not answered again
@@ -501,11 +502,11 @@ async def test_recv_waits_for_data_then_pings_between():
         s = SlowStream()
         c = ws.WS(s)
         reader = asyncio.create_task(c.recv())
-        s.feed(ws.encode_frame(9, b"Hello"))
+        s.feed(encode_frame(9, b"Hello"))
         await asyncio.sleep_ms(10)
         assert s.tx == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58")
         await c.send("Hello")  # a send while recv() waits
-        s.feed(ws.encode_frame(1, b"done"))
+        s.feed(encode_frame(1, b"done"))
         assert await reader == "done"
         assert s.tx == h("8a 85 37 fa 21 3d 7f 9f 4d 51 58 81 85 37 fa 21 3d 7f 9f 4d 51 58")
     finally:
@@ -526,7 +527,7 @@ async def test_long_send_is_masked_in_chunks_byte_exact():
         text = "".join("%04d " % i for i in range(600)) + "Grüße"  # > 3 KB, not a multiple of the chunk
         await c.send(text)
         await c.send(b"\x00\x01" * 700)
-        want = ws.encode_frame(1, text.encode(), KEY) + ws.encode_frame(2, b"\x00\x01" * 700, KEY)
+        want = encode_frame(1, text.encode(), KEY) + encode_frame(2, b"\x00\x01" * 700, KEY)
         assert bytes(s.tx) == bytes(want)
         assert client_frames(s.tx) == [(1, 1, text.encode()), (1, 2, b"\x00\x01" * 700)]
     finally:
