@@ -10,6 +10,7 @@ Every process a factory starts is stopped at teardown, also when the test fails;
 the last lines of each process's output.
 """
 
+import json
 import os
 import shutil
 import signal
