@@ -36,7 +36,7 @@ import mqttbench  # noqa: E402  (tools/mqttbench.py)
 from harness import BUILD_UNIX, PY, ROOT, TOOLS  # noqa: E402
 from harness.csms import CallTimeout, Csms  # noqa: E402
 from harness.sim import PROBE_RE, AsyncSim, probe_env  # noqa: E402
-from harness.proc import run_cancellable  # noqa: E402
+from harness.proc import measure, run_cancellable  # noqa: E402
 from harness.steps import boot_charger, change_config, local_list, profile, start_charging  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -803,16 +803,8 @@ async def run_all(args, log):
     only = set(args.only.split(",")) if args.only else set(STEPS)
 
     async def step(name, coro_fn):
-        if name not in only:
-            return
-        t = time.monotonic()
-        log("%s ..." % name)
-        try:
-            res[name] = await coro_fn()
-        except Exception as e:  # noqa: BLE001 - one broken measurement must not lose the others
-            res[name + "_error"] = "%s: %s" % (type(e).__name__, e)
-            log("  %s failed: %s" % (name, e))
-        log("  %s took %.0f s" % (name, time.monotonic() - t))
+        if name in only:
+            await measure(res, name, coro_fn, log)
 
     await step("mqtt", lambda: asyncio.to_thread(mqtt_figures, 300 if args.calls >= 300 else args.calls))
     await step("footprint", lambda: asyncio.to_thread(footprint))

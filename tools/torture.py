@@ -26,7 +26,7 @@ import build  # noqa: E402
 import fuzzframes  # noqa: E402
 from harness import BUILD_UNIX, ROOT  # noqa: E402
 from harness.csms import CallTimeout, Csms  # noqa: E402
-from harness.proc import run_cancellable  # noqa: E402
+from harness.proc import measure, run_cancellable  # noqa: E402
 from harness.sim import AsyncSim, probe_env  # noqa: E402
 from harness.steps import boot_charger, change_config, local_list, profile, start_charging  # noqa: E402
 
@@ -1014,16 +1014,8 @@ async def run_all(args, log):
              ("glitch", lambda: glitches(args.glitches, args.seed + 4, log=log)),
              ("flash", lambda: flash(args.quick, log=log)))
     for name, fn in steps:
-        if name not in only:
-            continue
-        t = time.monotonic()
-        log("%s ..." % name)
-        try:
-            res[name] = await fn()
-        except Exception as e:  # noqa: BLE001 - report it and go on with the other runs
-            res[name + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:2000])
-            log("  %s failed: %s" % (name, e))
-        log("  %s took %.0f s" % (name, time.monotonic() - t))
+        if name in only:
+            await measure(res, name, fn, log)
     return res
 
 

@@ -19,8 +19,8 @@ class WaitTimeout(AssertionError, TimeoutError):
     """A condition that did not come in time: a failed assertion to pytest, a TimeoutError to the tools."""
 
 
-class ProcessExited(AssertionError, RuntimeError):
-    """The process ended while something waited on its output."""
+class ProcessFailed(AssertionError, RuntimeError):
+    """The process did not start, or ended while something waited on its output."""
 
 
 def free_port():
@@ -40,6 +40,19 @@ def wait_until(fn, timeout=30, interval=0.1, msg=""):
         if time.monotonic() > deadline:
             raise WaitTimeout("timed out after %s s waiting for %s" % (timeout, msg or fn))
         time.sleep(interval)
+
+
+async def measure(res, name, fn, log):
+    """res[name] = await fn(), timed and logged; an exception is kept as res[name + "_error"], so that one broken
+    run does not lose the others (bench's measurements, torture's campaigns)."""
+    t = time.monotonic()
+    log("%s ..." % name)
+    try:
+        res[name] = await fn()
+    except Exception as e:  # noqa: BLE001 - report it and go on with the other runs
+        res[name + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:2000])
+        log("  %s failed: %s" % (name, e))
+    log("  %s took %.0f s" % (name, time.monotonic() - t))
 
 
 async def until(fn, timeout=30, interval=0.05, msg=""):
@@ -72,7 +85,8 @@ def json_request(port, req, timeout):
 
 class ChildProcess:
     """A tool started with stdout+stderr captured by a reader thread: lines[i] arrived at stamps[i]
-    (time.monotonic())."""
+    (time.monotonic()). echo, when set, is called from that thread with each line as it comes and with None
+    when the output ends (`make sim` shows them live)."""
 
     name = "process"
     ready_pattern = None
@@ -81,6 +95,7 @@ class ChildProcess:
         self.proc = None
         self.lines = []
         self.stamps = []
+        self.echo = None
         self._reader = None
 
     def _launch(self, argv, env=None):
@@ -103,12 +118,16 @@ class ChildProcess:
             return self.wait_line(self.ready_pattern, timeout=timeout, since=since)
         except AssertionError:
             self._terminate(2)
-            raise AssertionError("%s did not start: %s\n%s" % (self.name, " ".join(argv), self.tail()))
+            raise ProcessFailed("%s did not start: %s\n%s" % (self.name, " ".join(argv), self.tail()))
 
     def _read(self, proc):
         for line in proc.stdout:
             self.stamps.append(time.monotonic())  # first: a line that can be seen has its stamp
             self.lines.append(line.rstrip("\n"))
+            if self.echo is not None:
+                self.echo(self.lines[-1])
+        if self.echo is not None:
+            self.echo(None)
 
     def timed(self, since=0):
         """(arrival time, line) of the output lines from index since on."""
@@ -120,7 +139,7 @@ class ChildProcess:
             if m:
                 return m
         if self.proc is not None and self.proc.poll() is not None and not self._reader.is_alive():
-            raise ProcessExited("%s exited (code %s) while waiting for /%s/\n%s"
+            raise ProcessFailed("%s exited (code %s) while waiting for /%s/\n%s"
                                  % (self.name, self.proc.returncode, pattern.pattern, self.tail()))
         return None
 
