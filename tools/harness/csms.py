@@ -1,27 +1,22 @@
 """The Central System as the harness drives it.
 
-CsmsProc: tools/csms.py (the demo Central System, on the `ocpp` package) as a child process, driven over its
-control socket; what the tests use, blocking.
-Csms: a Central System in this process (asyncio, websockets) that answers at once, books every transaction (its
-start, MeterValues and stop, resends recognised) and keeps every frame with its arrival time; what `make bench`
-times against and what `make torture` counts with: no control-socket hop in a round trip, and a ledger to check
-"every transaction once, in order". Both offer what the scenario steps (steps.py) use: mark(), wait_for(),
-request(), transaction_id().
+There is one Central System, tools/csms.py (on the `ocpp` package), driven two ways:
+CsmsProc runs it as a child process and drives it over its control socket, blocking: the tests, `make sim`.
+Csms runs it in this process (asyncio), quiet, and books every transaction (its start, MeterValues and stop,
+resends recognised) from the frames it sees: what `make bench` times against (no control-socket hop in a round
+trip) and what `make torture` counts with ("every transaction once, in order").
+Both offer what the scenario steps (steps.py) use: mark(), wait_for(), request(), transaction_id().
 """
 import asyncio
-import base64
-import datetime
-import http
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 
-import websockets
-from websockets.asyncio.server import serve
-
+import csms as central  # tools/csms.py
 from harness import PY, TOOLS
 from harness.proc import ChildProcess, json_request, wait_until
 
@@ -30,120 +25,148 @@ class CallErrorReply(AssertionError, RuntimeError):
     """The charge point answered a CALL with a CALLERROR (or the CSMS could not deliver it)."""
 
 
-def now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 class CallTimeout(Exception):
     pass
 
 
 class Conn:
-    def __init__(self, cp, ws):
+    """One WebSocket connection of a charge point as the harness sees it: answers awaited by uniqueId, and the
+    strays (answers whose uid we never sent, e.g. "-1" CALLERRORs to malformed frames)."""
+
+    def __init__(self, cp, sock):
         self.cp = cp
-        self.ws = ws
+        self.sock = sock
+        self.ws = sock.ws
         self.waiting = {}       # uid -> future of the answer frame
-        self.strays = []        # answers whose uid we never sent (e.g. "-1" CALLERRORs to malformed frames)
+        self.strays = []
         self.closed = asyncio.Event()
 
 
-class Csms:
-    """A Central System in this process that answers the charge point's CALLs at once and records every frame.
+class _Settings(central.Settings):
+    """A Central System that knows every idTag: any_tag is their status unless tag_statuses names one."""
 
-    Transactions: StartTransaction gets a fresh id; self.tx[id] keeps start, meter values and stop in arrival
-    order, so torture can check "once, in order". tag_status answers Authorize and StartTransaction.
-    A StartTransaction identical to one already booked (same charger, connector, idTag, meterStart and
-    timestamp) is the charger's resend after it lost our answer: it gets the same id back, as a production
-    Central System does, and is counted in tx[id]["resends"]; so are a MeterValues or StopTransaction identical
-    to one already booked."""
+    any_tag = "Accepted"
+
+    def tag_status(self, id_tag):
+        return self.tag_statuses.get(id_tag, self.any_tag)
+
+
+class Csms:
+    """tools/csms.py's Central System run in this process, quiet, with a ledger: answers the charge point's
+    CALLs at once (BootNotification interval 120 s, the charger's own default, so its default timing holds),
+    keeps every frame with its arrival time (frames, unless keep_frames is off) and books transactions.
+
+    Transactions: tx[id] keeps start, meter values and stop in arrival order, so torture can check "once, in
+    order"; tag_status answers Authorize and StartTransaction for every idTag. A StartTransaction identical to
+    one already booked (same charger, connector, idTag, meterStart and timestamp) is the charger's resend after
+    it lost our answer: tools/csms.py gives it the same id back, as a production Central System does, and it
+    is counted in tx[id]["resends"]; so are a MeterValues or StopTransaction identical to one already booked."""
 
     is_async = True
 
     def __init__(self, port=0):
-        self.port = port
-        self.server = None
-        self.conns = {}
+        args = central.build_parser().parse_args(["--port", str(port), "--interval", "120", "--ping-interval", "0"])
+        logging.getLogger("ocpp").setLevel(logging.CRITICAL)  # our CPs send garbage on purpose; frames say it
+        self.journal = central.Journal(echo=False, keep=False)
+        self.journal.observers.append(self._observe)
+        self.cs = central.CentralSystem(args, self.journal)
+        self.cs.settings = _Settings(args)
         self.frames = []        # (monotonic t, cp, "in"|"out", parsed frame or None, raw text)
         self.keep_frames = True
-        self.tag_status = "Accepted"
         self.tx = {}
-        self.tx_order = []      # (cp, action, payload) of every transaction message, as received
-        self.next_tx = 1
-        self.start_ids = {}     # identity of a booked StartTransaction -> its transactionId
-        self.incoming = {}      # action -> count
+        self.tx_order = []      # (cp, action, payload, transactionId) of every transaction message, as received
+        self.next_tx = 1        # above every transactionId booked so far
+        self.incoming = {}      # action -> count of CALLs received
         self.on_frame = None    # callback(t, cp, frame) for incoming CALLs
-        self.connected_evt = {}
-        self.boot_interval = 120    # the charger's own HeartbeatInterval default, so its default timing holds
-        self.password = None        # when set, HTTP Basic auth "<cp>:<password>" is required (401 otherwise)
-        self.refused = 0            # connections refused with 401
+        self._conns = {}        # LoggedSocket -> Conn
+        self._starts = {}       # (cp, uid) -> payload of a StartTransaction not answered yet
+        self._watchers = set()
+
+    @property
+    def port(self):
+        return self.cs.args.port
 
     @property
     def url(self):
         return "ws://127.0.0.1:%d/ocpp" % self.port
 
+    @property
+    def server(self):
+        """None while the Central System is down (stop())."""
+        return self.cs.ws_server
+
+    @property
+    def tag_status(self):
+        return self.cs.settings.any_tag
+
+    @tag_status.setter
+    def tag_status(self, status):
+        self.cs.settings.any_tag = status
+
+    @property
+    def password(self):
+        return self.cs.settings.auth.get("*")
+
+    @password.setter
+    def password(self, pw):
+        """When set, HTTP Basic auth "<cp>:<password>" is required of every charge point (401 otherwise)."""
+        self.cs.settings.auth = {} if pw is None else {"*": central.password_bytes(pw)}
+
+    @property
+    def refused(self):
+        """Connections refused (401)."""
+        return sum(1 for e in self.journal.events if e["event"] == "refused")
+
+    @property
+    def conns(self):
+        return {cp: self._conn(c.sock) for cp, c in self.cs.cps.items()}
+
     async def start(self):
-        self.server = await serve(self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6"],
-                                  ping_interval=None, max_size=None, compression=None,
-                                  process_request=self._check_auth)
-        self.port = self.server.sockets[0].getsockname()[1]
+        await self.cs.start()
+        self.cs.args.port = self.cs.ws_server.sockets[0].getsockname()[1]  # a restart listens on the same port
         return self
 
     async def stop(self):
         """Central System down: the listener closes and every connection drops."""
-        if self.server is None:
-            return
-        self.server.close()
-        for conn in list(self.conns.values()):
-            await conn.ws.close()
-        await self.server.wait_closed()
-        self.server = None
-
-    def evt(self, cp):
-        return self.connected_evt.setdefault(cp, asyncio.Event())
-
-    def _check_auth(self, connection, request):
-        if self.password is None:
-            return None
-        cp = request.path.rstrip("/").rsplit("/", 1)[-1]
-        want = "Basic " + base64.b64encode(("%s:%s" % (cp, self.password)).encode()).decode()
-        if request.headers.get("Authorization") == want:
-            return None
-        self.refused += 1
-        return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+        if self.cs.ws_server is not None:
+            await self.cs.close()
 
     async def wait_connected(self, cp, timeout=60):
-        await asyncio.wait_for(self.evt(cp).wait(), timeout)
-        return self.conns[cp]
+        deadline = time.monotonic() + timeout
+        while cp not in self.cs.cps:
+            if time.monotonic() > deadline:
+                raise asyncio.TimeoutError()
+            await asyncio.sleep(0.02)
+        return self._conn(self.cs.cps[cp].sock)
 
-    async def _handler(self, ws):
-        cp = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
-        conn = Conn(cp, ws)
-        self.conns[cp] = conn
-        self.evt(cp).set()
-        try:
-            async for text in ws:
-                await self._frame(conn, text)
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            conn.closed.set()
-            for fut in conn.waiting.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError("connection closed"))
-            if self.conns.get(cp) is conn:
-                del self.conns[cp]
-                self.evt(cp).clear()
+    def _conn(self, sock):
+        conn = self._conns.get(sock)
+        if conn is None:
+            conn = self._conns[sock] = Conn(sock.cp_id, sock)
+            task = asyncio.get_running_loop().create_task(self._watch(conn))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+        return conn
 
-    def _log(self, cp, direction, frame, text):
+    async def _watch(self, conn):
+        await conn.ws.wait_closed()
+        conn.closed.set()
+        for fut in conn.waiting.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection closed"))
+
+    def _observe(self, entry, sock):
+        """Every frame tools/csms.py receives or sends (Journal observer)."""
+        frame = entry["msg"] if entry["msg"] is not None else central.parse_frame(entry["raw"])
+        cp = entry["cp"]
+        t = time.monotonic()
         if self.keep_frames:
-            self.frames.append((time.monotonic(), cp, direction, frame, text))
-
-    async def _frame(self, conn, text):
-        try:
-            frame = json.loads(text)
-        except ValueError:
-            frame = None
-        self._log(conn.cp, "in", frame, text)
+            self.frames.append((t, cp, entry["dir"], frame, entry["raw"]))
+        if entry["dir"] == "out":
+            if isinstance(frame, list) and len(frame) > 2 and frame[0] == 3:
+                self._book_start(cp, frame)
+            return
+        conn = self._conn(sock)
         if not isinstance(frame, list) or len(frame) < 3:
             conn.strays.append(frame)
             return
@@ -151,43 +174,25 @@ class Csms:
             action = frame[2]
             self.incoming[action] = self.incoming.get(action, 0) + 1
             if self.on_frame:
-                self.on_frame(time.monotonic(), conn.cp, frame)
-            reply = self._answer(conn.cp, action, frame[3])
-            out = [3, frame[1], reply] if isinstance(reply, dict) else [4, frame[1], reply[0], reply[1], {}]
-            text = json.dumps(out)
-            self._log(conn.cp, "out", out, text)
-            try:
-                await conn.ws.send(text)
-            except websockets.ConnectionClosed:
-                pass
+                self.on_frame(t, cp, frame)
+            self._book(cp, action, frame)
             return
-        fut = conn.waiting.pop(frame[1], None)
+        try:
+            fut = conn.waiting.pop(frame[1], None)
+        except TypeError:  # an unhashable uniqueId
+            fut = None
         if fut is not None and not fut.done():
             fut.set_result(frame)
         else:
             conn.strays.append(frame)
 
-    def _answer(self, cp, action, p):
-        if action == "BootNotification":
-            return {"status": "Accepted", "currentTime": now_iso(), "interval": self.boot_interval}
-        if action == "Heartbeat":
-            return {"currentTime": now_iso()}
-        if action == "Authorize":
-            return {"idTagInfo": {"status": self.tag_status}}
+    def _book(self, cp, action, frame):
+        p = frame[3]
+        if not isinstance(p, dict):
+            return
         if action == "StartTransaction":
-            key = (cp, p.get("connectorId"), p.get("idTag"), p.get("meterStart"), p.get("timestamp"))
-            tid = self.start_ids.get(key)
-            if tid is not None:
-                self.tx[tid]["resends"] += 1
-                return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
-            tid = self.next_tx
-            self.next_tx += 1
-            self.start_ids[key] = tid
-            self.tx[tid] = {"cp": cp, "start": p, "meter": [], "stop": None, "stops": 0, "resends": 0,
-                            "t": time.monotonic()}
-            self.tx_order.append((cp, action, p, tid))
-            return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
-        if action == "StopTransaction":
+            self._starts[(cp, frame[1])] = p   # booked with the id of our answer
+        elif action == "StopTransaction":
             t = self.tx.get(p.get("transactionId"))
             if t is not None and t["stop"] == p:
                 t["resends"] += 1  # the same Stop again: its answer was lost, it is not a second Stop
@@ -197,8 +202,7 @@ class Csms:
                 self.tx_order.append((cp, action, p, p.get("transactionId")))
             else:
                 self.tx_order.append((cp, action, p, p.get("transactionId")))
-            return {"idTagInfo": {"status": "Accepted"}}
-        if action == "MeterValues":
+        elif action == "MeterValues":
             t = self.tx.get(p.get("transactionId"))
             if t is not None and p in t["meter"]:
                 t["resends"] += 1  # identical values again after a lost answer: booked once
@@ -206,12 +210,19 @@ class Csms:
                 if t is not None:
                     t["meter"].append(p)
                 self.tx_order.append((cp, action, p, p.get("transactionId")))
-            return {}
-        if action == "DataTransfer":
-            return {"status": "Accepted"}
-        if action in ("StatusNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
-            return {}
-        return ("NotImplemented", "no handler for %s" % action)
+
+    def _book_start(self, cp, answer):
+        p = self._starts.pop((cp, answer[1]), None)
+        if p is None or not isinstance(answer[2], dict):
+            return
+        tid = answer[2].get("transactionId")
+        if tid in self.tx:
+            self.tx[tid]["resends"] += 1   # tools/csms.py recognised a resend: the same id again
+            return
+        self.tx[tid] = {"cp": cp, "start": p, "meter": [], "stop": None, "stops": 0, "resends": 0,
+                        "t": time.monotonic()}
+        self.next_tx = max(self.next_tx, tid + 1)
+        self.tx_order.append((cp, "StartTransaction", p, tid))
 
     _uids = itertools.count(1)
 
@@ -220,17 +231,17 @@ class Csms:
         return await self.send_wait(cp, json.dumps([2, "b%d" % next(self._uids), action, payload]), timeout)
 
     async def send_wait(self, cp, text, timeout=30, uid=None):
-        conn = self.conns.get(cp)
-        if conn is None:
+        c = self.cs.cps.get(cp)
+        if c is None:
             raise ConnectionError("%s is not connected" % cp)
+        conn = self._conn(c.sock)
         if uid is None:
             uid = json.loads(text)[1]
         fut = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a dropped link fails unawaited ones
         conn.waiting[uid] = fut
         t0 = time.perf_counter()
-        self._log(cp, "out", None, text)
-        await conn.ws.send(text)
+        await c.sock.send(text)
         try:
             frame = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
@@ -239,16 +250,16 @@ class Csms:
         return frame, time.perf_counter() - t0
 
     async def send_raw(self, cp, data):
-        conn = self.conns.get(cp)
-        if conn is None:
+        c = self.cs.cps.get(cp)
+        if c is None:
             raise ConnectionError("%s is not connected" % cp)
-        self._log(cp, "out", None, data if isinstance(data, str) else "<%d bytes>" % len(data))
-        await conn.ws.send(data)
+        await c.sock.send(data)
 
     async def drop(self, cp):
-        conn = self.conns.get(cp)
-        if conn is not None:
-            await conn.ws.close()
+        c = self.cs.cps.get(cp)
+        if c is not None:
+            conn = self._conn(c.sock)
+            await c.sock.ws.close()
             await conn.closed.wait()
 
     def calls_in(self, cp=None, action=None, since_t=0.0):
