@@ -83,7 +83,7 @@ def parse_frame(text):
     """The JSON value of a frame, or None when it is not JSON."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return None
 
 
