@@ -72,6 +72,7 @@ class Csms:
         self.cs = central.CentralSystem(args, self.journal)
         self.cs.settings = _Settings(args)
         self.frames = []        # (monotonic t, cp, "in"|"out", parsed frame or None, raw text)
+        # False: of the frames only the charger's own CALLs are kept (what the steps wait on), not a flood of ours
         self.keep_frames = True
         self.tx = {}
         self.tx_order = []      # (cp, action, payload, transactionId) of every transaction message, as received
@@ -160,7 +161,7 @@ class Csms:
         frame = entry["msg"] if entry["msg"] is not None else central.parse_frame(entry["raw"])
         cp = entry["cp"]
         t = time.monotonic()
-        if self.keep_frames:
+        if self.keep_frames or (entry["dir"] == "in" and isinstance(frame, list) and frame[:1] == [2]):
             self.frames.append((t, cp, entry["dir"], frame, entry["raw"]))
         if entry["dir"] == "out":
             if isinstance(frame, list) and len(frame) > 2 and frame[0] == 3:
