@@ -10,6 +10,7 @@ Every process a factory starts is stopped at teardown, also when the test fails;
 the last lines of each process's output.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,40 +96,40 @@ def pki(tmp_path_factory):
     return make_pki(str(tmp_path_factory.mktemp("pki")))
 
 
-@pytest.fixture
-def csms_factory(request):
-    """csms_factory(**CsmsProc kwargs) -> a started CsmsProc; all are stopped at teardown."""
+@contextlib.contextmanager
+def process_pool(request):
+    """start(proc): proc started, its output tail in a failing test's report; every one stopped at the end
+    (closed, where it has temporary files). start.procs lists them."""
     procs = []
 
-    def make(**kwargs):
-        proc = CsmsProc(**kwargs)
+    def start(proc):
         procs.append(proc)
         _register(request, proc)
         return proc.start()
 
+    start.procs = procs
     try:
-        yield make
+        yield start
     finally:
         _stop_all(procs)
+
+
+@pytest.fixture
+def csms_factory(request):
+    """csms_factory(**CsmsProc kwargs) -> a started CsmsProc; all are stopped at teardown."""
+    with process_pool(request) as start:
+        yield lambda **kwargs: start(CsmsProc(**kwargs))
 
 
 @pytest.fixture
 def sim_factory(request, tmp_path):
     """sim_factory(csms_url, **SimProc kwargs) -> a started SimProc (state dir under tmp_path by default)."""
-    procs = []
-
-    def make(csms_url, **kwargs):
-        cp_id = kwargs.get("cp_id", "CP1")
-        kwargs.setdefault("state_dir", str(tmp_path / ("state-%s-%d" % (cp_id, len(procs)))))
-        proc = SimProc(csms_url, **kwargs)
-        procs.append(proc)
-        _register(request, proc)
-        return proc.start()
-
-    try:
+    with process_pool(request) as start:
+        def make(csms_url, **kwargs):
+            cp_id = kwargs.get("cp_id", "CP1")
+            kwargs.setdefault("state_dir", str(tmp_path / ("state-%s-%d" % (cp_id, len(start.procs)))))
+            return start(SimProc(csms_url, **kwargs))
         yield make
-    finally:
-        _stop_all(procs)
 
 
 @pytest.fixture
@@ -137,18 +138,8 @@ def mosquitto_factory(request, pki):
     all are stopped at teardown. Needs Debian's mosquitto (Makefile APT_PACKAGES)."""
     if not MOSQUITTO:
         pytest.fail("mosquitto is not installed: `make deps` installs it (apt-get install mosquitto)")
-    procs = []
-
-    def make(**kwargs):
-        proc = MosquittoProc(pki, **kwargs)
-        procs.append(proc)
-        _register(request, proc)
-        return proc.start()
-
-    try:
-        yield make
-    finally:
-        _stop_all(procs)
+    with process_pool(request) as start:
+        yield lambda **kwargs: start(MosquittoProc(pki, **kwargs))
 
 
 def _stop_all(procs):

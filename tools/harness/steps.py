@@ -20,12 +20,14 @@ def step(gen_fn):
 
 
 def _run(gen):
-    value = None
-    while True:
-        try:
-            value = gen.send(value)
-        except StopIteration as done:
-            return done.value
+    # Blocking drivers give values, never awaitables: the coroutine ends without ever suspending.
+    coro = _run_async(gen)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a step run with blocking drivers was given an awaitable")
 
 
 async def _run_async(gen):
