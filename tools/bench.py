@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import mqttbench  # noqa: E402  (tools/mqttbench.py)
 from harness import BUILD_UNIX, PY, ROOT, TOOLS  # noqa: E402
 from harness.csms import CallTimeout, Csms  # noqa: E402
 from harness.sim import PROBE_RE, AsyncSim, probe_env  # noqa: E402
-from harness.proc import measure, run_cancellable  # noqa: E402
+from harness.proc import ChildProcess, measure, run_cancellable  # noqa: E402
 from harness.steps import boot_charger, change_config, local_list, profile, start_charging  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -142,24 +141,19 @@ def latency_calls():
     ]
 
 
-async def start_refcp(url):
-    proc = await asyncio.create_subprocess_exec(PY, os.path.join(TOOLS, "refcp.py"), "--url", url, "--id", REF,
-                                                cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if b"REFCP READY" not in line:
-        raise RuntimeError("refcp did not start: %r" % line)
-    return proc
+class RefCp(ChildProcess):
+    """tools/refcp.py, the `ocpp`-package reference charge point, as a child process."""
 
+    name = "refcp"
+    ready_pattern = r"REFCP READY"
 
-async def stop_proc(proc):
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+    async def start(self, url):
+        since = self._launch([PY, os.path.join(TOOLS, "refcp.py"), "--url", url, "--id", REF])
+        await self.await_line(self.ready_pattern, 30, since)
+        return self
+
+    async def stop(self):
+        await asyncio.to_thread(self._terminate, 10)
 
 
 async def time_calls(csms, cp, make, count, start=0):
@@ -189,13 +183,13 @@ async def latency(count=1000, batch=100):
     csms = await Csms().start()
     csms.keep_frames = False
     sim = AsyncSim(csms.url)
-    ref = None
+    ref = RefCp()
     try:
         await sim.start()
         csms.keep_frames = True
         await boot_charger(csms, sim)
         csms.keep_frames = False
-        ref = await start_refcp(csms.url)
+        await ref.start(csms.url)
         await csms.wait_connected(REF)
         res = {}
         mcu_pid = await sim.mcu_pid()
@@ -219,15 +213,14 @@ async def latency(count=1000, batch=100):
             row["ratio_p99"] = row["mpy"]["p99_ms"] / row["ref"]["p99_ms"]
             res[label] = row
         mpy_rss, mpy_hwm = rss_kb(mcu_pid)
-        ref_rss, ref_hwm = rss_kb(ref.pid)
+        ref_rss, ref_hwm = rss_kb(ref.proc.pid)
         res["_rss"] = {"mpy_kb": mpy_rss, "mpy_peak_kb": mpy_hwm, "ref_kb": ref_rss, "ref_peak_kb": ref_hwm,
                        "ratio": mpy_rss / ref_rss if mpy_rss and ref_rss else None}
         if sim.crashes():
             res["_crashes"] = sim.crash_summary()
         return res
     finally:
-        if ref is not None:
-            await stop_proc(ref)
+        await ref.stop()
         await sim.close()
         await csms.stop()
 
