@@ -24,6 +24,7 @@ Control requests (one JSON object per line, one reply line each):
         silent: the next N CALLs of ACTION get no answer at all (-1: all of them, 0: answer again).
     {"cmd":"disconnect","cp":ID}
 CALLERRORs we send use the OCPP 1.6 spellings (FormationViolation, OccurenceConstraintViolation).
+--auth "*:PASSWORD" (or "auth":{"*":PW}) is the password of every id not named.
 Passwords (--auth, "set") are text, "hex:<hex>" for raw bytes, and 32-40 hex digits are taken as the raw bytes
 they encode (the OCPP AuthorizationKey rule, so CP and CSMS can be given the same string).
 """
