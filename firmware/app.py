@@ -261,6 +261,9 @@ class App:
         wd.watch("connector", lambda: self.connector.beats, 2000)
         wd.watch("inputs", lambda: self._input_beats, 2000)
         wd.watch("meter", lambda: self._meter_beats, 10000)  # a dead bus costs its read timeouts per poll
+        if self.cfg.get("WebEnabled") or self.cfg.get("MqttUrl"):
+            from firmware import chargepoint  # the front ends and their charger model: only when configured
+            chargepoint.start(self)
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
                    self.connector.report_status, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))

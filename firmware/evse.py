@@ -74,6 +74,7 @@ class Evse:
         self.beats = 0  # turns of run(): the firmware watchdog's proof that this task makes progress
         self.cable_a = None
         self.local_da = None  # load-management input of the board, 0.1 A, None = none
+        self.ext_da = None  # the charger model's limit (a front end's, load management over MQTT), 0.1 A
         # Requests from the OCPP layer.
         self.allow = False  # an authorised transaction (or free vend) wants energy
         self.limit_da = None  # smart-charging limit in 0.1 A, None = none
@@ -223,6 +224,8 @@ class Evse:
             da = self.limit_da
         if self.local_da is not None and self.local_da < da:
             da = self.local_da
+        if self.ext_da is not None and self.ext_da < da:
+            da = self.ext_da
         return da if da >= 60 else 0
 
     # ---- slow path ----

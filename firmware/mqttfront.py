@@ -9,7 +9,7 @@
 # queued for the supervisor to publish.
 #
 # The charger is reached only through ModelPort (below): the snapshot, the commands and the change notification of
-# firmware/chargepoint.py (issue 10), whose names may still move; they are spelled in that one class.
+# the charger model (firmware/chargepoint.py), whose names are spelled in that one class.
 import asyncio
 import json
 import time
@@ -36,8 +36,8 @@ _DISC_FILE = "mqttdisc.json"   # which discovery documents are on the broker (to
 # ---- the edge: the charger model ---------------------------------------------------------------------------------
 
 class ModelPort:
-    """The charger model as this front end uses it: the one class to change when firmware/chargepoint.py's names
-    differ from the provisional interface (docs: issues/13-model-interface.md). Commands return (ok, reason)."""
+    """The charger model (firmware/chargepoint.py) as this front end uses it: the one class to change when the
+    model's names change. Commands return (ok, reason)."""
 
     def __init__(self, model):
         self.m = model

@@ -48,9 +48,8 @@ Request.max_readline = 2048
 
 
 class Model:
-    """The charger model as the page uses it: the one place that knows its names (the provisional interface of
-    issue 13; the real one is firmware/chargepoint.py). Commands return (ok, reason) and never raise for bad
-    input."""
+    """The charger model (firmware/chargepoint.py) as the page uses it: the one place that knows its names.
+    Commands return (ok, reason) and never raise for bad input."""
 
     def __init__(self, model):
         self.m = model

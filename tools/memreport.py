@@ -16,7 +16,8 @@ the ESP32: that is the code's cost on a board that loads .mpy files from its fil
 
     .venv/bin/python tools/memreport.py --wasm32
 
-Modules the firmware imports only when a feature is configured (OPTIONAL, e.g. the MQTT client) are measured after
+Modules the firmware imports only when a feature is configured (OPTIONAL: the charger model the front ends sit on,
+the MQTT client...) are measured after
 the boot figure, with the objects they keep, so "after boot" stays what a board without the feature pays. Packages
 installed from PyPI and compiled into the build (tools/build.py INSTALLED: microdot, the web page's server) are
 measured with the lazy modules, first, each alone (their qstrs then stay interned for the modules after them).
@@ -41,7 +42,7 @@ SKIP = ("hal.esp32",)
 # The WebAssembly port has no sockets, threads or terminals: the virtual board's modules stay out there too.
 SKIP_WASM = ("hal.unix", "hal.unix_uart")
 # Imported only when a feature is enabled: measured after the boot figure, not in it, with the objects it keeps.
-OPTIONAL = ("lib.mqtt", "firmware.mqttfront", "firmware.mqttha")
+OPTIONAL = ("firmware.chargepoint", "lib.mqtt", "firmware.mqttfront", "firmware.mqttha")
 # What a board imports at boot: its HAL and the application, with everything they import at module level.
 BOOT_ROOTS = ("firmware.app", "hal.unix")
 NODE_RUNNER = os.path.join(ROOT, "tools", "mpwasm.mjs")
@@ -148,6 +149,14 @@ gc.collect()
 
 for _n in %(optional)r:
     _opt("import " + _n, lambda: __import__(_n))
+
+if "firmware.chargepoint" in sys.modules and _objs:
+    # the charger model as App.model() makes it when a front end is configured
+    from firmware.chargepoint import ChargePoint
+    _app = _objs[0]
+    _opt("ChargePoint(App's parts)", lambda: ChargePoint(_app.evse, _app.meter, _app.connector, _app.session,
+                                                         _app.cfg, _app.wifi, _app))
+    del _app
 
 class _Broker:
     # A stand-in stream: a broker that accepted the connection (CONNACK) and then says nothing.

@@ -1,6 +1,6 @@
 # Runs under the MicroPython unix port: the MQTT front end (firmware/mqttfront.py) with a FAKE charger model, for
-# tests/integration/test_mqtt_front.py and tools/mqttbench.py. The real charger model replaces FakeModel once
-# firmware/chargepoint.py exists (issue 10).
+# tests/integration/test_mqtt_front.py and tools/mqttbench.py, where a test sets the charger's state at will. (On
+# the simulated charger the real model, firmware/chargepoint.py, is under it: tools/sim.py --set MqttUrl=...)
 #
 #   micropython tools/mqttfront_mcu.py STATE_DIR CTL_HOST CTL_PORT CTL_USER CTL_PASSWORD [--min-gap MS] [--lag]
 #       [--keepalive S]

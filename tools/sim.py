@@ -3,7 +3,7 @@ MicroPython unix port as its MCU.
 
     .venv/bin/python tools/sim.py --csms URL --id ID --state DIR --control PORT
             [--password PW] [--cafile FILE] [--heap SIZE] [--meter MODEL] [--variant socket|cable]
-            [--romfs | --files | --flash-code] [--wifi-ap SSID:PASSWORD]
+            [--romfs | --files | --flash-code] [--wifi-ap SSID:PASSWORD] [--set NAME=VALUE ...]
     .venv/bin/python tools/sim.py --no-provision --state DIR --control PORT [...]
 
 Writes DIR/provision.json (not with --no-provision: a board fresh from the factory, which starts the first-boot
@@ -20,6 +20,8 @@ with all of the code in the heap. --flash-code boots from DIR itself as a board 
 (slotboot picks DIR/slots/a or b), then DIR/main.py, with the .mpy files `make deploy` (tools/deploy.py) installed
 there, through tools/flashboot.py; nothing is built, and DIR/provision.json is left as deployed unless --csms is
 given (--csms and --id are optional then; --meter and --variant default to the flash's MeterModel and Variant).
+--set NAME=VALUE adds a device setting to provision.json (repeatable): the web page (WebEnabled=true, WebPort,
+WebBind, WebPassword) and MQTT (MqttUrl, MqttUser, MqttPassword, ...) are switched on this way (README).
 MCU output is echoed as "[mcu] ...". Exit code 3 is a
 reboot request (restart at once); any other exit restarts it after 1 s, as a watchdog would. Prints
 "SIM READY control=127.0.0.1:PORT" once the control socket accepts; SIGTERM/SIGINT stop everything, exit 0.
@@ -285,6 +287,9 @@ def write_provision(args):
         prov["CentralSystemCa"] = Path(args.cafile).read_text()
     prov["MeterModel"] = args.meter
     prov["Variant"] = args.variant
+    for item in getattr(args, "settings", ()):
+        name, _, value = item.partition("=")
+        prov[name] = value  # text: the firmware parses it as it parses every provision.json value
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
     tmp = state / "provision.json.tmp"
@@ -823,7 +828,15 @@ def parse_args(argv=None):
                    help="write no provision.json: the firmware starts its first-boot setup on the console")
     p.add_argument("--wifi-ap", metavar="SSID:PASSWORD",
                    help="the one WiFi access point in range of the board's simulated radio (default: any joins)")
+    p.add_argument("--set", dest="settings", metavar="NAME=VALUE", action="append", default=[],
+                   help="a further device setting in provision.json (firmware/config_keys.py, e.g. WebEnabled=true, "
+                   "MqttUrl=mqtt://127.0.0.1:1883); repeatable; the firmware checks it as it checks the file")
     args = p.parse_args(argv)
+    for item in args.settings:
+        if "=" not in item or not item.partition("=")[0]:
+            p.error("--set takes NAME=VALUE, got %r" % item)
+    if args.settings and (not args.provision or args.csms is None):
+        p.error("--set adds to the provision.json the sim writes: it needs --csms (and not --no-provision)")
     if args.flash_code:
         args.romfs = False
         args.state = os.path.abspath(args.state)  # the MCU runs in it

@@ -4,7 +4,7 @@ README's screenshot.
     .venv/bin/python tools/webbench.py [--loads N] [--screenshot docs/web.png] [--json]
 
 The page runs in the MicroPython unix port from the .mpy build, as flashed (tools/webfake.py: firmware/web.py
-over a fake charger model until the real one is wired), and Debian's chromium, headless through selenium and
+over a fake charger model, which the screenshot puts in a charging state), and Debian's chromium, headless through selenium and
 Debian's chromedriver (no browser download), loads it. measure() returns the figures as a dict for `make bench`.
 
 Heap: tools/memreport.py --wasm32 measures modules the firmware loads lazily on top of the boot state (heap32()).

@@ -1,7 +1,8 @@
 # Runs under the MicroPython unix port: the web page (firmware/web.py, from the .mpy build with microdot and the
 # gzipped static files, as flashed) over a FAKE charger model (tests/mpy/fake_model.py), with a JSON-lines
-# control socket for the test or tool on the other side. Until the real charger model (firmware/chargepoint.py)
-# lands this is what the browser tests and tools/webbench.py drive.
+# control socket for the test or tool on the other side: the browser tests that need the charger in a given state,
+# and tools/webbench.py. (The real charger model, firmware/chargepoint.py, serves the page on the simulated charger:
+# tools/sim.py --set WebEnabled=true.)
 #
 #   MICROPYPATH=.frozen:build/unix:tests/mpy micropython -X heapsize=110wK tools/webfake.py \
 #       --port P --control C --state DIR [--bind 127.0.0.1]

@@ -13,14 +13,18 @@ package(
     files=(
         "__init__.py",
         "app.py",
+        "chargepoint.py",
         "clock.py",
         "config.py",
         "config_keys.py",
         "evse.py",
         "jsonbuf.py",
         "leds.py",
+        "loadlimit.py",
         "log.py",
         "meter.py",
+        "mqttfront.py",
+        "mqttha.py",
         "pilot.py",
         "provision.py",
         "setupcheck.py",
@@ -48,8 +52,8 @@ package(
     opt=3,
 )
 package("hal", files=("__init__.py", "esp32.py"), base_path=_REPO, opt=3)
-package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "tls.py", "ws.py", "wsframe.py"), base_path=_REPO,
-        opt=3)
+package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "mqtt.py", "tls.py", "ws.py", "wsframe.py"),
+        base_path=_REPO, opt=3)
 # microdot, the web page's HTTP server, is installed from PyPI into the venv (requirements.txt pins it), never
 # copied into this repository: frozen from there, the modules tools/build.py INSTALLED names.
 package(

@@ -1,8 +1,10 @@
 """The MQTT front end (firmware/mqttfront.py) in the MicroPython unix port against a real broker (Debian's mosquitto,
-tests/conftest.py mosquitto_factory), with a FAKE charger model (tools/mqttfront_mcu.py) until the charger model of
-issue 10 lands. A paho-mqtt client checks what Home Assistant would see: the discovery documents (validated as Home
-Assistant reads them, value templates rendered with jinja2 against the published state), the state, the commands
-reaching the model, the last will on a power cut and the reconnection after the broker restarts."""
+tests/conftest.py mosquitto_factory). Most tests run it over a FAKE charger model (tools/mqttfront_mcu.py) that a
+test puts in any state: a paho-mqtt client checks what Home Assistant would see: the discovery documents (validated as
+Home Assistant reads them, value templates rendered with jinja2 against the published state), the state, the commands
+reaching the model, the last will on a power cut and the reconnection after the broker restarts. The last one runs
+it in the firmware on the virtual board (tools/sim.py) over the real model (firmware/chargepoint.py): a charge on
+the board shows on the broker, and the commands reach the pilot and the Central System."""
 import json
 import os
 import signal
@@ -313,3 +315,60 @@ def test_load_limit_from_the_grid_current(mosquitto_factory, mcu_factory, watche
     t0 = time.monotonic()
     mcu.wait_line("^LIMIT 60$", since=since, timeout=15)  # the input went stale: the fallback again
     assert time.monotonic() - t0 > 3
+
+
+# ---- the real charger: the firmware on the virtual board (tools/sim.py), its model under the front end ----------
+
+def test_sim_charger_on_the_broker_charge_limit_and_stop(mosquitto_factory, csms_factory, sim_factory, watchers):
+    from core_helpers import CP as SIM_CP, board_until, start_charging
+    base = "evse/" + SIM_CP
+    broker = mosquitto_factory()
+    w = watchers(broker, [base + "/#"])
+    csms = csms_factory()
+    sim = sim_factory(csms.url, settings={"MqttUrl": "mqtt://127.0.0.1:%d" % broker.port, "MqttUser": "evse",
+                                          "MqttPassword": broker.users["evse"], "MqttDiscovery": "false"})
+    w.wait_for(base + "/availability", b"online", timeout=20)
+
+    def state(pred, msg):
+        def find():
+            docs = [json.loads(m.payload) for m in w.messages if m.topic == base + "/state"]
+            return docs[-1] if docs and pred(docs[-1]) else None
+        return wait_until(find, 20, 0.05, msg)
+
+    idle = state(lambda s: s["status"] == "Available" and s["cs_registered"], "Available, registered")
+    assert idle["plugged"] is False and idle["session"] is False and idle["energy_wh"] > 0
+    # a plug and a charge on the board show on the broker
+    start_charging(csms, sim)
+    charging = state(lambda s: s["status"] == "Charging" and s["power_w"] > 0, "Charging with power")
+    assert charging["plugged"] is True and charging["pilot"] == "C" and charging["session"] is True
+    assert board_until(sim, lambda s: s["duty"] == 53.3)["offered_a"] == 32.0  # the 32 A cable's offer
+
+    def cmd(name, payload):
+        n = len(w.messages)
+        w.publish(base + "/cmd/" + name, payload)
+        return json.loads(w.wait_for(base + "/result", since=n, timeout=15).payload)
+
+    # the limit reaches the pilot's duty on the board; a bad one is refused and changes nothing
+    assert cmd("limit", b"3") == {"cmd": "limit", "ok": False, "reason": "3 A: the limit must be 0 (pause) or 6-32 A"}
+    assert cmd("limit", b"10") == {"cmd": "limit", "ok": True}
+    board_until(sim, lambda s: s["duty"] == 16.7 and s["offered_a"] == 10.0, msg="10 A on the pilot")
+    state(lambda s: s["limit_a"] == 10 and s["offered_a"] == 10.0, "the limit in the state")
+    assert sim.status()["contactor"]
+    # stop: the transaction ends at the Central System
+    mark = len(csms.messages())
+    assert cmd("stop", b"{}") == {"cmd": "stop", "ok": True}
+    stop = csms.wait_for("StopTransaction", cp=SIM_CP, since=mark)
+    assert stop["reason"] == "Local"
+    board_until(sim, lambda s: not s["contactor"], msg="contactor open")
+    state(lambda s: s["session"] is False and s["status"] == "Finishing", "Finishing without a session")
+    assert cmd("stop", b"{}")["reason"] == "no session to stop"
+    # start again from the broker, the car still plugged in: the tag is authorised by the Central System
+    mark = len(csms.messages())
+    assert cmd("start", b'{"id_tag": "NOT-KNOWN"}') == {"cmd": "start", "ok": True}
+    assert csms.wait_for("Authorize", cp=SIM_CP, since=mark)["idTag"] == "NOT-KNOWN"
+    sim.wait_line("tag NOT-KNOWN not authorised")
+    assert cmd("start", b'{"id_tag": "TAG1"}') == {"cmd": "start", "ok": True}
+    assert csms.wait_for("StartTransaction", cp=SIM_CP, since=mark)["idTag"] == "TAG1"
+    assert len(csms.calls("StartTransaction", cp=SIM_CP, since=mark)) == 1  # the unknown tag started nothing
+    state(lambda s: s["status"] == "Charging" and s["session"] is True, "Charging again")
+    assert cmd("start", b'{"id_tag": "TAG1"}')["reason"] == "a session is running already"

@@ -1,7 +1,9 @@
-"""The web page (firmware/web.py) served by the MicroPython unix port from the .mpy build, as flashed, over a FAKE
-charger model (tools/webfake.py with tests/mpy/fake_model.py; the real model replaces it when issue 10 lands),
-driven by a real browser: Debian's chromium, headless, through selenium and Debian's chromedriver. The HTTP-level
-refusals are checked with urllib, where a test can send what a browser never would."""
+"""The web page (firmware/web.py) driven by a real browser: Debian's chromium, headless, through selenium and
+Debian's chromedriver. Most tests serve it from the MicroPython unix port over a FAKE charger model
+(tools/webfake.py with tests/mpy/fake_model.py), which a test can put in any state; the last one serves it from the
+firmware on the virtual board (tools/sim.py), over the real charger model (firmware/chargepoint.py), with the
+Central System, the car and the pilot real. The HTTP-level refusals are checked with urllib, where a test can send
+what a browser never would."""
 import http.cookiejar
 import json
 import os
@@ -215,3 +217,56 @@ def test_static_files_are_served_gzip_compressed_from_the_build(fake):
             body = r.read()
         with open(os.path.join(webbench.ROOT, "www", src), "rb") as f:
             assert gzip.decompress(body) == f.read()
+
+
+# ---- the real charger: the firmware on the virtual board serves the page over its model ------------------------
+
+def test_sim_charger_page_live_status_limit_and_stop(csms_factory, sim_factory, browser):
+    from conftest import free_port
+    from core_helpers import CP, board_until
+    driver = browser
+    port = free_port()
+    csms = csms_factory()
+    sim = sim_factory(csms.url, settings={"WebEnabled": "true", "WebPort": port, "WebBind": "127.0.0.1",
+                                          "WebPassword": PW})
+    sim.wait_line(r"web: page on http://127\.0\.0\.1:%d/" % port)
+    url = "http://127.0.0.1:%d/" % port
+    # a password set at provisioning: the page asks for it, and only it
+    driver.get(url)
+    webbench.wait(lambda: by_id(driver, "auth").is_displayed(), what="the login form")
+    assert by_id(driver, "authtitle").text == "Log in"
+    by_id(driver, "pw").send_keys(PW)
+    by_id(driver, "authbtn").click()
+    webbench.wait(lambda: by_id(driver, "app").is_displayed(), what="the page after logging in")
+    webbench.wait(shows(driver, "status", "Available"), what="the first status")
+    webbench.wait(shows(driver, "link", "online, registered"), what="the Central System link")
+    assert by_id(driver, "pilot").text == "A / not plugged" and by_id(driver, "session").text == "none"
+    # the car plugs in: the page follows without a reload
+    sim.cmd({"cmd": "plug", "cable_a": 32})
+    sim.cmd({"cmd": "ev", "state": "B", "max_a": 16})
+    webbench.wait(shows(driver, "status", "Preparing"), what="Preparing on the page")
+    webbench.wait(shows(driver, "pilot", "B / plugged in"))
+    sim.cmd({"cmd": "tag", "id": "TAG1"})
+    csms.wait_for("StartTransaction", cp=CP)
+    sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
+    webbench.wait(shows(driver, "status", "Charging"), what="Charging on the page")
+    webbench.wait(shows(driver, "power", "11.04 kW"), what="the power the EV draws")
+    webbench.wait(lambda: by_id(driver, "session").text.startswith("TAG1: "), what="the session")
+    # the current limit from the page reaches the pilot's duty; a bad one is refused and shown
+    by_id(driver, "amps").send_keys("3")
+    by_id(driver, "setlimit").click()
+    webbench.wait(shows(driver, "msg", "limit must be 0 (pause), 6-32 A, or none"), what="the refusal shown")
+    assert board_until(sim, lambda s: s["contactor"])["duty"] == 53.3
+    by_id(driver, "amps").clear()
+    by_id(driver, "amps").send_keys("10")
+    by_id(driver, "setlimit").click()
+    board_until(sim, lambda s: s["duty"] == 16.7, msg="10 A on the pilot")
+    webbench.wait(shows(driver, "limit", "10.0 A"), what="the limit on the page")
+    webbench.wait(shows(driver, "power", "6.90 kW"), what="the EV following the lower offer")
+    # stop from the page: the transaction ends at the Central System, the page shows it
+    mark = len(csms.messages())
+    by_id(driver, "stop").click()
+    assert csms.wait_for("StopTransaction", cp=CP, since=mark)["reason"] == "Local"
+    board_until(sim, lambda s: not s["contactor"], msg="contactor open")
+    webbench.wait(shows(driver, "status", "Finishing"), what="Finishing on the page")
+    webbench.wait(lambda: by_id(driver, "session").text == "none")

@@ -1,7 +1,8 @@
-# A stand-in for the charger model (firmware/chargepoint.py, issue 10) as the front ends see it: the provisional
-# interface of issue 13 (snapshot(), version, changed(), commands answering (ok, reason)). It records every
-# command, and change() edits the snapshot and wakes whoever waits in changed(). The web tests use it until the
-# real model lands; tests/integration/test_web_browser.py drives it through a small control socket.
+# A stand-in for the charger model (firmware/chargepoint.py) as the front ends see it (snapshot(), version,
+# changed(), commands answering (ok, reason)). It records every command, and change() edits the snapshot and wakes
+# whoever waits in changed(), so a test can put the page in any state; tests/integration/test_web_browser.py drives
+# it through a small control socket. tests/mpy/test_chargepoint.py checks that the real model's snapshot has the
+# fields of _snapshot().
 import asyncio
 
 

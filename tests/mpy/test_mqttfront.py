@@ -20,7 +20,7 @@ IDLE = {"status": "Available", "error_code": "NoError", "error_info": None, "pil
 
 
 class Model:
-    """The charger model of issues/13-model-interface.md, as a stand-in: commands change the snapshot."""
+    """The charger model's interface (firmware/chargepoint.py), as a stand-in: commands change the snapshot."""
 
     def __init__(self, **changes):
         self.s = dict(IDLE)

@@ -40,7 +40,7 @@ class _SimBase(ChildProcess):
     ready_pattern = r"SIM READY control=127\.0\.0\.1:(\d+)"
 
     def __init__(self, csms_url, cp_id="CP1", state_dir=None, password=None, cafile=None, meter="SDM630",
-                 variant="socket", heap="110wK", env=None, romfs=None):
+                 variant="socket", heap="110wK", env=None, romfs=None, settings=None):
         super().__init__()
         self.csms_url = csms_url
         self.cp_id = cp_id
@@ -53,6 +53,7 @@ class _SimBase(ChildProcess):
         self.heap = heap
         self.env = env
         self.romfs = romfs      # True: --romfs, False: --files, None: the sim's default
+        self.settings = dict(settings or {})  # further device settings: --set NAME=VALUE
         self.control_port = None
         self.name = "sim %s" % cp_id
 
@@ -66,6 +67,8 @@ class _SimBase(ChildProcess):
             argv += ["--password", self.password]
         if self.cafile:
             argv += ["--cafile", self.cafile]
+        for name, value in self.settings.items():
+            argv += ["--set", "%s=%s" % (name, value)]
         return argv
 
     def _prepare(self):
