@@ -50,7 +50,8 @@ class App:
         self.session = Session(cfg, self._boot_fields())
         self.txq = TxQueue(self.session, cfg, state)
         self.auth = Auth(cfg, state)
-        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state)
+        self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state,
+                                   board.ticks_ms)
         # FirmwareManagement (firmware/ocpp/fwmgmt.py): the engines while they run, else None
         self.updater = self.diag = None
         # Optional profiles load on first use (or at boot when flash holds their data): their code is a large
@@ -117,7 +118,7 @@ class App:
         """(transactionId or None, start epoch or None, volts): what SmartCharging needs of the transaction."""
         conn = self.connector
         tx = conn.tx
-        return conn.transaction_id(), tx and tx["t0"], self.meter.voltage_v[0]
+        return conn.transaction_id(), tx and tx.t0, self.meter.voltage_v[0]
 
     def _boot_fields(self):
         from firmware.ota import boot
@@ -128,13 +129,13 @@ class App:
 
     def _on_accepted(self):
         # After a boot the Central System must see every connector's status; after a mere reconnect only a
-        # status that changed while offline (OCPP 1.6 §4.9), which report_status notices by itself.
+        # status that changed while offline (OCPP 1.6 §4.9), which the status reporter notices by itself.
         if not self._booted:
             self._booted = True
             self.kick_status0()
-            self.connector.resend_status()
+            self.connector.reporter.resend()
         else:
-            self.connector.kick_status()
+            self.connector.reporter.kick()
         self.txq.kick()
         for engine in (self.updater, self.diag):  # a trial is confirmed, owed statuses go
             if engine is not None:
@@ -243,9 +244,10 @@ class App:
                 asyncio.create_task(self._console(line))
             if self.scheduled_operative is not None and conn.tx is None:
                 self._apply_availability(self.scheduled_operative)
-            if conn.status != self._led_status:
-                self._led_status = conn.status
-                leds.show(board, conn.status)
+            status = conn.reporter.status
+            if status != self._led_status:
+                self._led_status = status
+                leds.show(board, status)
             self._input_beats += 1
             await asyncio.sleep_ms(100)
 
@@ -276,8 +278,7 @@ class App:
         # space; frequent small collections keep new objects low and the free space in one piece.
         gc.threshold(_GC_EVERY)
         log.info(_TAG, "firmware %s starting, heap %d used, %d free" % (VERSION, gc.mem_alloc(), gc.mem_free()))
-        await self.meter.poll()
-        self.connector.recover(self.board.reset_cause())
+        await self.connector.recover(self.board.reset_cause())  # takes the meter's first reading too
         # The tasks that loop on a short period are watched; the session and the queue wait on the network for
         # as long as its timeouts say, so their progress proves nothing about a hang.
         wd = self.watchdog
@@ -291,7 +292,7 @@ class App:
         if self._ota_owed:  # an update in progress, a trial to confirm or a status owed (docs/ota.md)
             self.load_fwmgmt().start_updater(self)
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
-                   self.connector.report_status, self._poll_inputs, wd.run):
+                   self.connector.reporter.report, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))
         while True:
             await asyncio.sleep(60)

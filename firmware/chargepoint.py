@@ -77,7 +77,7 @@ class ChargePoint:
     def _differs(self, i, value):
         seen = self._seen
         old = seen[i]
-        if value is old or value == old:  # identity first: the running transaction is the same dict
+        if value is old or value == old:  # identity first: the running transaction is the same record
             return 0
         seen[i] = value
         return 1
@@ -101,7 +101,7 @@ class ChargePoint:
         self._apply()
         w = self.wifi
         # self._differs(...) each time: a bound method kept in a local would be allocated at every poll
-        n = (self._differs(0, c.status) + self._differs(1, e.state) + self._differs(2, e.plugged)
+        n = (self._differs(0, c.reporter.status) + self._differs(1, e.state) + self._differs(2, e.plugged)
              + self._differs(3, e.offer_da) + self._differs(4, e.pwm) + self._differs(5, e.contactor)
              + self._differs(6, e.fault_code) + self._differs(7, e.operative) + self._differs(8, c.tx)
              + self._differs(9, c.pending_tag) + self._differs(10, s.online) + self._differs(11, s.registered)
@@ -117,7 +117,7 @@ class ChargePoint:
         s = self.session
         w = self.wifi
         fault = e.fault
-        return {"status": self.conn.status or self.conn.compute_status(), "error_code": fault or "NoError",
+        return {"status": self.conn.reporter.status or self.conn.reporter.compute(), "error_code": fault or "NoError",
                 "error_info": e.fault_info if fault else None, "pilot": pilot.NAMES[e.state],
                 "plugged": e.plugged, "offered_a": e.offer_da / 10 if 0 < e.pwm < 1000 else 0.0,
                 "current_a": list(m.current_a), "power_w": m.power_w, "energy_wh": m.energy_wh,
@@ -133,8 +133,8 @@ class ChargePoint:
         tx = self.conn.tx
         if tx is None:
             return None
-        t0 = tx["t0"]
-        return {"id_tag": tx["tag"], "start": clock.iso(t0), "energy_wh": max(0, self.meter.energy_wh - tx["wh0"]),
+        t0 = tx.t0
+        return {"id_tag": tx.tag, "start": clock.iso(t0), "energy_wh": max(0, self.meter.energy_wh - tx.wh0),
                 "duration_s": max(0, clock.now() - t0), "transaction_id": self.conn.transaction_id()}
 
     def _answer_age(self):

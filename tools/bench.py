@@ -3,26 +3,23 @@ safety reaction, boot time and flash wear. Prints one table and writes it as JSO
 
     .venv/bin/python tools/bench.py [--quick] [--only NAME,...] [--calls N] [--events N] [--wear-s S] [--no-save]
 
-Everything runs on loopback: a small websockets Central System lives in this process (Csms, reused by
-tools/torture.py), the firmware runs in tools/sim.py's virtual board and tools/refcp.py is the reference.
+Everything runs on loopback through the harness (tools/harness/): its Central System lives in this process
+(harness.csms.Csms), the firmware runs in tools/sim.py's virtual board (harness.sim.AsyncSim) and tools/refcp.py
+is the reference.
 
 In-process figures (peak live heap, loop lag, bytes written to flash) come from a probe: tools/sim.py starts
-SIM_MCU_SCRIPT instead of main.py, and this script (written to a temporary directory) puts the compiled build
-first on sys.path, starts one extra asyncio task next to the firmware's and then runs main.py unchanged. The probe
-prints "BENCHPROBE ..." lines that the sim echoes. The firmware's code is the .mpy build, as flashed.
+SIM_MCU_SCRIPT (tools/harness/probe_mcu.py) instead of main.py; it queues one extra asyncio task, which then runs
+next to the firmware's, and runs main.py unchanged. The probe prints "BENCHPROBE ..." lines that the sim echoes.
+The firmware's code is the .mpy build, as flashed.
 """
 import argparse
 import asyncio
-import base64
 import datetime
-import http
-import itertools
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,477 +27,23 @@ import tempfile
 import time
 
 import websockets
-from websockets.asyncio.server import serve
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, "tools")
-sys.path.insert(0, TOOLS)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build  # noqa: E402  (tools/build.py)
 import memreport  # noqa: E402  (tools/memreport.py)
 import mqttbench  # noqa: E402  (tools/mqttbench.py)
+from harness import BUILD_UNIX, PY, ROOT, TOOLS  # noqa: E402
+from harness.csms import CallTimeout, Csms  # noqa: E402
+from harness.sim import PROBE_RE, AsyncSim, probe_env  # noqa: E402
+from harness.proc import ChildProcess, measure, run_cancellable  # noqa: E402
+from harness.steps import boot_charger, change_config, local_list, profile, start_charging  # noqa: E402
 
-PY = os.path.join(ROOT, ".venv", "bin", "python")
-if not os.path.exists(PY):
-    PY = sys.executable
-BUILD_UNIX = os.path.join(ROOT, "build", "unix")
 RESULTS = os.path.join(ROOT, "bench", "results")
 CP = "CP1"
 REF = "REFCP"
 PACKAGES = build.PACKAGES
 # A host-to-ESP32 speed ratio: DESIGN.md §5 puts the unix port at 150-250x an ESP32 at 240 MHz; 200 is its middle.
 ESP32_SLOWDOWN = 200
-
-# ---------------------------------------------------------------------------------------------------------------
-# Central System
-
-
-def now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-class CallTimeout(Exception):
-    pass
-
-
-class Conn:
-    def __init__(self, cp, ws):
-        self.cp = cp
-        self.ws = ws
-        self.waiting = {}       # uid -> future of the answer frame
-        self.strays = []        # answers whose uid we never sent (e.g. "-1" CALLERRORs to malformed frames)
-        self.closed = asyncio.Event()
-
-
-class Csms:
-    """A Central System that answers the charge point's CALLs at once and records every frame.
-
-    Transactions: StartTransaction gets a fresh id; self.tx[id] keeps start, meter values and stop in arrival
-    order, so torture can check "once, in order". tag_status answers Authorize and StartTransaction.
-    A StartTransaction identical to one already booked (same charger, connector, idTag, meterStart and
-    timestamp) is the charger's resend after it lost our answer: it gets the same id back, as a production
-    Central System does, and is counted in tx[id]["resends"]; so are a MeterValues or StopTransaction identical
-    to one already booked."""
-
-    def __init__(self, port=0):
-        self.port = port
-        self.server = None
-        self.conns = {}
-        self.frames = []        # (monotonic t, cp, "in"|"out", parsed frame or None, raw text)
-        self.keep_frames = True
-        self.tag_status = "Accepted"
-        self.tx = {}
-        self.tx_order = []      # (cp, action, payload) of every transaction message, as received
-        self.next_tx = 1
-        self.start_ids = {}     # identity of a booked StartTransaction -> its transactionId
-        self.incoming = {}      # action -> count
-        self.on_frame = None    # callback(t, cp, frame) for incoming CALLs
-        self.connected_evt = {}
-        self.boot_interval = 120    # the charger's own HeartbeatInterval default, so its default timing holds
-        self.password = None        # when set, HTTP Basic auth "<cp>:<password>" is required (401 otherwise)
-        self.refused = 0            # connections refused with 401
-
-    @property
-    def url(self):
-        return "ws://127.0.0.1:%d/ocpp" % self.port
-
-    async def start(self):
-        self.server = await serve(self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6"],
-                                  ping_interval=None, max_size=None, compression=None,
-                                  process_request=self._check_auth)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self):
-        """Central System down: the listener closes and every connection drops."""
-        if self.server is None:
-            return
-        self.server.close()
-        for conn in list(self.conns.values()):
-            await conn.ws.close()
-        await self.server.wait_closed()
-        self.server = None
-
-    def evt(self, cp):
-        return self.connected_evt.setdefault(cp, asyncio.Event())
-
-    def _check_auth(self, connection, request):
-        if self.password is None:
-            return None
-        cp = request.path.rstrip("/").rsplit("/", 1)[-1]
-        want = "Basic " + base64.b64encode(("%s:%s" % (cp, self.password)).encode()).decode()
-        if request.headers.get("Authorization") == want:
-            return None
-        self.refused += 1
-        return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
-
-    async def wait_connected(self, cp, timeout=60):
-        await asyncio.wait_for(self.evt(cp).wait(), timeout)
-        return self.conns[cp]
-
-    async def _handler(self, ws):
-        cp = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
-        conn = Conn(cp, ws)
-        self.conns[cp] = conn
-        self.evt(cp).set()
-        try:
-            async for text in ws:
-                await self._frame(conn, text)
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            conn.closed.set()
-            for fut in conn.waiting.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError("connection closed"))
-            if self.conns.get(cp) is conn:
-                del self.conns[cp]
-                self.evt(cp).clear()
-
-    def _log(self, cp, direction, frame, text):
-        if self.keep_frames:
-            self.frames.append((time.monotonic(), cp, direction, frame, text))
-
-    async def _frame(self, conn, text):
-        try:
-            frame = json.loads(text)
-        except ValueError:
-            frame = None
-        self._log(conn.cp, "in", frame, text)
-        if not isinstance(frame, list) or len(frame) < 3:
-            conn.strays.append(frame)
-            return
-        if frame[0] == 2 and len(frame) == 4:
-            action = frame[2]
-            self.incoming[action] = self.incoming.get(action, 0) + 1
-            if self.on_frame:
-                self.on_frame(time.monotonic(), conn.cp, frame)
-            reply = self.answer(conn.cp, action, frame[3])
-            out = [3, frame[1], reply] if isinstance(reply, dict) else [4, frame[1], reply[0], reply[1], {}]
-            text = json.dumps(out)
-            self._log(conn.cp, "out", out, text)
-            try:
-                await conn.ws.send(text)
-            except websockets.ConnectionClosed:
-                pass
-            return
-        fut = conn.waiting.pop(frame[1], None)
-        if fut is not None and not fut.done():
-            fut.set_result(frame)
-        else:
-            conn.strays.append(frame)
-
-    def answer(self, cp, action, p):
-        if action == "BootNotification":
-            return {"status": "Accepted", "currentTime": now_iso(), "interval": self.boot_interval}
-        if action == "Heartbeat":
-            return {"currentTime": now_iso()}
-        if action == "Authorize":
-            return {"idTagInfo": {"status": self.tag_status}}
-        if action == "StartTransaction":
-            key = (cp, p.get("connectorId"), p.get("idTag"), p.get("meterStart"), p.get("timestamp"))
-            tid = self.start_ids.get(key)
-            if tid is not None:
-                self.tx[tid]["resends"] += 1
-                return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
-            tid = self.next_tx
-            self.next_tx += 1
-            self.start_ids[key] = tid
-            self.tx[tid] = {"cp": cp, "start": p, "meter": [], "stop": None, "stops": 0, "resends": 0}
-            self.tx_order.append((cp, action, p, tid))
-            return {"transactionId": tid, "idTagInfo": {"status": self.tag_status}}
-        if action == "StopTransaction":
-            t = self.tx.get(p.get("transactionId"))
-            if t is not None and t["stop"] == p:
-                t["resends"] += 1  # the same Stop again: its answer was lost, it is not a second Stop
-            elif t is not None:
-                t["stops"] += 1
-                t["stop"] = p
-                self.tx_order.append((cp, action, p, p.get("transactionId")))
-            else:
-                self.tx_order.append((cp, action, p, p.get("transactionId")))
-            return {"idTagInfo": {"status": "Accepted"}}
-        if action == "MeterValues":
-            t = self.tx.get(p.get("transactionId"))
-            if t is not None and p in t["meter"]:
-                t["resends"] += 1  # identical values again after a lost answer: booked once
-            else:
-                if t is not None:
-                    t["meter"].append(p)
-                self.tx_order.append((cp, action, p, p.get("transactionId")))
-            return {}
-        if action == "DataTransfer":
-            return {"status": "Accepted"}
-        if action in ("StatusNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
-            return {}
-        return ("NotImplemented", "no handler for %s" % action)
-
-    _uids = itertools.count(1)
-
-    async def call(self, cp, action, payload, timeout=30):
-        """(answer frame, round trip s). The round trip runs from just before the send to the answer's arrival."""
-        return await self.send_wait(cp, json.dumps([2, "b%d" % next(self._uids), action, payload]), timeout)
-
-    async def send_wait(self, cp, text, timeout=30, uid=None):
-        conn = self.conns.get(cp)
-        if conn is None:
-            raise ConnectionError("%s is not connected" % cp)
-        if uid is None:
-            uid = json.loads(text)[1]
-        fut = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a dropped link fails unawaited ones
-        conn.waiting[uid] = fut
-        t0 = time.perf_counter()
-        self._log(cp, "out", None, text)
-        await conn.ws.send(text)
-        try:
-            frame = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            conn.waiting.pop(uid, None)
-            raise CallTimeout("%s: no answer within %s s" % (text[:80], timeout))
-        return frame, time.perf_counter() - t0
-
-    async def send_raw(self, cp, data):
-        conn = self.conns.get(cp)
-        if conn is None:
-            raise ConnectionError("%s is not connected" % cp)
-        self._log(cp, "out", None, data if isinstance(data, str) else "<%d bytes>" % len(data))
-        await conn.ws.send(data)
-
-    async def drop(self, cp):
-        conn = self.conns.get(cp)
-        if conn is not None:
-            await conn.ws.close()
-            await conn.closed.wait()
-
-    def calls_in(self, cp=None, action=None, since_t=0.0):
-        return [(t, f) for t, c, d, f, _ in self.frames
-                if d == "in" and t >= since_t and (cp is None or c == cp) and isinstance(f, list) and len(f) == 4
-                and f[0] == 2 and (action is None or f[2] == action)]
-
-    async def wait_call(self, cp, action, since_t=0.0, timeout=30, where=None):
-        deadline = time.monotonic() + timeout
-        while True:
-            hits = [(t, f) for t, f in self.calls_in(cp, action, since_t) if where is None or where(f[3])]
-            if hits:
-                return hits[0]
-            if time.monotonic() > deadline:
-                raise TimeoutError("no %s from %s within %s s" % (action, cp, timeout))
-            await asyncio.sleep(0.02)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The virtual board (tools/sim.py) as a child process, driven over its control socket
-
-PROBE = r"""
-import sys
-if "/rom" not in sys.path:  # tools/romboot.py mounted the firmware's ROMFS image there
-    sys.path.insert(0, %(build)r)
-import gc, time, asyncio
-import firmware.app as _app
-from firmware import store as _store
-_orig = _app.App.main
-async def _probe():
-    peak = 0
-    lag = 0
-    n = 0
-    last = time.ticks_ms()
-    while True:
-        if %(gc)d:
-            gc.collect()
-            live = gc.mem_alloc()
-            if live > peak:
-                peak = live
-        else:
-            live = gc.mem_alloc()
-        t0 = time.ticks_us()
-        await asyncio.sleep_ms(%(period)d)
-        d = time.ticks_diff(time.ticks_us(), t0) - %(period)d * 1000
-        if d > lag:
-            lag = d
-        n += 1
-        if time.ticks_diff(time.ticks_ms(), last) >= %(report)d:
-            last = time.ticks_ms()
-            print("BENCHPROBE live=%%d peak=%%d lag_us=%%d written=%%d free=%%d n=%%d" %% (
-                live, peak, lag, _store.bytes_written, gc.mem_free(), n))
-async def _main(self):
-    asyncio.create_task(_probe())
-    await _orig(self)
-_app.App.main = _main
-exec(open(%(main)r).read())
-"""
-
-
-def write_probe(dirpath, gc_each=True, period_ms=2, report_ms=250):
-    path = os.path.join(dirpath, "benchprobe.py")
-    with open(path, "w") as f:
-        f.write(PROBE % {"build": BUILD_UNIX, "gc": 1 if gc_each else 0, "period": period_ms,
-                         "report": report_ms, "main": os.path.join(BUILD_UNIX, "main.py")})
-    return path
-
-
-PROBE_RE = re.compile(r"BENCHPROBE live=(\d+) peak=(\d+) lag_us=(\d+) written=(\d+) free=(\d+) n=(\d+)")
-
-
-class Sim:
-    """tools/sim.py with stdout kept (with arrival times) and an async control connection."""
-
-    def __init__(self, csms_url, cp_id=CP, heap="110wK", state_dir=None, probe=None, romfs=True, password=None):
-        self.csms_url = csms_url
-        self.password = password
-        self.romfs = romfs      # the firmware runs from a ROMFS image (tools/sim.py --romfs), else --files
-        self.cp_id = cp_id
-        self.heap = heap
-        self._tmp = tempfile.mkdtemp(prefix="bench-sim-")
-        self.state_dir = state_dir or os.path.join(self._tmp, "state")
-        self.probe = probe
-        self.proc = None
-        self.lines = []         # (monotonic t, text)
-        self.port = None
-        self._ctl = None
-        self._ctl_lock = None
-
-    async def start(self, timeout=60):
-        os.makedirs(self.state_dir, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if self.probe:
-            env["SIM_MCU_SCRIPT"] = self.probe
-        self.proc = await asyncio.create_subprocess_exec(
-            PY, os.path.join(TOOLS, "sim.py"), "--csms", self.csms_url, "--id", self.cp_id, "--state",
-            self.state_dir, "--control", "0", "--heap", self.heap, "--romfs" if self.romfs else "--files",
-            *(("--password", self.password) if self.password is not None else ()),
-            cwd=ROOT, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, limit=1 << 22)
-        self._reader = asyncio.create_task(self._read())
-        m = await self.wait_line(r"SIM READY control=127\.0\.0\.1:(\d+)", timeout)
-        self.port = int(m.group(1))
-        self._ctl_lock = asyncio.Lock()
-        return self
-
-    async def _read(self):
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                return
-            self.lines.append((time.monotonic(), line.decode(errors="replace").rstrip("\n")))
-
-    async def wait_line(self, regex, timeout=30, since=0):
-        pat = re.compile(regex)
-        deadline = time.monotonic() + timeout
-        while True:
-            for _, line in self.lines[since:]:
-                m = pat.search(line)
-                if m:
-                    return m
-            if self.proc.returncode is not None and self._reader.done():
-                raise RuntimeError("sim exited while waiting for /%s/:\n%s" % (regex, self.tail()))
-            if time.monotonic() > deadline:
-                raise TimeoutError("no /%s/ in sim output within %s s:\n%s" % (regex, timeout, self.tail()))
-            await asyncio.sleep(0.02)
-
-    def tail(self, n=40):
-        return "\n".join(l for _, l in self.lines[-n:])
-
-    async def cmd(self, req, timeout=30):
-        async with self._ctl_lock:
-            if self._ctl is None:
-                self._ctl = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 24)
-            r, w = self._ctl
-            w.write((json.dumps(req) + "\n").encode())
-            await w.drain()
-            line = await asyncio.wait_for(r.readline(), timeout)
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise RuntimeError("sim %r failed: %r" % (req, reply))
-        return reply
-
-    async def status(self):
-        return await self.cmd({"cmd": "status"})
-
-    async def events(self, since=0):
-        return await self.cmd({"cmd": "events", "since": since})
-
-    async def board_clock(self):
-        """(offset s) with board ms / 1000 + offset = this process's time.monotonic()."""
-        best = None
-        for _ in range(5):
-            t0 = time.monotonic()
-            now = (await self.events(1 << 60))["now"]
-            t1 = time.monotonic()
-            if best is None or t1 - t0 < best[0]:
-                best = (t1 - t0, (t0 + t1) / 2 - now / 1000.0)
-        return best[1]
-
-    def probes(self, since_t=0.0):
-        out = []
-        for t, line in self.lines:
-            if t >= since_t:
-                m = PROBE_RE.search(line)
-                if m:
-                    out.append(dict(zip(("live", "peak", "lag_us", "written", "free", "n"),
-                                        map(int, m.groups())), t=t))
-        return out
-
-    async def wait_probe(self, since_t, timeout=10):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            p = self.probes(since_t)
-            if p:
-                return p[-1]
-            await asyncio.sleep(0.05)
-        raise TimeoutError("no probe report:\n" + self.tail())
-
-    def crash_summary(self, fatal_only=False):
-        """Error lines counted by kind (numbers folded, so a flood of one error is one row)."""
-        out = {}
-        for line in (self.fatal() if fatal_only else self.crashes()):
-            key = re.sub(r"\d+", "N", line)
-            out[key] = out.get(key, 0) + 1
-        return out
-
-    def fatal(self):
-        """Crashes proper: a task that died with an exception nobody handled, or the MCU process exiting. A
-        traceback right after the firmware's own error line ("E ...: ... failed") was caught and logged."""
-        out = []
-        prev = ""
-        for _, line in self.lines:
-            if "[sim] MCU exited" in line or "Fatal" in line or "Task exception wasn't retrieved" in line:
-                out.append(line)
-            elif "Traceback" in line and not re.search(r" E \S+: .*failed", prev):
-                out.append(line)
-            if not line.startswith("[mcu]   ") and "Traceback" not in line:
-                prev = line
-        return out
-
-    def crashes(self):
-        """fatal() plus errors the firmware caught itself: a handler or the frame reader failing, MemoryError."""
-        bad = []
-        for _, line in self.lines:
-            if ("Traceback" in line or "MemoryError" in line or "[sim] MCU exited" in line
-                    or "reader failed" in line or "handler failed" in line or "Fatal" in line):
-                bad.append(line)
-        return bad
-
-    async def stop(self):
-        if self._ctl is not None:
-            self._ctl[1].close()
-            self._ctl = None
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except asyncio.TimeoutError:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
-        if self.proc is not None:
-            try:
-                await asyncio.wait_for(self._reader, 5)
-            except asyncio.TimeoutError:
-                pass
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    async def mcu_pid(self):
-        return (await self.status())["mcu_pid"]
 
 
 def rss_kb(pid):
@@ -514,43 +57,6 @@ def rss_kb(pid):
     except OSError:
         return None, None
     return out.get("VmRSS"), out.get("VmHWM")
-
-
-async def boot_charger(csms, sim, timeout=60):
-    """Waits until the charger is booted and has reported connector 1."""
-    await csms.wait_call(sim.cp_id, "StatusNotification", timeout=timeout, where=lambda p: p.get("connectorId") == 1)
-
-
-async def change_config(csms, cp, key, value):
-    frame, _ = await csms.call(cp, "ChangeConfiguration", {"key": key, "value": str(value)})
-    if frame[0] != 3 or frame[2].get("status") not in ("Accepted", "RebootRequired"):
-        raise RuntimeError("ChangeConfiguration %s=%s: %r" % (key, value, frame))
-
-
-async def board_until(sim, pred, timeout=20, what="board state"):
-    deadline = time.monotonic() + timeout
-    while True:
-        s = await sim.status()
-        if pred(s):
-            return s
-        if time.monotonic() > deadline:
-            raise TimeoutError("%s not reached within %s s: %r\n%s" % (what, timeout, s, sim.tail()))
-        await asyncio.sleep(0.05)
-
-
-async def start_charging(csms, sim, tag="TAG1", max_a=16):
-    """Plug, present the tag, EV to C; returns the transactionId once the contactor is closed."""
-    t = time.monotonic()
-    await sim.cmd({"cmd": "plug", "cable_a": 32})
-    await sim.cmd({"cmd": "ev", "state": "B", "max_a": max_a})
-    await sim.cmd({"cmd": "tag", "id": tag})
-    await csms.wait_call(sim.cp_id, "StartTransaction", since_t=t)
-    await sim.cmd({"cmd": "ev", "state": "C", "max_a": max_a})
-    await board_until(sim, lambda s: s["contactor"], what="contactor closed")
-    for tid in sorted(csms.tx, reverse=True):
-        if csms.tx[tid]["cp"] == sim.cp_id:
-            return tid
-    return None
 
 
 def pct(values, q):
@@ -624,20 +130,6 @@ def footprint(march="xtensawin"):
 # ---------------------------------------------------------------------------------------------------------------
 # Latency: the same calls to the firmware and to the reference charge point
 
-def local_list(version, start, n=8, update="Full"):
-    return {"listVersion": version, "updateType": update,
-            "localAuthorizationList": [{"idTag": "BENCH%03d" % i, "idTagInfo": {"status": "Accepted"}}
-                                       for i in range(start, start + n)]}
-
-
-def profile(pid=1, purpose="TxDefaultProfile", periods=3, connector=1):
-    return {"connectorId": connector, "csChargingProfiles": {
-        "chargingProfileId": pid, "stackLevel": 1, "chargingProfilePurpose": purpose,
-        "chargingProfileKind": "Absolute", "chargingSchedule": {
-            "chargingRateUnit": "A", "startSchedule": "2024-01-01T00:00:00Z", "chargingSchedulePeriod": [
-                {"startPeriod": 3600 * i, "limit": 16.0 - 2 * i} for i in range(periods)]}}}
-
-
 def latency_calls():
     """(label, function of the call index -> (action, payload))."""
     return [
@@ -649,24 +141,19 @@ def latency_calls():
     ]
 
 
-async def start_refcp(url):
-    proc = await asyncio.create_subprocess_exec(PY, os.path.join(TOOLS, "refcp.py"), "--url", url, "--id", REF,
-                                                cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if b"REFCP READY" not in line:
-        raise RuntimeError("refcp did not start: %r" % line)
-    return proc
+class RefCp(ChildProcess):
+    """tools/refcp.py, the `ocpp`-package reference charge point, as a child process."""
 
+    name = "refcp"
+    ready_pattern = r"REFCP READY"
 
-async def stop_proc(proc):
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+    async def start(self, url):
+        since = self._launch([PY, os.path.join(TOOLS, "refcp.py"), "--url", url, "--id", REF])
+        await self.await_line(self.ready_pattern, 30, since)
+        return self
+
+    async def stop(self):
+        await asyncio.to_thread(self._terminate, 10)
 
 
 async def time_calls(csms, cp, make, count, start=0):
@@ -695,14 +182,14 @@ async def latency(count=1000, batch=100):
     the machine's speed hits both alike."""
     csms = await Csms().start()
     csms.keep_frames = False
-    sim = Sim(csms.url)
-    ref = None
+    sim = AsyncSim(csms.url)
+    ref = RefCp()
     try:
         await sim.start()
         csms.keep_frames = True
         await boot_charger(csms, sim)
         csms.keep_frames = False
-        ref = await start_refcp(csms.url)
+        await ref.start(csms.url)
         await csms.wait_connected(REF)
         res = {}
         mcu_pid = await sim.mcu_pid()
@@ -726,16 +213,15 @@ async def latency(count=1000, batch=100):
             row["ratio_p99"] = row["mpy"]["p99_ms"] / row["ref"]["p99_ms"]
             res[label] = row
         mpy_rss, mpy_hwm = rss_kb(mcu_pid)
-        ref_rss, ref_hwm = rss_kb(ref.pid)
+        ref_rss, ref_hwm = rss_kb(ref.proc.pid)
         res["_rss"] = {"mpy_kb": mpy_rss, "mpy_peak_kb": mpy_hwm, "ref_kb": ref_rss, "ref_peak_kb": ref_hwm,
                        "ratio": mpy_rss / ref_rss if mpy_rss and ref_rss else None}
         if sim.crashes():
             res["_crashes"] = sim.crash_summary()
         return res
     finally:
-        if ref is not None:
-            await stop_proc(ref)
-        await sim.stop()
+        await ref.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -794,11 +280,11 @@ async def scenario(csms, sim, step_timeout=30, marks=None):
         raise Failed("SetChargingProfile: %r" % (f,))
     mark("profile")
     t = time.monotonic()
-    tid = await start_charging(csms, sim, tag="BENCH003")
+    _, tid = await start_charging(csms, sim, tag="BENCH003")
     await csms.wait_call(CP, "MeterValues", since_t=t, timeout=step_timeout,
                          where=lambda p: p.get("transactionId") == tid and len(csms.tx[tid]["meter"]) >= 2)
-    await sim.cmd({"cmd": "ev", "state": "B"})
-    await sim.cmd({"cmd": "unplug"})
+    await sim.ev("B")
+    await sim.unplug()
     await csms.wait_call(CP, "StopTransaction", since_t=t, timeout=step_timeout,
                          where=lambda p: p.get("transactionId") == tid)
     mark("session")
@@ -811,11 +297,12 @@ async def scenario(csms, sim, step_timeout=30, marks=None):
 
 
 async def run_scenario(heap="110wK", probe=None, step_timeout=30, after=None, state_dir=None, romfs=True):
-    """(passed, why, sim lines, marks, extra) for one scenario run on a fresh charger. after(csms, sim) runs
-    at the end while everything is up; its value is returned as extra. romfs: the firmware runs from a ROMFS
-    image, whose bytes the sim adds to the heap (a board keeps them in flash); else from .mpy files."""
+    """(passed, why, sim lines as (t, line), marks, extra) for one scenario run on a fresh charger. probe: the
+    environment of probe_env(), or None. after(csms, sim) runs at the end while everything is up; its value is
+    returned as extra. romfs: the firmware runs from a ROMFS image, whose bytes the sim adds to the heap (a board
+    keeps them in flash); else from .mpy files."""
     csms = await Csms().start()
-    sim = Sim(csms.url, heap=heap, probe=probe, state_dir=state_dir, romfs=romfs)
+    sim = AsyncSim(csms.url, heap=heap, env=probe, state_dir=state_dir, romfs=romfs)
     marks = []
     extra = None
     try:
@@ -827,11 +314,12 @@ async def run_scenario(heap="110wK", probe=None, step_timeout=30, after=None, st
         bad = sim.crashes()
         if bad:
             raise Failed("firmware crashed: %s" % bad[0])
-        return True, "", sim.lines, marks, extra
+        return True, "", sim.timed(), marks, extra
     except (Failed, TimeoutError, asyncio.TimeoutError, CallTimeout, ConnectionError, RuntimeError) as e:
-        return False, "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""), sim.lines, marks, extra
+        return False, "%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""), sim.timed(), marks, \
+            extra
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -858,27 +346,22 @@ async def heap_figures(heap="110wK"):
     """Live heap after boot (the firmware's own line, and the probe once idle), peak live heap over the
     scenario (the probe collects and reads gc.mem_alloc() every few ms); the firmware runs from its ROMFS
     image, as deployed, and the figures leave the image out."""
-    tmp = tempfile.mkdtemp(prefix="bench-probe-")
-    try:
-        probe = write_probe(tmp, gc_each=True, period_ms=5, report_ms=100)
+    async def idle(csms, sim):
+        return None
 
-        async def idle(csms, sim):
-            return None
-
-        image = romfs_image_size()
-        ok, why, lines, marks, _ = await run_scenario(heap=heap, probe=probe, after=idle)
-        if not ok:
-            raise RuntimeError("scenario failed with the heap probe: " + why)
-        used, free = heap_line(lines)
-        reports = [(t, PROBE_RE.search(l)) for t, l in lines if PROBE_RE.search(l)]
-        booted = dict(marks)["booted"]
-        after_boot = [int(m.group(1)) - image for t, m in reports if t >= booted][:5]
-        peak = max(int(m.group(2)) for _, m in reports) - image
-        return {"start_used": used - image, "heap_total": used + free - image, "image": image,
-                "after_boot_live": min(after_boot) if after_boot else None,
-                "peak_live": peak, "probe_reports": len(reports), "heap": heap}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    image = romfs_image_size()
+    ok, why, lines, marks, _ = await run_scenario(heap=heap, probe=probe_env(gc_each=True, period_ms=5,
+                                                                             report_ms=100), after=idle)
+    if not ok:
+        raise RuntimeError("scenario failed with the heap probe: " + why)
+    used, free = heap_line(lines)
+    reports = [(t, PROBE_RE.search(l)) for t, l in lines if PROBE_RE.search(l)]
+    booted = dict(marks)["booted"]
+    after_boot = [int(m.group(1)) - image for t, m in reports if t >= booted][:5]
+    peak = max(int(m.group(2)) for _, m in reports) - image
+    return {"start_used": used - image, "heap_total": used + free - image, "image": image,
+            "after_boot_live": min(after_boot) if after_boot else None,
+            "peak_live": peak, "probe_reports": len(reports), "heap": heap}
 
 
 async def min_heap(start=110, lo=48, top=256, resolution=4, repeat=2, log=None, romfs=True):
@@ -932,13 +415,13 @@ async def loop_health(block_ms=50, heap="110wK", ram_flash=False, romfs=True):
     tmp = tempfile.mkdtemp(prefix="bench-probe-", dir="/dev/shm" if ram_flash and os.path.isdir("/dev/shm")
                            else None)
     try:
-        probe = write_probe(tmp, gc_each=False, period_ms=2, report_ms=100)
+        probe = probe_env(gc_each=False, period_ms=2, report_ms=100)
 
         async def calibrate(csms, sim):
             await asyncio.sleep(0.5)
             before = sim.probes()[-1]
             t = time.monotonic()
-            await sim.cmd({"cmd": "mcu", "block_ms": block_ms})
+            await sim.block_loop(block_ms)
             await sim.wait_line("loop unblocked", 10)
             await asyncio.sleep(0.5)
             return before, sim.probes(t)[-1]
@@ -1006,7 +489,7 @@ async def safety(events=100, seed=1):
     the physical change (pilot event; fault event for the RCD) to the MCU's contactor-open command."""
     rnd = random.Random(seed)
     csms = await Csms().start()
-    sim = Sim(csms.url)
+    sim = AsyncSim(csms.url)
     flood = None
     delays = {"unplug": [], "C->B": [], "rcd": []}
     missing = []
@@ -1021,22 +504,22 @@ async def safety(events=100, seed=1):
             if need == "start":
                 await start_charging(csms, sim)
             elif need == "resume":
-                await sim.cmd({"cmd": "ev", "state": "C"})
-                await board_until(sim, lambda s: s["contactor"], what="contactor closed again")
+                await sim.ev("C")
+                await sim.wait_status(lambda s: s["contactor"], what="contactor closed again")
             await asyncio.sleep(rnd.uniform(0.05, 0.4))
             mark = (await sim.events(1 << 60))["next"]
             if kind == "unplug":
-                await sim.cmd({"cmd": "unplug"})
+                await sim.unplug()
                 trigger = ("pilot",)
                 need = "start"
             elif kind == "C->B":
-                await sim.cmd({"cmd": "ev", "state": "B"})
+                await sim.ev("B")
                 trigger = ("pilot",)
                 need = "resume"
             else:
-                await sim.cmd({"cmd": "fault", "kind": "rcd", "on": True})
+                await sim.fault("rcd", True)
                 trigger = ("fault",)
-            await board_until(sim, lambda s: not s["contactor"], what="contactor open after %s" % kind)
+            await sim.wait_status(lambda s: not s["contactor"], what="contactor open after %s" % kind)
             evs = (await sim.events(mark))["events"]
             t_trig = next((e["t"] for e in evs if e["kind"] in trigger), None)
             t_open = next((e["t"] for e in evs if e["kind"] == "contactor" and not e["on"]), None)
@@ -1045,8 +528,8 @@ async def safety(events=100, seed=1):
             else:
                 delays[kind].append(t_open - t_trig)
             if kind == "rcd":
-                await sim.cmd({"cmd": "fault", "kind": "rcd", "on": False})
-                await sim.cmd({"cmd": "unplug"})   # RCD recovery needs the EV in A (docs/decisions.md)
+                await sim.fault("rcd", False)
+                await sim.unplug()   # RCD recovery needs the EV in A (docs/decisions.md)
                 await csms.wait_call(CP, "StatusNotification", timeout=30,
                                      where=lambda p: p.get("status") == "Available", since_t=time.monotonic() - 0.2)
                 need = "start"
@@ -1062,7 +545,7 @@ async def safety(events=100, seed=1):
     finally:
         if flood is not None:
             await flood.stop()
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -1073,17 +556,17 @@ async def boot_times(cycles=10):
     """MCU process start (the sim's "mcu start" event) to BootNotification received and to Accepted sent, over a
     first boot on empty flash and cycles power cycles."""
     csms = await Csms().start()
-    sim = Sim(csms.url)
+    sim = AsyncSim(csms.url)
     rows = []
     try:
         await sim.start()
         for i in range(cycles + 1):
             t = time.monotonic()
             if i:
-                await sim.cmd({"cmd": "power", "on": False})
+                await sim.power(False)
                 mark = (await sim.events(1 << 60))["next"]
                 t = time.monotonic()
-                await sim.cmd({"cmd": "power", "on": True})
+                await sim.power(True)
             else:
                 mark = 0
             tb, boot = await csms.wait_call(CP, "BootNotification", since_t=t, timeout=60)
@@ -1104,7 +587,7 @@ async def boot_times(cycles=10):
                 "to_accepted_median_ms": statistics.median(r["to_accepted_ms"] for r in warm),
                 "to_accepted_worst_ms": max(r["to_accepted_ms"] for r in warm), "crashes": sim.crash_summary()}
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -1128,9 +611,8 @@ async def flash_wear(seconds=240, poll_s=0.05):
     """Bytes written to the state directory while charging at the default intervals, counted two ways: the
     firmware's own store.bytes_written (read by the probe) and, from outside, polling the directory (a file with a
     new inode counts its whole size, one that grew in place counts the growth). Extrapolated to an hour."""
-    tmp = tempfile.mkdtemp(prefix="bench-probe-")
     csms = await Csms().start()
-    sim = Sim(csms.url, probe=write_probe(tmp, gc_each=False, period_ms=20, report_ms=500))
+    sim = AsyncSim(csms.url, env=probe_env(gc_each=False, period_ms=20, report_ms=500))
     try:
         await sim.start()
         await boot_charger(csms, sim)
@@ -1167,9 +649,8 @@ async def flash_wear(seconds=240, poll_s=0.05):
                 "meter_values": mv, "per_hour_firmware": (w1 - w0) / span * 3600,
                 "per_hour_outside": outside / span * 3600, "extrapolated": True, "crashes": sim.crash_summary()}
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1315,16 +796,8 @@ async def run_all(args, log):
     only = set(args.only.split(",")) if args.only else set(STEPS)
 
     async def step(name, coro_fn):
-        if name not in only:
-            return
-        t = time.monotonic()
-        log("%s ..." % name)
-        try:
-            res[name] = await coro_fn()
-        except Exception as e:  # noqa: BLE001 - one broken measurement must not lose the others
-            res[name + "_error"] = "%s: %s" % (type(e).__name__, e)
-            log("  %s failed: %s" % (name, e))
-        log("  %s took %.0f s" % (name, time.monotonic() - t))
+        if name in only:
+            await measure(res, name, coro_fn, log)
 
     await step("mqtt", lambda: asyncio.to_thread(mqtt_figures, 300 if args.calls >= 300 else args.calls))
     await step("footprint", lambda: asyncio.to_thread(footprint))
@@ -1391,24 +864,6 @@ async def run_all(args, log):
 
     await asyncio.gather(both(), step("wear", lambda: flash_wear(args.wear_s)))
     return res
-
-
-def run_cancellable(name, run_all, args, t0):
-    """asyncio.run(run_all(args, log)) that SIGTERM/SIGINT cancel cleanly (the finally blocks stop the sims);
-    None when cancelled. log prints "[name Ns] msg" to stderr."""
-    def log(msg):
-        print("[%s %4.0fs] %s" % (name, time.monotonic() - t0, msg), file=sys.stderr, flush=True)
-
-    async def guarded():
-        task = asyncio.current_task()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
-        return await run_all(args, log)
-
-    try:
-        return asyncio.run(guarded())
-    except asyncio.CancelledError:
-        return None
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ Control requests (one JSON object per line, one reply line each):
         silent: the next N CALLs of ACTION get no answer at all (-1: all of them, 0: answer again).
     {"cmd":"disconnect","cp":ID}
 CALLERRORs we send use the OCPP 1.6 spellings (FormationViolation, OccurenceConstraintViolation).
+--auth "*:PASSWORD" (or "auth":{"*":PW}) is the password of every id not named.
 Passwords (--auth, "set") are text, "hex:<hex>" for raw bytes, and 32-40 hex digits are taken as the raw bytes
 they encode (the OCPP AuthorizationKey rule, so CP and CSMS can be given the same string).
 """
@@ -83,36 +84,46 @@ def parse_frame(text):
     """The JSON value of a frame, or None when it is not JSON."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return None
 
 
 class Journal:
-    """Every frame and connection event: printed, kept in memory and appended to the --log file."""
+    """Every frame and connection event: printed (echo), kept in memory (keep) and appended to the --log file.
+    Each observer is called with every frame's entry and the LoggedSocket it passed (the harness's
+    in-process Central System, tools/harness/csms.py, books transactions from them)."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, echo=True, keep=True):
         self.messages = []
         self.events = []
+        self.echo = echo
+        self.keep = keep
+        self.observers = []
         self._file = open(path, "a", buffering=1) if path else None
 
-    def frame(self, cp_id, direction, raw):
+    def frame(self, cp_id, direction, raw, sock=None):
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
         entry = {"t": time.time(), "cp": cp_id, "dir": direction, "raw": raw, "msg": None}
         msg = parse_frame(raw)
         if isinstance(msg, list):
             entry["msg"] = msg
-        self.messages.append(entry)
+        if self.keep:
+            self.messages.append(entry)
         if self._file:
             self._file.write(json.dumps(entry) + "\n")
-        arrow = "->" if direction == "in" else "<-"
-        note = "" if entry["msg"] is not None else "   (not an OCPP frame)"
-        say("%s %s %s %s%s" % (clock(entry["t"]), cp_id, arrow, raw, note))
+        for observe in self.observers:
+            observe(entry, sock)
+        if self.echo:
+            arrow = "->" if direction == "in" else "<-"
+            note = "" if entry["msg"] is not None else "   (not an OCPP frame)"
+            say("%s %s %s %s%s" % (clock(entry["t"]), cp_id, arrow, raw, note))
 
     def event(self, cp_id, kind, text):
         entry = {"t": time.time(), "cp": cp_id, "event": kind, "text": text}
         self.events.append(entry)
-        say("%s %s" % (clock(entry["t"]), text))
+        if self.echo:
+            say("%s %s" % (clock(entry["t"]), text))
 
     def close(self):
         if self._file:
@@ -135,12 +146,12 @@ class LoggedSocket:
 
     async def recv(self):
         raw = await self.ws.recv()
-        self.journal.frame(self.cp_id, "in", raw)
+        self.journal.frame(self.cp_id, "in", raw, self)
         self._wake(raw)
         return raw
 
     async def send(self, text):
-        self.journal.frame(self.cp_id, "out", text)
+        self.journal.frame(self.cp_id, "out", text, self)
         await self.ws.send(text)
 
     def expect(self, match_id=None):
@@ -402,12 +413,14 @@ class DemoChargePoint(ChargePoint):
 class CentralSystem:
     """The WebSocket endpoint, the connected charge points and the control socket."""
 
-    def __init__(self, args):
+    def __init__(self, args, journal=None):
         self.args = args
         self.settings = Settings(args)
-        self.journal = Journal(args.log)
+        self.journal = journal or Journal(args.log)
         self.cps = {}   # id -> DemoChargePoint of the live connection
         self.base = args.path.rstrip("/") + "/"
+        self.ws_server = None
+        self.ctl_server = None
 
     # --- WebSocket side -------------------------------------------------------------------------------
 
@@ -456,7 +469,7 @@ class CentralSystem:
             return "Basic credentials from %s have no ':' between id and password" % cp_id
         if user != cp_id:
             return "Basic user %r does not match the charge point id %r in the URL" % (user, cp_id)
-        want = self.settings.auth.get(cp_id)
+        want = self.settings.auth.get(cp_id, self.settings.auth.get("*"))  # "*": every charge point's
         if want is None:
             return "id %r has no password configured here (unknown charge point)" % cp_id
         if got == want:
@@ -571,33 +584,43 @@ class CentralSystem:
 
     # --- life cycle -------------------------------------------------------------------------------------
 
+    async def start(self):
+        """Listens (and serves the control socket when asked); the ready line's text."""
+        a = self.args
+        ping = a.ping_interval or None
+        self.ws_server = await serve(self.handle, a.host, a.port, subprotocols=[SUBPROTOCOL],
+                                     process_request=self.check_request, compression=None,
+                                     ssl=self.ssl_context(), ping_interval=ping, ping_timeout=ping,
+                                     server_header="open-evse-demo-csms", close_timeout=2)
+        port = self.ws_server.sockets[0].getsockname()[1]
+        ctl = ""
+        if a.control is not None:
+            self.ctl_server = await asyncio.start_server(self.control_client, "127.0.0.1", a.control)
+            ctl = " control=127.0.0.1:%d" % self.ctl_server.sockets[0].getsockname()[1]
+        scheme = "wss" if a.certfile else "ws"
+        return "CSMS READY url=%s://%s:%d%s%s" % (scheme, a.host, port, a.path.rstrip("/"), ctl)
+
+    async def close(self):
+        """Stops listening; every connection drops."""
+        if self.ctl_server:
+            self.ctl_server.close()
+            self.ctl_server = None
+        if self.ws_server:
+            self.ws_server.close()
+            await self.ws_server.wait_closed()
+            self.ws_server = None
+
     async def run(self):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        a = self.args
-        ping = a.ping_interval or None
-        ws_server = await serve(self.handle, a.host, a.port, subprotocols=[SUBPROTOCOL],
-                                process_request=self.check_request, compression=None,
-                                ssl=self.ssl_context(), ping_interval=ping, ping_timeout=ping,
-                                server_header="open-evse-demo-csms", close_timeout=2)
-        port = ws_server.sockets[0].getsockname()[1]
-        ctl_server = None
-        ctl = ""
-        if a.control is not None:
-            ctl_server = await asyncio.start_server(self.control_client, "127.0.0.1", a.control)
-            ctl = " control=127.0.0.1:%d" % ctl_server.sockets[0].getsockname()[1]
-        scheme = "wss" if a.certfile else "ws"
-        say("CSMS READY url=%s://%s:%d%s%s" % (scheme, a.host, port, a.path.rstrip("/"), ctl))
+        say(await self.start())
         try:
             await stop.wait()
         finally:
             say("%s CSMS stopping" % clock(time.time()))
-            if ctl_server:
-                ctl_server.close()
-            ws_server.close()
-            await ws_server.wait_closed()
+            await self.close()
             self.journal.close()
 
 

@@ -14,16 +14,16 @@ import os
 import re
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = os.path.join(ROOT, ".venv", "bin", "python")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import ROOT  # noqa: E402
+from harness.csms import CallErrorReply, CsmsProc  # noqa: E402
+from harness.sim import Sim  # noqa: E402
+
 DEMO_TAGS = "TAG1,DEMO"
-READY_TIMEOUT = 30
 WAIT_TIMEOUT = 30
 
 HELP = """Commands:
@@ -40,24 +40,6 @@ HELP = """Commands:
   csms ACTION [JSON]     send a CALL from the bundled CSMS, e.g. csms Reset {"type":"Soft"}
   sleep N | wait REGEX   (scripts) pause N s | wait for an output line matching REGEX
   help, quit"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def json_request(port, req, timeout=40):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError("control socket closed")
-            buf += chunk
-    return json.loads(buf)
 
 
 class Console:
@@ -106,60 +88,6 @@ def _readline_buffer():
         return readline.get_line_buffer()
     except ImportError:
         return ""
-
-
-class Child:
-    """A tool process whose output lines go to the console with a prefix."""
-
-    def __init__(self, name, argv, console, prefix, ready_regex):
-        self.name = name
-        self.console = console
-        self.prefix = prefix
-        self.ready = None
-        self._ready_event = threading.Event()
-        self._ready_re = re.compile(ready_regex)
-        self.stopping = False
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            if self.ready is None:
-                m = self._ready_re.search(line)
-                if m:
-                    self.ready = m
-                    self._ready_event.set()
-            # sim.py already tags its lines ([mcu] firmware, [sim] board).
-            self.console.show(line if line.startswith(("[mcu]", "[sim]")) else self.prefix + line)
-        self._ready_event.set()
-        code = self.proc.wait()
-        if not self.stopping:
-            self.console.show("%sexited unexpectedly (code %s)" % (self.prefix, code))
-
-    @property
-    def alive(self):
-        return self.proc.poll() is None
-
-    def wait_ready(self):
-        self._ready_event.wait(READY_TIMEOUT)
-        if self.ready is None:
-            raise RuntimeError("%s did not start (see its output above)" % self.name)
-        return self.ready
-
-    def stop(self):
-        self.stopping = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._thread.join(5)
 
 
 class UsageError(Exception):
@@ -221,8 +149,8 @@ class Demo:
         self.console = console
         self.csms = None
         self.sim = None
-        self.csms_control = None
         self.url = args.csms
+        self.stopping = False
 
     def start(self):
         if self.url is None:
@@ -230,38 +158,38 @@ class Demo:
         self.start_sim()
 
     def start_csms(self):
-        argv = [PY, os.path.join(ROOT, "tools", "csms.py"), "--port", str(self.args.port),
-                "--control", "0", "--tags", DEMO_TAGS]
-        self.csms = Child("csms", argv, self.console, "[csms] ",
-                          r"CSMS READY url=(\S+) control=127\.0\.0\.1:(\d+)")
-        m = self.csms.wait_ready()
-        self.url, self.csms_control = m.group(1), int(m.group(2))
+        self.csms = self._shown(CsmsProc(port=self.args.port, tags=DEMO_TAGS.split(",")), "[csms] ").start()
+        self.url = self.csms.url
 
     def start_sim(self):
         a = self.args
-        state = a.state or os.path.join(ROOT, "state", a.id)
-        os.makedirs(state, exist_ok=True)
-        argv = [PY, os.path.join(ROOT, "tools", "sim.py"), "--csms", self.url, "--id", a.id,
-                "--state", state, "--control", "0"]
-        if a.password is not None:
-            argv += ["--password", a.password]
-        if a.cafile:
-            argv += ["--cafile", a.cafile]
-        self.sim = Child("sim", argv, self.console, "[sim] ", r"SIM READY control=127\.0\.0\.1:(\d+)")
-        self.sim_control = int(self.sim.wait_ready().group(1))
+        self.sim = self._shown(Sim(self.url, cp_id=a.id, state_dir=a.state or os.path.join(ROOT, "state", a.id),
+                                   password=a.password, cafile=a.cafile), "[sim] ").start()
+
+    def _shown(self, child, prefix):
+        """child with its output lines on the console as they come (sim.py tags its own: [mcu], [sim])."""
+        def show(line):
+            if line is None:
+                if not self.stopping:
+                    self.console.show("%sexited unexpectedly (code %s)" % (prefix, child.proc.wait()))
+            else:
+                self.console.show(line if line.startswith(("[mcu]", "[sim]")) else prefix + line)
+        child.echo = show
+        return child
 
     def stop(self):
+        self.stopping = True
         for child in (self.sim, self.csms):
             if child is not None:
-                child.stop()
+                child.close()
 
     def check_alive(self):
         for child in (self.sim, self.csms):
-            if child is not None and not child.alive:
+            if child is not None and not child.running:
                 raise RuntimeError("%s is no longer running (its last output is above)" % child.name)
 
     def sim_cmd(self, req):
-        reply = json_request(self.sim_control, req)
+        reply = self.sim.cmd(req, check=False, timeout=40)
         if not reply.get("ok"):
             raise UsageError("the board refused %s: %s" % (req["cmd"], reply.get("error")))
         return reply
@@ -297,14 +225,13 @@ class Demo:
             raise UsageError("no output line matched /%s/ within %g s" % (regex, timeout))
 
     def csms_call(self, action, payload_text):
-        if self.csms_control is None:
+        if self.csms is None:
             raise UsageError("csms commands need the bundled Central System (no --csms)")
-        payload = json.loads(payload_text)
-        reply = json_request(self.csms_control, {"cmd": "call", "cp": self.args.id, "action": action,
-                                                 "payload": payload, "timeout": 30})
-        if not reply["ok"]:
-            raise UsageError("%s: %s" % (action, reply["error"]))
-        self.console.show("%s result: %s" % (action, json.dumps(reply["result"])), keep=False)
+        try:
+            result = self.csms.call(self.args.id, action, json.loads(payload_text))
+        except CallErrorReply as e:
+            raise UsageError(str(e))
+        self.console.show("%s result: %s" % (action, json.dumps(result)), keep=False)
 
 
 def banner(demo):

@@ -5,7 +5,8 @@ meter glitches, damaged flash. Prints one table; exit status 1 when a must-be-ze
                                       [--outages N] [--frames N] [--exchanges N] [--glitches N] [--seed S]
                                       [--save-failures DIR]
 
-Uses tools/bench.py's Central System and sim driver. Every random choice comes from --seed, so a run can be
+Runs on the harness (tools/harness/): its in-process Central System, which books every transaction, and its
+simulator driver. Every random choice comes from --seed, so a run can be
 repeated. Failing fuzz inputs are written to --save-failures (default tests/regressions/fuzz/) as JSON cases
 that tests/regressions/test_fuzz_regressions.py replays.
 """
@@ -16,16 +17,21 @@ import os
 import random
 import re
 import sys
-import tempfile
-import shutil
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402
-from bench import CP, Csms, Sim, boot_charger, change_config, board_until, start_charging  # noqa: E402
-import fuzzframes  # noqa: E402
+import websockets
 
-REGRESSIONS = os.path.join(bench.ROOT, "tests", "regressions", "fuzz")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build  # noqa: E402
+import fuzzframes  # noqa: E402
+from harness import BUILD_UNIX, ROOT  # noqa: E402
+from harness.csms import CallTimeout, Csms  # noqa: E402
+from harness.proc import measure, run_cancellable  # noqa: E402
+from harness.sim import AsyncSim, probe_env  # noqa: E402
+from harness.steps import boot_charger, change_config, local_list, profile, start_charging  # noqa: E402
+
+CP = "CP1"
+REGRESSIONS = os.path.join(ROOT, "tests", "regressions", "fuzz")
 
 
 def tx_checks(csms, booked_per_session=()):
@@ -70,7 +76,7 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
     power returns the car leaves, so the firmware must close the open transaction itself (PowerLoss)."""
     rnd = random.Random(seed)
     csms = await Csms().start()
-    sim = Sim(csms.url)
+    sim = AsyncSim(csms.url)
     sessions = []
     stuck = []
     try:
@@ -82,19 +88,19 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
             first_tid = csms.next_tx
             e0 = (await sim.status())["energy_wh"]
             mark = (await sim.events(1 << 60))["next"]
-            await sim.cmd({"cmd": "plug", "cable_a": 32})
-            await sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
-            await sim.cmd({"cmd": "tag", "id": "TAG1"})
+            await sim.plug(32)
+            await sim.ev("C", 16)
+            await sim.tag("TAG1")
             await asyncio.sleep(rnd.uniform(0, max_charge_s))
-            await sim.cmd({"cmd": "power", "on": False})
+            await sim.power(False)
             e1 = (await sim.status())["energy_wh"]
             evs = (await sim.events(mark))["events"]
             closed = any(e["kind"] == "contactor" and e["on"] for e in evs)
             await asyncio.sleep(rnd.uniform(0.05, 1.0))
-            await sim.cmd({"cmd": "ev", "state": "A"})
-            await sim.cmd({"cmd": "unplug"})
+            await sim.ev("A")
+            await sim.unplug()
             t_on = time.monotonic()
-            await sim.cmd({"cmd": "power", "on": True})
+            await sim.power(True)
             await csms.wait_call(CP, "BootNotification", since_t=t_on, timeout=30)
             # the queue drains after the boot: wait until every transaction begun so far is closed
             # only this session's transactions: one left open earlier is counted, not waited for again
@@ -106,7 +112,7 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
                 await csms.wait_call(CP, "StatusNotification", since_t=t_on, timeout=20,
                                      where=lambda p: p.get("connectorId") == 1 and p.get("status") == "Available")
             except TimeoutError:
-                stuck.append({"session": i, "tail": [l for _, l in sim.lines[-12:]]})
+                stuck.append({"session": i, "tail": sim.lines[-12:]})
                 log("  session %d stuck:\n    %s" % (i, "\n    ".join(stuck[-1]["tail"])))
             sessions.append({"t0": t0, "t1": time.monotonic(), "closed": closed, "meter_wh": e1 - e0,
                              "booked": csms.next_tx - first_tid})
@@ -131,7 +137,7 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
                    crashes=sim.crash_summary(True), stuck=stuck)
         return res
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -150,7 +156,7 @@ async def outages(n=10, seed=2, log=print):
     sometimes the car leaves while it is down (the StopTransaction then waits in the queue)."""
     rnd = random.Random(seed)
     csms = await Csms().start()
-    sim = Sim(csms.url)
+    sim = AsyncSim(csms.url)
     downs = 0
     try:
         await sim.start()
@@ -169,8 +175,8 @@ async def outages(n=10, seed=2, log=print):
                 leave = rnd.random() < 0.4
                 if leave:
                     await asyncio.sleep(down_s / 2)
-                    await sim.cmd({"cmd": "ev", "state": "B"})
-                    await sim.cmd({"cmd": "unplug"})
+                    await sim.ev("B")
+                    await sim.unplug()
                     await asyncio.sleep(down_s / 2)
                 else:
                     await asyncio.sleep(down_s)
@@ -179,8 +185,8 @@ async def outages(n=10, seed=2, log=print):
                 if leave:
                     break
             if (await sim.status())["plugged"]:
-                await sim.cmd({"cmd": "ev", "state": "B"})
-                await sim.cmd({"cmd": "unplug"})
+                await sim.ev("B")
+                await sim.unplug()
             deadline = time.monotonic() + 60
             while any(t["stops"] == 0 for t in csms.tx.values()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -192,7 +198,7 @@ async def outages(n=10, seed=2, log=print):
                    crashes=sim.crash_summary())
         return res
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -219,7 +225,7 @@ async def glitches(n=40, seed=5, log=print):
     and after each scenario the charger must leave Faulted once the register is sane again."""
     rnd = random.Random(seed)
     csms = await Csms().start()
-    sim = Sim(csms.url)
+    sim = AsyncSim(csms.url)
     track = []      # (monotonic t, register Wh, energy that really flowed Wh)
     shifts = {k: 0 for k in GLITCH_KINDS}
     stuck, recoveries = [], []
@@ -235,7 +241,7 @@ async def glitches(n=40, seed=5, log=print):
         reg = (await sim.status())["energy_wh"]
         size = _glitch_size(rnd)
         sign = -1 if (kind == "down" or (kind != "up" and rnd.random() < 0.5)) and reg - size > 10000 else 1
-        await sim.cmd({"cmd": "meter", "add_wh": sign * size})
+        await sim.shift_meter(sign * size)
         shifts[kind] += 1
         return sign * size
 
@@ -255,14 +261,14 @@ async def glitches(n=40, seed=5, log=print):
                     recoveries.append(max(t - sane_t, 0.0))
                 return True
             if now - sane_t > GLITCH_STUCK_S:
-                stuck.append({"t": now, "status": last, "tail": [l for _, l in sim.lines[-8:]]})
+                stuck.append({"t": now, "status": last, "tail": sim.lines[-8:]})
                 log("  stuck Faulted %.0f s after the meter was sane: %s" % (now - sane_t, last.get("info")))
                 return False
             await asyncio.sleep(0.1)
 
     async def end_session(first_tid):
-        await sim.cmd({"cmd": "ev", "state": "A"})
-        await sim.cmd({"cmd": "unplug"})
+        await sim.ev("A")
+        await sim.unplug()
         deadline = time.monotonic() + 30
         while any(t["stops"] == 0 for tid, t in csms.tx.items() if tid >= first_tid) \
                 and time.monotonic() < deadline:
@@ -285,12 +291,12 @@ async def glitches(n=40, seed=5, log=print):
             if kind == "idle":
                 cut = rnd.random() < 0.5
                 if cut:
-                    await sim.cmd({"cmd": "power", "on": False})
+                    await sim.power(False)
                 await shift(kind)
                 sane = time.monotonic()
                 if cut:
                     await asyncio.sleep(rnd.uniform(0.1, 1.0))
-                    await sim.cmd({"cmd": "power", "on": True})
+                    await sim.power(True)
                 await settle(sane, 13)
                 continue
             await start_charging(csms, sim)
@@ -298,7 +304,7 @@ async def glitches(n=40, seed=5, log=print):
             if kind == "transient":
                 size = await shift(kind)
                 await asyncio.sleep(rnd.uniform(0.3, 4.0))
-                await sim.cmd({"cmd": "meter", "add_wh": -size})
+                await sim.shift_meter(-size)
                 sane = time.monotonic()
                 await asyncio.sleep(rnd.uniform(2, 6))
                 await end_session(first_tid)
@@ -310,14 +316,14 @@ async def glitches(n=40, seed=5, log=print):
                 await asyncio.sleep(rnd.uniform(2, 6))
                 await end_session(first_tid)
             else:
-                await sim.cmd({"cmd": "power", "on": False})
+                await sim.power(False)
                 if rnd.random() < 0.8:
                     await shift(kind)
                 sane = time.monotonic()
                 await asyncio.sleep(rnd.uniform(0.1, 1.5))
-                await sim.cmd({"cmd": "ev", "state": "A"})
-                await sim.cmd({"cmd": "unplug"})
-                await sim.cmd({"cmd": "power", "on": True})
+                await sim.ev("A")
+                await sim.unplug()
+                await sim.power(True)
                 await end_session(first_tid)
                 await settle(sane, 13)
             if (i + 1) % 5 == 0:
@@ -335,7 +341,7 @@ async def glitches(n=40, seed=5, log=print):
         state["stop"] = True
         if watcher is not None:
             watcher.cancel()
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -417,7 +423,7 @@ async def fuzz(frames=10000, seed=3, batch=8, save_dir=None, log=print):
     fz = fuzzframes.Fuzzer(seed)
     csms = await Csms().start()
     csms.keep_frames = False
-    sim = Sim(csms.url)
+    sim = AsyncSim(csms.url)
     mismatches, by_kind, failures = {}, {}, []
     drops = sent = 0
     sentinel_n = 0
@@ -430,8 +436,8 @@ async def fuzz(frames=10000, seed=3, batch=8, save_dir=None, log=print):
                            ("ReconnectBackoffMax", 2)):
             await change_config(csms, CP, key, value)
         csms.tag_status = "Invalid"
-        await sim.cmd({"cmd": "plug", "cable_a": 32})
-        await sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
+        await sim.plug(32)
+        await sim.ev("C", 16)
         mark = (await sim.events(1 << 60))["next"]
 
         async def run(cases):
@@ -445,7 +451,7 @@ async def fuzz(frames=10000, seed=3, batch=8, save_dir=None, log=print):
                 for c in cases:
                     await csms.send_raw(CP, c["text"])
                 await csms.send_wait(CP, SENTINEL % uid, timeout=20, uid=uid)
-            except (ConnectionError, bench.CallTimeout, bench.websockets.ConnectionClosed):
+            except (ConnectionError, CallTimeout, websockets.ConnectionClosed):
                 await asyncio.sleep(0.3)
                 return None
             return conn.strays[start:]
@@ -492,9 +498,9 @@ async def fuzz(frames=10000, seed=3, batch=8, save_dir=None, log=print):
                 "mismatch_total": sum(mismatches.values()), "unexpected_drops": drops,
                 "unauthorised_closes": unauthorised, "alive_after": alive, "crashes": sim.crash_summary(True),
                 "errors": sim.crash_summary(),
-                "mcu_restarts": sum(1 for _, l in sim.lines if "[sim] MCU" in l), "failures": failures}
+                "mcu_restarts": sum(1 for l in sim.lines if "[sim] MCU" in l), "failures": failures}
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -532,8 +538,8 @@ def _describe(text):
 SOAK_CALLS = (
     lambda i: ("TriggerMessage", {"requestedMessage": "Heartbeat"}),
     lambda i: ("GetConfiguration", {"key": ["HeartbeatInterval", "MeterValueSampleInterval", "LightIntensity"]}),
-    lambda i: ("SendLocalList", bench.local_list(i + 1, 8 * (i % 2))),
-    lambda i: ("SetChargingProfile", bench.profile(1 + i % 4, "TxDefaultProfile", 3, 0)),
+    lambda i: ("SendLocalList", local_list(i + 1, 8 * (i % 2))),
+    lambda i: ("SetChargingProfile", profile(1 + i % 4, "TxDefaultProfile", 3, 0)),
     lambda i: ("GetLocalListVersion", {}),
     lambda i: ("DataTransfer", {"vendorId": "soak", "data": "z" * (i % 200)}),
     lambda i: ("GetCompositeSchedule", {"connectorId": 1, "duration": 3600}),
@@ -545,10 +551,9 @@ SOAK_CALLS = (
 async def soak(exchanges=10000, workers=2, log=print):
     """exchanges message exchanges (CALLs either way) on a charger that also runs charge sessions; live heap
     after GC (probe) at the start, once every call type has been loaded, and at the end."""
-    tmp = tempfile.mkdtemp(prefix="torture-probe-")
     csms = await Csms().start()
     csms.keep_frames = False
-    sim = Sim(csms.url, probe=bench.write_probe(tmp, gc_each=True, period_ms=500, report_ms=500))
+    sim = AsyncSim(csms.url, env=probe_env(gc_each=True, period_ms=500, report_ms=500))
     errors = {}
     done = [0]
     try:
@@ -577,7 +582,7 @@ async def soak(exchanges=10000, workers=2, log=print):
                     if frame[0] != 3:
                         key = "CALLERROR %s (%s)" % (frame[2], action)
                         errors[key] = errors.get(key, 0) + 1
-                except (bench.CallTimeout, ConnectionError, bench.websockets.ConnectionClosed) as e:
+                except (CallTimeout, ConnectionError, websockets.ConnectionClosed) as e:
                     errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                     await asyncio.sleep(0.5)
                 done[0] += 1
@@ -587,12 +592,12 @@ async def soak(exchanges=10000, workers=2, log=print):
                 try:
                     await start_charging(csms, sim)
                     await asyncio.sleep(12)
-                    await sim.cmd({"cmd": "ev", "state": "B"})
-                    await sim.cmd({"cmd": "unplug"})
+                    await sim.ev("B")
+                    await sim.unplug()
                     await asyncio.sleep(1)
                 except (TimeoutError, asyncio.TimeoutError) as e:
                     errors["session " + type(e).__name__] = errors.get("session " + type(e).__name__, 0) + 1
-                    await sim.cmd({"cmd": "unplug"})
+                    await sim.unplug()
                     await asyncio.sleep(1)
 
         async def progress():
@@ -606,8 +611,8 @@ async def soak(exchanges=10000, workers=2, log=print):
 
         await asyncio.gather(*(worker(w) for w in range(workers)), sessions(), progress())
         if (await sim.status())["plugged"]:
-            await sim.cmd({"cmd": "ev", "state": "B"})
-            await sim.cmd({"cmd": "unplug"})
+            await sim.ev("B")
+            await sim.unplug()
         await asyncio.sleep(2)
         t_end = time.monotonic()
         live1 = (await sim.wait_probe(t_end))["live"]
@@ -618,9 +623,8 @@ async def soak(exchanges=10000, workers=2, log=print):
                 "fw_errors": sim.crash_summary(),
                 "tx": tx_checks(csms)}
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -700,10 +704,10 @@ async def _flash_setup(csms, sim):
     await csms.wait_connected(CP, 30)
     t = time.monotonic()
     mark = len(sim.lines)
-    await sim.cmd({"cmd": "tag", "id": "TAG1"})  # Authorize: TAG1 is cached
+    await sim.tag("TAG1")  # Authorize: TAG1 is cached
     await csms.wait_call(CP, "Authorize", since_t=t)
     await sim.wait_line(r"\[mcu\].*tag TAG1 authorised", timeout=10, since=mark)
-    await sim.cmd({"cmd": "tag", "id": "TAG1"})  # a second swipe cancels the start that waits for an EV
+    await sim.tag("TAG1")  # a second swipe cancels the start that waits for an EV
     await sim.wait_line(r"\[mcu\].*Preparing -> Available", timeout=10, since=mark)
     os.remove(os.path.join(sim.state_dir, "provision.json"))
 
@@ -741,10 +745,10 @@ async def _flash_run(csms, sim, target, mode, moment):
     if moment in ("during", "after"):
         if moment == "after":
             await csms.stop()
-        await sim.cmd({"cmd": "plug", "cable_a": 32})
-        await sim.cmd({"cmd": "ev", "state": "C", "max_a": 16})
-        await sim.cmd({"cmd": "tag", "id": "TAG1"})
-        await board_until(sim, lambda s: s["contactor"], what="contactor closed")
+        await sim.plug(32)
+        await sim.ev("C", 16)
+        await sim.tag("TAG1")
+        await sim.wait_status(lambda s: s["contactor"], what="contactor closed")
         if moment == "during":
             await csms.wait_call(CP, "StartTransaction", since_t=t0)
             await asyncio.sleep(0.5)  # the answer is stored
@@ -752,7 +756,7 @@ async def _flash_run(csms, sim, target, mode, moment):
         await asyncio.sleep(3.5)  # a MeterValue: tx.json rotated, a record queued
         if moment == "after":
             n = len(sim.lines)
-            await sim.cmd({"cmd": "unplug"})
+            await sim.unplug()
             await sim.wait_line(r"\[mcu\].*stopped \(EVDisconnected\)", timeout=10, since=n)
     elif target.startswith("availability"):
         frame, _ = await csms.call(CP, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"})
@@ -763,16 +767,16 @@ async def _flash_run(csms, sim, target, mode, moment):
                                                       "reservationId": 77})
         assert frame[2]["status"] == "Accepted", frame
         await _status_after(csms, t0, "Reserved")
-    await sim.cmd({"cmd": "power", "on": False})
+    await sim.power(False)
     rec["damaged"] = corrupt_file(os.path.join(sim.state_dir, target), mode)
     if (await sim.status())["plugged"]:
-        await sim.cmd({"cmd": "ev", "state": "A"})
-        await sim.cmd({"cmd": "unplug"})
+        await sim.ev("A")
+        await sim.unplug()
     if csms.server is None:
         await csms.start()
     mark = len(sim.lines)
     t_on = time.monotonic()
-    await sim.cmd({"cmd": "power", "on": True})
+    await sim.power(True)
     try:
         await csms.wait_call(CP, "BootNotification", since_t=t_on, timeout=30)
         rec["reconnected"] = True
@@ -798,7 +802,7 @@ async def _flash_run(csms, sim, target, mode, moment):
         await _status_after(csms, time.monotonic() - 1, "Available")
     await asyncio.sleep(0.3)
     pat = re.compile(r"\[mcu\].* store: %s[ :]" % re.escape(target))
-    lines = [l for _, l in sim.lines[mark:]]
+    lines = sim.lines[mark:]
     rec["logged"] = any(pat.search(l) for l in lines)
     rec["booked"] = csms.next_tx - first_tid
     rec["stopped"] = sum(1 for tid, t in csms.tx.items() if tid >= first_tid and t["stops"] >= 1)
@@ -813,7 +817,7 @@ async def flash(quick=False, log=print):
     password and the Central System URL kept, every recovery logged."""
     csms = await Csms().start()
     csms.password = FLASH_PASSWORD[0]
-    sim = Sim(csms.url, password=FLASH_PASSWORD[0])
+    sim = AsyncSim(csms.url, password=FLASH_PASSWORD[0])
     runs = []
     try:
         await sim.start()
@@ -829,7 +833,7 @@ async def flash(quick=False, log=print):
                                                          time.monotonic() - t, "  " + ", ".join(bad) if bad else ""))
             if not rec.get("reconnected"):
                 log("  charger did not reconnect after %s %s:\n    %s" % (target, mode, "\n    ".join(
-                    l for _, l in sim.lines[-15:])))
+                    sim.lines[-15:])))
                 break
         await asyncio.sleep(1)
         checks = tx_checks(csms)
@@ -844,7 +848,7 @@ async def flash(quick=False, log=print):
                     reports=sum(r.get("reports", 0) for r in runs), refused=csms.refused,
                     failures=[r for r in runs if _flash_faults(r)][:20], crashes=sim.crash_summary(True))
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 
@@ -1002,7 +1006,7 @@ def table(res):
 async def run_all(args, log):
     only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak", "glitch", "flash"}
     res = {}
-    bench.build.build(bench.BUILD_UNIX)
+    build.build(BUILD_UNIX)
     steps = (("cuts", lambda: power_cuts(args.cuts, args.seed, log=log)),
              ("outages", lambda: outages(args.outages, args.seed + 1, log=log)),
              ("fuzz", lambda: fuzz(args.frames, args.seed + 2, save_dir=args.save_failures, log=log)),
@@ -1010,16 +1014,8 @@ async def run_all(args, log):
              ("glitch", lambda: glitches(args.glitches, args.seed + 4, log=log)),
              ("flash", lambda: flash(args.quick, log=log)))
     for name, fn in steps:
-        if name not in only:
-            continue
-        t = time.monotonic()
-        log("%s ..." % name)
-        try:
-            res[name] = await fn()
-        except Exception as e:  # noqa: BLE001 - report it and go on with the other runs
-            res[name + "_error"] = "%s: %s" % (type(e).__name__, str(e)[:2000])
-            log("  %s failed: %s" % (name, e))
-        log("  %s took %.0f s" % (name, time.monotonic() - t))
+        if name in only:
+            await measure(res, name, fn, log)
     return res
 
 
@@ -1038,7 +1034,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.cuts, args.outages, args.frames, args.exchanges, args.glitches = 5, 1, 500, 1000, 5
-    res = bench.run_cancellable("torture", run_all, args, time.monotonic())
+    res = run_cancellable("torture", run_all, args, time.monotonic())
     if res is None:
         return 130
     print(table(res))

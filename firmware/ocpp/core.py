@@ -77,13 +77,10 @@ class Core:
         profile = p.get("chargingProfile")
         if profile is not None and not app.load_smart().validate_tx_profile(profile):
             return {"status": "Rejected"}  # OCTT TC_060: only a TxProfile without transactionId
-        res_id = None
-        if app.reservations is not None:
-            ok, res_id = app.reservations.admits(CONNECTOR, tag, None)
-            if not ok:
-                return {"status": "Rejected"}  # reserved for another idTag
-        if profile is not None and app.smart is not None \
-                and app.smart.install_remote_start_profile(profile) != "Accepted":
+        ok, res_id = conn.reservations.admits(CONNECTOR, tag, None)
+        if not ok:
+            return {"status": "Rejected"}  # reserved for another idTag
+        if profile is not None and app.smart.install_remote_start_profile(profile) != "Accepted":
             return {"status": "Rejected"}  # the profile store is full
         if app.cfg.get("AuthorizeRemoteTxRequests"):
             return {"status": "Accepted"}, lambda: conn.authorize_start(tag)

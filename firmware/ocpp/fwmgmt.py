@@ -203,7 +203,7 @@ def _snapshot(app):
             "uptime_s": time.ticks_diff(app.board.ticks_ms(), app.t0) // 1000, "reset_cause": app.board.reset_cause(),
             "heap_free": _free(), "heap_largest_block": upload.largest_block(),
             "link": "online" if app.session.online else "offline", "registered": app.session.registered,
-            "wifi": getattr(app.wifi, "state", None), "queue": len(app.txq), "connector": c.status,
+            "wifi": getattr(app.wifi, "state", None), "queue": len(app.txq), "connector": c.reporter.status,
             "transaction": c.transaction_id(), "fault": ev.fault, "ring_errors": app.ring.errors}
 
 

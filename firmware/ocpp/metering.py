@@ -1,18 +1,28 @@
 # Builds OCPP 1.6 sampledValue lists (OCPP 1.6 §3.16, digest §2.9): energy as a string in Wh from the meter's own
 # register, per-phase current and voltage, total power, and the offered current and power.
 # Values are taken as a compact snapshot first, so a transaction can keep its samples for StopTransaction's
-# transactionData in a few numbers each instead of whole sampledValue dicts.
-from firmware import clock
+# transactionData in a few numbers each instead of whole sampledValue dicts. Sampler sends connector 1's
+# MeterValues: periodic and clock-aligned samples, the samples a transaction keeps, triggered values.
+import asyncio
+import time
+from micropython import const
 
-_NOMINAL_V = 230  # Power.Offered = offered current at nominal voltage (digest §2.11)
+from firmware import clock, log
+from firmware.ocpp.txqueue import METER
+
+_NOMINAL_V = const(230)  # Power.Offered = offered current at nominal voltage (digest §2.11)
 _PHASES = ("L1", "L2", "L3")
 _PHASES_N = ("L1-N", "L2-N", "L3-N")
-CONTEXTS = ("Transaction.Begin", "Sample.Periodic", "Sample.Clock", "Transaction.End", "Trigger")
-BEGIN = 0
-PERIODIC = 1
-CLOCK = 2
-END = 3
-TRIGGER = 4
+# Contexts, indexed by the numbers below (kept in a snapshot list as one small int each).
+_CONTEXTS = ("Transaction.Begin", "Sample.Periodic", "Sample.Clock", "Transaction.End", "Trigger")
+_BEGIN = const(0)
+_PERIODIC = const(1)
+_CLOCK = const(2)
+_END = const(3)
+_TRIGGER = const(4)
+_TAG = "conn"  # the connector's log lines
+_CONNECTOR = const(1)
+_TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
 
 
 def snapshot(meter, evse):
@@ -37,7 +47,7 @@ def values_from(snap, measurands, context):
     """sampledValue list for a snapshot; measurands is the CSL text of a *Data configuration key."""
     out = []
     phases = snap[9]
-    ctx = CONTEXTS[context]
+    ctx = _CONTEXTS[context]
     for name in measurands.split(","):
         name = name.strip()
         only = None  # "Voltage.L2" style suffix selects one phase (digest §7 Q7)
@@ -60,10 +70,6 @@ def values_from(snap, measurands, context):
     return out
 
 
-def sampled_values(meter, evse, measurands, context):
-    return values_from(snapshot(meter, evse), measurands, context)
-
-
 def _sv(value, context, measurand, unit, phase):
     sv = {"value": value, "context": context, "format": "Raw", "measurand": measurand,
           "location": "Outlet", "unit": unit}
@@ -72,5 +78,104 @@ def _sv(value, context, measurand, unit, phase):
     return sv
 
 
-def meter_value(meter, evse, measurands, context, timestamp=None):
-    return {"timestamp": clock.iso(timestamp), "sampledValue": sampled_values(meter, evse, measurands, context)}
+class Sampler:
+    def __init__(self, session, txq, meter, evse, cfg, ms):
+        self.session = session
+        self.txq = txq
+        self.meter = meter
+        self.evse = evse
+        self.cfg = cfg
+        self.ms = ms  # the board's clock
+        self._next_ms = 0
+        self._interval = 0  # the MeterValueSampleInterval _next_ms was planned with
+        self._next_aligned = 0
+
+    def begin(self, tx, snap):
+        """A transaction starts with the snapshot of its meterStart: its Transaction.Begin sample, and the
+        periodic samples counted from now."""
+        self.keep(tx, tx.t0, _BEGIN, snap)
+        self._interval = interval = self.cfg.get("MeterValueSampleInterval")
+        self._next_ms = time.ticks_add(self.ms(), interval * 1000)
+
+    def periodic(self, tx, now_ms):
+        """Sample.Periodic of the running transaction tx, every MeterValueSampleInterval."""
+        interval = self.cfg.get("MeterValueSampleInterval")
+        if interval != self._interval:
+            # A changed interval applies at once, counted from the change, not after the old timer (issue 9).
+            self._interval = interval
+            self._next_ms = time.ticks_add(now_ms, interval * 1000)
+            return
+        if not interval or time.ticks_diff(now_ms, self._next_ms) < 0:
+            return
+        if not self.meter.fresh(now_ms):
+            return  # never the last reading as a new one: the sample goes out once the meter reads true again
+        self._next_ms = time.ticks_add(now_ms, interval * 1000)
+        self._send(tx, _PERIODIC, self.cfg.get("MeterValuesSampledData"), clock.now())
+
+    def aligned(self, tx):
+        """Clock-aligned data (OCPP 1.6 §4.7) at every multiple of ClockAlignedDataInterval after midnight UTC:
+        part of the transaction tx, or on their own when tx is None."""
+        interval = self.cfg.get("ClockAlignedDataInterval")
+        if not interval or not clock.synced:
+            return
+        now = clock.now()
+        if self._next_aligned == 0 or self._next_aligned > now + interval:
+            self._next_aligned = (now // interval + 1) * interval
+        if now < self._next_aligned:
+            return
+        slot = self._next_aligned
+        self._next_aligned = (now // interval + 1) * interval
+        if not self.meter.fresh(self.ms()):
+            log.warn(_TAG, "clock-aligned sample skipped: no fresh meter reading")  # its time is gone
+            return
+        self._send(tx, _CLOCK, self.cfg.get("MeterValuesAlignedData"), slot)
+
+    def _send(self, tx, ctx, keys, t):
+        snap = snapshot(self.meter, self.evse)
+        mv = {"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}
+        if tx is not None:
+            self.txq.push(METER, tx.lid, {"connectorId": _CONNECTOR, "transactionId": 0, "meterValue": [mv]})
+            tx.wh = snap[0]
+            tx.t = t
+            self.keep(tx, t, ctx, snap)
+            tx.save(True)  # hot: rotated, the previous generation kept as .bak
+        elif mv["sampledValue"] and self.session.registered and self.session.online:
+            # Not transaction-related: volatile, and skipped while offline.
+            asyncio.create_task(self.session.notify("MeterValues", {"connectorId": _CONNECTOR, "meterValue": [mv]}))
+
+    def keep(self, tx, t, ctx, snap):
+        # Only what StopTxnSampledData / StopTxnAlignedData ask for is kept for transactionData.
+        if self.cfg.get("StopTxnAlignedData" if ctx == _CLOCK else "StopTxnSampledData"):
+            s = tx.samples
+            if len(s) >= _TX_DATA_MAX:
+                s.pop(1)  # keep Transaction.Begin and the most recent samples
+            s.append([t, ctx, snap])
+
+    def transaction_data(self, tx, wh, when):
+        """StopTransaction.transactionData of tx, ending with the reading wh at when; None when not configured."""
+        sampled = self.cfg.get("StopTxnSampledData")
+        aligned = self.cfg.get("StopTxnAlignedData")
+        if not sampled and not aligned:
+            return None
+        end = snapshot(self.meter, self.evse)
+        end[0] = wh
+        self.keep(tx, when, _END, end)
+        out = []
+        for t, ctx, snap in tx.samples:
+            keys = aligned if ctx == _CLOCK else sampled
+            if keys:
+                out.append({"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)})
+        return out
+
+    async def triggered(self, tx_id):
+        """TriggerMessage(MeterValues): the latest values of MeterValuesSampledData, context Trigger, with the
+        running transaction's id (or None); nothing while the meter has no fresh reading (a stale one would be
+        taken as current)."""
+        if not self.meter.fresh(self.ms()):
+            log.warn(_TAG, "triggered MeterValues not sent: no fresh meter reading")
+            return
+        payload = {"connectorId": _CONNECTOR, "meterValue": [{"timestamp": clock.iso(), "sampledValue": values_from(
+            snapshot(self.meter, self.evse), self.cfg.get("MeterValuesSampledData"), _TRIGGER)}]}
+        if tx_id is not None:
+            payload["transactionId"] = tx_id
+        await self.session.notify("MeterValues", payload)

@@ -34,7 +34,7 @@ class Reservations:
         if expiry is None or expiry <= clock.now():
             return {"status": "Rejected"}
         cur = self.current
-        status = self.connector.status
+        status = self.connector.reporter.status
         if cur is None or cur[0] != p["reservationId"]:  # a known id is replaced whatever the state
             if status == "Faulted":
                 return {"status": "Faulted"}

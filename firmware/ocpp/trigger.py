@@ -44,12 +44,13 @@ async def _send_one(app, what, cid):
     elif what == "Heartbeat":
         await session.heartbeat()
     elif what == "MeterValues":
-        await app.connector.send_triggered_values()
+        conn = app.connector
+        await conn.sampler.triggered(conn.transaction_id())
     elif what == "StatusNotification":
         if cid is None or cid == 0:
             await app.status_connector0()
         if cid is None or cid == CONNECTOR:
-            await app.connector.send_status_now()
+            await app.connector.reporter.send_now()
     else:
         # The running engine's state; Idle when none runs (OCPP 1.6 §4.4, §4.5; firmware/ocpp/fwmgmt.py)
         engine = app.diag if what[0] == "D" else app.updater

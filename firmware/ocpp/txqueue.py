@@ -1,7 +1,14 @@
-# The persistent FIFO for transaction-related messages (OCPP 1.6 §3.7, DESIGN.md §4): StartTransaction,
-# StopTransaction and transaction MeterValues survive power loss and outages, go out strictly in order,
-# and obey TransactionMessageAttempts / TransactionMessageRetryInterval. Messages of a transaction whose
-# StartTransaction.conf has not arrived carry a local id; the real transactionId is filled in at send time.
+# Transactions on flash (OCPP 1.6 §3.7, DESIGN.md §4): the running transaction's record (tx.json) and the persistent
+# FIFO of its messages. One module for both, as they are recovered together at boot (a module costs ~400 B of heap
+# on a 32-bit board).
+# - Transaction: the running transaction of connector 1, with named fields, kept from its start to the queueing of
+#   its StopTransaction, so one cut by a power loss is closed at the next boot (firmware/ocpp/recovery.py). It is
+#   rewritten at every sample: hot, so firmware/store.py rotates it and its previous generation survives a write
+#   torn by the power cut.
+# - TxQueue: StartTransaction, StopTransaction and transaction MeterValues survive power loss and outages, go out
+#   strictly in order, and obey TransactionMessageAttempts / TransactionMessageRetryInterval. Messages of a
+#   transaction whose StartTransaction.conf has not arrived carry a local id; the real transactionId is filled in
+#   at send time.
 import asyncio
 import json
 
@@ -17,6 +24,31 @@ STOP = "StopTransaction"
 METER = "MeterValues"
 
 
+class Transaction:
+    def __init__(self, path, lid, tag, parent, wh, t):
+        self.path = path
+        self.lid = lid  # local id: the queue's name for it until the Central System gives a transactionId
+        self.tag = tag
+        self.parent = parent  # parentIdTag: another card of the group may stop it
+        self.wh0 = wh  # meterStart
+        self.t0 = t  # start, epoch seconds
+        self.wh = wh  # the last stored reading and its time: what a power cut closes it with
+        self.t = t
+        self.invalid = False  # the Central System refused the tag: no energy (MaxEnergyOnInvalidId aside)
+        self.samples = []  # [t, context, metering snapshot] for transactionData (metering.Sampler keeps them)
+
+    def save(self, hot=False):
+        # The keys of the firmware that kept the transaction as a dict: a transaction it left open across an
+        # update of the firmware is closed all the same. Read back at boot only (recovery.load).
+        store.write_json(self.path, {"l": self.lid, "tag": self.tag, "parent": self.parent, "wh0": self.wh0,
+                                     "t0": self.t0, "wh": self.wh, "t": self.t, "inv": self.invalid,
+                                     "td": self.samples}, hot)
+
+    def forget(self):
+        # Only once its StopTransaction is queued: a power cut before this point ends it as PowerLoss.
+        store.delete(self.path)
+
+
 class TxQueue:
     def __init__(self, session, cfg, state_dir):
         self.session = session
@@ -30,7 +62,7 @@ class TxQueue:
         # local id (str) -> transactionId from the Central System; "n" holds the last local id issued.
         ids, got = store.load(self._ids_path, None)
         self.ids = ids if isinstance(ids, dict) and isinstance(ids.get("n"), int) else {"n": 0}
-        # The map or the queue was recovered (maybe a generation older) or lost: Connector.recover re-checks
+        # The map or the queue was recovered (maybe a generation older) or lost: recover() re-checks
         # the transactions it knows against both.
         self.damaged = got >= store.RESTORED or self.journal.damaged
         self._wake = asyncio.Event()
@@ -52,6 +84,28 @@ class TxQueue:
 
     def tx_id(self, local_id):
         return self.ids.get(str(local_id))
+
+    def recover(self, open_lid):
+        """At boot, before anything is queued: (the local ids of the transactions started here whose
+        StopTransaction is not queued, whether open_lid's StartTransaction is lost). A transaction counts as
+        started when its StartTransaction is queued or booked in the id map; open_lid (the transaction the
+        connector's file holds, or None) counts too. Its Start is lost when the queue or the map came back
+        damaged and neither holds it. Every id seen is noted, so new ids are issued above them."""
+        starts = set()
+        stops = set()
+        for _, data in self.journal.records():
+            action, lid, _ = json.loads(data)
+            if action == START:
+                starts.add(lid)
+            elif action == STOP:
+                stops.add(lid)
+        lost = open_lid is not None and self.damaged and open_lid not in starts and self.tx_id(open_lid) is None
+        starts.update(int(k) for k in self.ids if k != "n")
+        if open_lid is not None:
+            starts.add(open_lid)
+        for lid in starts | stops:
+            self.note_lid(lid)
+        return starts - stops, lost
 
     def push(self, action, local_id, payload):
         # Encoded into a buffer taken at boot: a StopTransaction with transactionData can be kilobytes long,

@@ -1,12 +1,14 @@
 """Quick checks that the pieces of `make bench` (tools/bench.py, tools/refcp.py) produce sane numbers."""
 import asyncio
 import os
-import tempfile
 import time
 
 import pytest
 
 import bench
+from harness.csms import Csms
+from harness.sim import AsyncSim, probe_env
+from harness.steps import boot_charger
 
 
 def test_footprint_counts_every_module():
@@ -65,20 +67,19 @@ def test_latency_run_of_50_calls():
 
 def test_probe_reports_heap_and_sees_an_injected_stall():
     async def go():
-        csms = await bench.Csms().start()
-        tmp = tempfile.mkdtemp()
-        sim = bench.Sim(csms.url, probe=bench.write_probe(tmp, gc_each=False, period_ms=2, report_ms=100))
+        csms = await Csms().start()
+        sim = AsyncSim(csms.url, env=probe_env(gc_each=False, period_ms=2, report_ms=100))
         try:
             await sim.start()
-            await bench.boot_charger(csms, sim)
+            await boot_charger(csms, sim)
             first = await sim.wait_probe(time.monotonic())
             t = time.monotonic()
-            await sim.cmd({"cmd": "mcu", "block_ms": 60})
+            await sim.block_loop(60)
             await sim.wait_line("loop unblocked", 10)
             await asyncio.sleep(0.5)
             return first, sim.probes(t)[-1]
         finally:
-            await sim.stop()
+            await sim.close()
             await csms.stop()
 
     first, after = asyncio.run(go())

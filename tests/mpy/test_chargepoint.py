@@ -134,20 +134,6 @@ class Owner:
         self.reboots.append(kind)
 
 
-class BoardTime:
-    def __init__(self, board):
-        self.board = board
-
-    def ticks_ms(self):
-        return self.board.t
-
-    def ticks_add(self, t, delta):
-        return t + delta
-
-    def ticks_diff(self, a, b):
-        return a - b
-
-
 class Rig:
     def __init__(self, variant="socket", **keys):
         d = tinytest.tempdir("model")
@@ -161,8 +147,7 @@ class Rig:
         self.evse = E.Evse(b, m, cfg)
         self.session = Session()
         self.txq = TxQueue(self.session, cfg, d)
-        C.time = BoardTime(b)
-        self.conn = C.Connector(self.session, self.txq, self.evse, m, cfg, Auth(cfg, d), d)
+        self.conn = C.Connector(self.session, self.txq, self.evse, m, cfg, Auth(cfg, d), d, b.ticks_ms)
         self.wifi = wifi.Link(b, "HomeNet", "secret-pw")
         self.owner = Owner(self)
         self.model = ChargePoint(self.evse, m, self.conn, self.session, cfg, self.wifi, self.owner)
@@ -192,7 +177,8 @@ class Rig:
         await self.run(1000)
         self.board.ev = "C"
         await self.run(1500)
-        assert self.board.cmd and self.conn.status == "Charging", (self.board.cmd, self.conn.status)
+        status = self.conn.reporter.status
+        assert self.board.cmd and status == "Charging", (self.board.cmd, status)
 
     def stops(self):
         return [json.loads(data)[2] for _, data in self.txq.journal.records() if json.loads(data)[0] == STOP]
@@ -230,7 +216,7 @@ async def test_snapshot_has_the_fields_of_the_front_ends_interface():
     assert s["current_a"] == [16.0, 16.0, 16.0] and s["power_w"] == 690.0 * 16
     se = s["session"]
     assert se["id_tag"] == "TAG1" and se["transaction_id"] is None  # the Central System has not answered
-    assert se["energy_wh"] == s["energy_wh"] - r.conn.tx["wh0"] > 0 and se["start"].endswith("Z")
+    assert se["energy_wh"] == s["energy_wh"] - r.conn.tx.wh0 > 0 and se["start"].endswith("Z")
 
 
 async def test_snapshot_shows_a_fault_and_the_link():
@@ -328,7 +314,7 @@ async def test_start_is_refused_in_the_wrong_state_and_changes_nothing():
     await r.run(1500)
     assert m.snapshot()["status"] == "Charging"
     assert m.start("TAG2") == (False, "a session is running already")
-    assert r.conn.tx["tag"] == "TAG1"
+    assert r.conn.tx.tag == "TAG1"
 
 
 async def test_free_vend_start_and_stop():

@@ -4,9 +4,10 @@
 # EVSE slow path every 50 ms, connector tick every 100 ms at a chosen phase), so the interleavings that the
 # asyncio loop produces now and then on the virtual board are replayed exactly, every time.
 import asyncio
+import gc
 import json
 import tinytest
-from firmware import config, pilot
+from firmware import config, pilot, store
 from firmware import evse as E
 from firmware.ocpp import connector as C
 from firmware.ocpp.auth import Auth
@@ -92,6 +93,11 @@ class Meter:
     def release(self):
         pass
 
+    def anchor(self, wh, extra_wh):
+        self.anchored = (wh, extra_wh)
+
+    max_w = 22080
+
     def step(self, board):
         amps = 0
         if board.cmd and board.ev in "CD":
@@ -110,25 +116,10 @@ class Session:
         raise Offline()
 
 
-class BoardTime:
-    """The connector's `time` module, running on board time."""
-
-    def __init__(self, board):
-        self.board = board
-
-    def ticks_ms(self):
-        return self.board.t
-
-    def ticks_add(self, t, delta):
-        return t + delta
-
-    def ticks_diff(self, a, b):
-        return a - b
-
-
 class Rig:
-    def __init__(self, variant="socket", **keys):
-        d = tinytest.tempdir("conn")
+    def __init__(self, variant="socket", flash=None, **keys):
+        d = flash or tinytest.tempdir("conn")  # flash: the directory of an earlier Rig (a reboot on the same flash)
+        self.dir = d
         with open(d + "/provision.json", "w") as f:
             f.write(json.dumps({"Variant": variant}))
         self.cfg = cfg = config.Config(d)
@@ -138,16 +129,15 @@ class Rig:
         self.meter = m = Meter()
         self.evse = E.Evse(b, m, cfg)
         self.txq = TxQueue(Session(), cfg, d)
-        C.time = BoardTime(b)
-        self.conn = conn = C.Connector(Session(), self.txq, self.evse, m, cfg, Auth(cfg, d), d)
+        self.conn = conn = C.Connector(Session(), self.txq, self.evse, m, cfg, Auth(cfg, d), d, b.ticks_ms)
         self.statuses = []  # every status the connector took, in order (what the reporter would send)
-        update = conn._update_status
+        update = conn.reporter.update
 
         def record():
             update()
-            if not self.statuses or self.statuses[-1] != conn.status:
-                self.statuses.append(conn.status)
-        conn._update_status = record
+            if not self.statuses or self.statuses[-1] != conn.reporter.status:
+                self.statuses.append(conn.reporter.status)
+        conn.reporter.update = record
         self.phase = 0  # board ms (mod 100) at which the connector ticks
 
     async def run(self, ms):
@@ -179,7 +169,7 @@ class Rig:
         assert self.conn.tx is not None
         self.board.ev = "C"
         await self.run(1000)
-        assert self.board.cmd and self.conn.status == "Charging", (self.board.cmd, self.conn.status)
+        assert self.board.cmd and self.conn.reporter.status == "Charging", (self.board.cmd, self.conn.reporter.status)
 
     def queued(self, action=None):
         out = []
@@ -198,8 +188,11 @@ def _after(statuses, first):
 async def test_unplug_while_charging_never_reports_preparing():
     # The PP shows the cable gone at the next slow-path turn, the pilot shows A only after its 30 ms debounce:
     # a connector tick in between used to stop the transaction and then see "no cable, EV still in C".
+    r = None
     for phase in range(0, 100, 10):
         for offset in range(0, 50, 10):
+            r = None  # 50 rigs in a row: the previous one's 4 KB buffers go before the next is built
+            gc.collect()
             r = Rig()
             r.phase = phase
             await r.charging()
@@ -225,23 +218,23 @@ async def test_unplug_race_replayed_step_by_step():
     assert not r.board.cmd
     r.evse.update()  # PP: no cable; pilot A seen for the first time (debounce starts)
     r.conn.tick()
-    assert r.conn.tx is None and r.conn.status == "Available", r.statuses
+    assert r.conn.tx is None and r.conn.reporter.status == "Available", r.statuses
 
 
 # ---- issue 9 item 1: EV-side disconnect with StopTransactionOnEVSideDisconnect = false ----
 async def test_fixed_cable_pulled_from_the_car_suspends_and_resumes():
     r = Rig("cable", StopTransactionOnEVSideDisconnect="false")
     await r.charging()
-    lid = r.conn.tx["l"]
+    lid = r.conn.tx.lid
     r.board.ev = "A"  # the tethered cable leaves the car
     await r.run(1000)
-    assert r.conn.tx is not None and r.conn.status == "SuspendedEV", r.statuses
+    assert r.conn.tx is not None and r.conn.reporter.status == "SuspendedEV", r.statuses
     assert not r.board.cmd and r.board.pwm == 1000 and r.queued(STOP) == []
     r.board.ev = "B"  # back into the car: the same transaction, no new tag
     await r.run(1000)
     r.board.ev = "C"
     await r.run(1000)
-    assert r.board.cmd and r.conn.status == "Charging" and r.conn.tx["l"] == lid
+    assert r.board.cmd and r.conn.reporter.status == "Charging" and r.conn.tx.lid == lid
     assert len(r.queued(START)) == 1 and r.queued(STOP) == []
     r.conn.present_tag("TAG1")
     await r.run(500)
@@ -262,7 +255,7 @@ async def test_socket_ev_side_disconnect_suspends_and_resumes():
     await r.charging()
     r.board.ev = "A"  # the cable leaves the car, stays in the socket
     await r.run(1000)
-    assert r.conn.tx is not None and r.conn.status == "SuspendedEV" and not r.board.cmd
+    assert r.conn.tx is not None and r.conn.reporter.status == "SuspendedEV" and not r.board.cmd
     assert r.board.lock_cmd  # the session goes on: the cable stays locked
     r.board.ev = "B"
     await r.run(500)
@@ -283,7 +276,7 @@ async def test_lock_failure_before_start_sends_no_start_transaction():
     await r.run(3000)
     assert r.board.lock_cmd  # the lock was tried
     assert r.conn.tx is None and r.queued(START) == []
-    assert r.conn.status == "Faulted" and r.conn.error_code() == "ConnectorLockFailure"
+    assert r.conn.reporter.status == "Faulted" and r.conn.reporter.error_code() == "ConnectorLockFailure"
     r.board.ev = "C"
     await r.run(8000)  # ConnectionTimeOut: the authorised start is dropped
     assert r.conn.pending_tag is None and r.queued() == []
@@ -296,14 +289,14 @@ async def test_lock_that_engages_late_starts_the_transaction():
     r.conn.arm("TAG1")
     r.plug()
     await r.run(3000)
-    assert r.conn.status == "Faulted" and r.queued(START) == []
+    assert r.conn.reporter.status == "Faulted" and r.queued(START) == []
     r.board.lock_works = True
     r.board.set_lock(r.board.lock_cmd)  # the lock reaches its commanded position after all
     await r.run(500)
-    assert len(r.queued(START)) == 1 and r.conn.status == "SuspendedEV"
+    assert len(r.queued(START)) == 1 and r.conn.reporter.status == "SuspendedEV"
     r.board.ev = "C"
     await r.run(1000)
-    assert r.board.cmd and r.conn.status == "Charging"
+    assert r.board.cmd and r.conn.reporter.status == "Charging"
 
 
 async def test_lock_lost_during_a_transaction_ends_it():
@@ -316,12 +309,12 @@ async def test_lock_lost_during_a_transaction_ends_it():
     (stop,) = r.queued(STOP)
     assert stop["reason"] == "Other"
     assert "Faulted" in _after(r.statuses, "Charging")
-    assert r.conn.error_code() == "ConnectorLockFailure" and r.conn.status == "Faulted"
+    assert r.conn.reporter.error_code() == "ConnectorLockFailure" and r.conn.reporter.status == "Faulted"
     await r.run(3000)
     assert r.board.closes == 1 and not r.board.lock_cmd  # unlocked so the cable can be taken out
     r.unplug()
     await r.run(500)
-    assert r.conn.status == "Available"
+    assert r.conn.reporter.status == "Available"
 
 
 # ---- issue 9 item 5: a new MeterValueSampleInterval applies at once ----
@@ -356,10 +349,51 @@ async def test_the_same_card_in_another_case_cancels_a_pending_start():
     r = Rig()
     r.conn.arm("ABC123")
     await r.run(200)
-    assert r.conn.status == "Preparing"
+    assert r.conn.reporter.status == "Preparing"
     r.conn.present_tag("abc123")
     await r.run(200)
-    assert r.conn.pending_tag is None and r.conn.status == "Available"
+    assert r.conn.pending_tag is None and r.conn.reporter.status == "Available"
+
+
+# ---- boot: the transaction a reset left open (firmware/ocpp/recovery.py with TxQueue.recover) ----
+async def test_a_transaction_cut_by_a_power_loss_is_closed_at_boot_once():
+    r = Rig(MeterValueSampleInterval="10")
+    await r.charging()
+    await r.run(11000)  # a sample: stored with the transaction
+    tx = r.conn.tx
+    stored = tx.wh
+    assert len(r.queued(METER)) == 1 and r.queued(STOP) == []
+    r2 = Rig(flash=r.dir)  # the power comes back: a new MCU on the same flash
+    r2.meter.energy_wh = stored + 5  # the register moved by what flowed after the last sample
+    await r2.conn.recover("power")
+    assert r2.meter.anchored[0] == stored  # the first reading was checked against the stored one
+    (stop,) = r2.queued(STOP)
+    assert stop["reason"] == "PowerLoss" and stop["meterStop"] == stored + 5
+    assert len(r2.queued(START)) == 1 and r2.conn.tx is None
+    r3 = Rig(flash=r.dir)  # and again: it has its Stop, none more
+    await r3.conn.recover("power")
+    assert len(r3.queued(STOP)) == 1
+    assert r3.txq.new_local_id() > tx.lid
+
+
+async def test_a_watchdog_reset_closes_it_with_reason_reboot():
+    r = Rig()
+    await r.charging()
+    r2 = Rig(flash=r.dir)
+    await r2.conn.recover("watchdog")
+    (stop,) = r2.queued(STOP)
+    assert stop["reason"] == "Reboot"
+
+
+async def test_a_lost_transaction_file_still_gets_its_stop():
+    r = Rig()
+    await r.charging()
+    lid = r.conn.tx.lid
+    store.delete(r.dir + "/tx.json")  # both copies gone (corrupt flash)
+    r2 = Rig(flash=r.dir)
+    await r2.conn.recover("power")
+    (stop,) = r2.queued(STOP)
+    assert stop["reason"] == "PowerLoss" and json.loads(list(r2.txq.journal.records())[-1][1])[1] == lid
 
 
 tinytest.run(globals())

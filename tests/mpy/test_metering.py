@@ -16,7 +16,12 @@ class FakeEvse:
     pwm = 272
 
 
+PERIODIC, CLOCK, TRIGGER = 1, 2, 4  # metering's context numbers (private constants there)
 ALL = "Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage,Current.Offered,Power.Offered"
+
+
+def _sampled(meter, evse, measurands, context):
+    return metering.values_from(metering.snapshot(meter, evse), measurands, context)
 
 
 def _by(values, measurand):
@@ -24,14 +29,14 @@ def _by(values, measurand):
 
 
 def test_energy_is_an_integer_string_in_wh():
-    (e,) = _by(metering.sampled_values(FakeMeter(), FakeEvse(), ALL, metering.PERIODIC),
+    (e,) = _by(_sampled(FakeMeter(), FakeEvse(), ALL, PERIODIC),
                "Energy.Active.Import.Register")
     assert e == {"value": "1234567", "context": "Sample.Periodic", "format": "Raw",
                  "measurand": "Energy.Active.Import.Register", "location": "Outlet", "unit": "Wh"}
 
 
 def test_per_phase_current_and_voltage():
-    values = metering.sampled_values(FakeMeter(), FakeEvse(), ALL, metering.PERIODIC)
+    values = _sampled(FakeMeter(), FakeEvse(), ALL, PERIODIC)
     assert [(v["phase"], v["value"], v["unit"]) for v in _by(values, "Current.Import")] == \
         [("L1", "16.0", "A"), ("L2", "16.0", "A"), ("L3", "0.0", "A")]
     assert [(v["phase"], v["value"]) for v in _by(values, "Voltage")] == \
@@ -41,31 +46,50 @@ def test_per_phase_current_and_voltage():
 
 
 def test_offered_current_and_power():
-    values = metering.sampled_values(FakeMeter(), FakeEvse(), ALL, metering.TRIGGER)
+    values = _sampled(FakeMeter(), FakeEvse(), ALL, TRIGGER)
     (c,) = _by(values, "Current.Offered")
     assert c["value"] == "16.3" and c["unit"] == "A" and c["context"] == "Trigger"
     (w,) = _by(values, "Power.Offered")
     assert w["value"] == str(163 * 230 * 3 // 10)
     evse = FakeEvse()
     evse.pwm = 1000  # no PWM: nothing is offered whatever the arbiter says
-    assert _by(metering.sampled_values(FakeMeter(), evse, "Current.Offered", metering.TRIGGER),
+    assert _by(_sampled(FakeMeter(), evse, "Current.Offered", TRIGGER),
                "Current.Offered")[0]["value"] == "0.0"
 
 
 def test_phase_suffix_selects_one_phase():
-    values = metering.sampled_values(FakeMeter(), FakeEvse(), "Voltage.L2,Current.Import.L3", metering.CLOCK)
+    values = _sampled(FakeMeter(), FakeEvse(), "Voltage.L2,Current.Import.L3", CLOCK)
     assert [(v["measurand"], v["phase"]) for v in values] == [("Voltage", "L2-N"), ("Current.Import", "L3")]
 
 
 def test_single_phase_meter_reports_l1_only():
     m = FakeMeter()
     m.model = "SDM120"
-    values = metering.sampled_values(m, FakeEvse(), "Current.Import,Voltage", metering.PERIODIC)
+    values = _sampled(m, FakeEvse(), "Current.Import,Voltage", PERIODIC)
     assert [v["phase"] for v in values] == ["L1", "L1-N"]
 
 
+class FakeQueue:
+    def __init__(self):
+        self.pushed = []
+
+    def push(self, action, lid, payload):
+        self.pushed.append(payload)
+
+
+class FakeConfig:
+    def get(self, key):
+        return "Energy.Active.Import.Register" if key == "MeterValuesAlignedData" else None
+
+
 def test_meter_value_has_timestamp():
-    mv = metering.meter_value(FakeMeter(), FakeEvse(), "Energy.Active.Import.Register", metering.CLOCK, 0)
+    # A clock-aligned sample of a transaction, taken for the slot at epoch 0.
+    from firmware.ocpp.txqueue import Transaction
+    q = FakeQueue()
+    s = metering.Sampler(None, q, FakeMeter(), FakeEvse(), FakeConfig(), lambda: 0)
+    s._send(Transaction(tinytest.tempdir("metering") + "/tx.json", 1, "T", None, 0, 0), CLOCK,
+            "Energy.Active.Import.Register", 0)
+    (mv,) = q.pushed[0]["meterValue"]
     assert mv["timestamp"] == "1970-01-01T00:00:00Z" and len(mv["sampledValue"]) == 1
 
 

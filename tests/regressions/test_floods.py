@@ -5,33 +5,37 @@ for a message already waiting is now answered by that one; availability toggles 
 import asyncio
 import json
 
-import bench
+from harness.csms import Csms
+from harness.sim import AsyncSim
+from harness.steps import boot_charger
+
+CP = "CP1"
 
 FLOOD = 200
 
 
 async def flood(action="TriggerMessage", payload=lambda i: {"requestedMessage": "Heartbeat"}, counted="Heartbeat"):
-    csms = await bench.Csms().start()
-    sim = bench.Sim(csms.url)
+    csms = await Csms().start()
+    sim = AsyncSim(csms.url)
     try:
         await sim.start()
-        await bench.boot_charger(csms, sim)
-        conn = await csms.wait_connected(bench.CP, 30)
+        await boot_charger(csms, sim)
+        conn = await csms.wait_connected(CP, 30)
         before = csms.incoming.get(counted, 0)
         answers = []
         for i in range(FLOOD):
-            frame, _ = await csms.send_wait(bench.CP, json.dumps([2, "flood-%d" % i, action, payload(i)]),
+            frame, _ = await csms.send_wait(CP, json.dumps([2, "flood-%d" % i, action, payload(i)]),
                                             timeout=10)
             answers.append(frame)
         deadline = asyncio.get_running_loop().time() + 10
         while csms.incoming.get(counted, 0) == before and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(1)
-        last = [f[3] for _, f in csms.calls_in(bench.CP, counted)][-1:]
-        return (answers, csms.incoming.get(counted, 0) - before, csms.conns.get(bench.CP) is conn,
-                sim.crashes(), [line for _, line in sim.lines if "MemoryError" in line or "failed" in line], last)
+        last = [f[3] for _, f in csms.calls_in(CP, counted)][-1:]
+        return (answers, csms.incoming.get(counted, 0) - before, csms.conns.get(CP) is conn,
+                sim.crashes(), [line for line in sim.lines if "MemoryError" in line or "failed" in line], last)
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 

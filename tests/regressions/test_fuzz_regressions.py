@@ -11,9 +11,14 @@ import json
 import os
 
 import pytest
+import websockets
 
-import bench
 import fuzzframes
+from harness.csms import CallTimeout, Csms
+from harness.sim import AsyncSim
+from harness.steps import boot_charger, change_config
+
+CP = "CP1"
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz")
 CASES = sorted(glob.glob(os.path.join(HERE, "*.json")))
@@ -30,30 +35,30 @@ def load(path):
 
 
 async def replay(cases):
-    csms = await bench.Csms().start()
-    sim = bench.Sim(csms.url)
+    csms = await Csms().start()
+    sim = AsyncSim(csms.url)
     out = []
     try:
         await sim.start()
-        await bench.boot_charger(csms, sim)
-        await bench.change_config(csms, bench.CP, "ReconnectBackoffMin", 1)
+        await boot_charger(csms, sim)
+        await change_config(csms, CP, "ReconnectBackoffMin", 1)
         for n, case in enumerate(cases):
-            conn = await csms.wait_connected(bench.CP, 60)
+            conn = await csms.wait_connected(CP, 60)
             start = len(conn.strays)
             closed = False
             try:
-                await csms.send_raw(bench.CP, case["text"])
+                await csms.send_raw(CP, case["text"])
                 uid = "replay-%d" % n
-                await csms.send_wait(bench.CP, fuzzframes_sentinel(uid), timeout=20, uid=uid)
-            except (ConnectionError, bench.CallTimeout, bench.websockets.ConnectionClosed):
+                await csms.send_wait(CP, fuzzframes_sentinel(uid), timeout=20, uid=uid)
+            except (ConnectionError, CallTimeout, websockets.ConnectionClosed):
                 closed = True
             answers = conn.strays[start:]
-            conn = await csms.wait_connected(bench.CP, 60)
-            frame, _ = await csms.call(bench.CP, "GetLocalListVersion", {}, 20)
+            conn = await csms.wait_connected(CP, 60)
+            frame, _ = await csms.call(CP, "GetLocalListVersion", {}, 20)
             out.append((case, fuzzframes.judge(case, answers, closed), frame[0] == 3))
         return out, sim.fatal()
     finally:
-        await sim.stop()
+        await sim.close()
         await csms.stop()
 
 

@@ -1,0 +1,48 @@
+# Runs on the MicroPython unix port in place of main.py (tools/sim.py's SIM_MCU_SCRIPT, set by
+# harness.sim.probe_env): queues one probe task, then runs the firmware's main.py unchanged. asyncio keeps a task
+# created before asyncio.run() in its queue, so the probe runs in the firmware's own loop with no hook in the
+# firmware. Every period ms it measures how late its sleep wakes (the longest loop stall) and, with gc on,
+# collects and reads the live heap; every report ms it prints a BENCHPROBE line that the sim echoes.
+# BENCH_PROBE="gc,period,report" (0/1, ms, ms). The sim starts the MCU in the project root.
+import os
+import sys
+import gc
+import time
+import asyncio
+
+_GC, _PERIOD, _REPORT = [int(x) for x in (os.getenv("BENCH_PROBE") or "1,2,250").split(",")]
+if "/rom" not in sys.path:  # tools/romboot.py mounted the firmware's ROMFS image there; else the .mpy build
+    sys.path.insert(0, "build/unix")
+
+
+async def _probe():
+    from firmware import store  # loaded by the firmware by the time the loop runs
+
+    peak = 0
+    lag = 0
+    n = 0
+    last = time.ticks_ms()
+    while True:
+        if _GC:
+            gc.collect()
+            live = gc.mem_alloc()
+            if live > peak:
+                peak = live
+        else:
+            live = gc.mem_alloc()
+        t0 = time.ticks_us()
+        await asyncio.sleep_ms(_PERIOD)
+        d = time.ticks_diff(time.ticks_us(), t0) - _PERIOD * 1000
+        if d > lag:
+            lag = d
+        n += 1
+        if time.ticks_diff(time.ticks_ms(), last) >= _REPORT:
+            last = time.ticks_ms()
+            print("BENCHPROBE live=%d peak=%d lag_us=%d written=%d free=%d n=%d" % (
+                live, peak, lag, store.bytes_written, gc.mem_free(), n))
+
+
+asyncio.create_task(_probe())
+with open("build/unix/main.py") as _f:
+    _main = _f.read()
+exec(_main)
