@@ -5,7 +5,7 @@ import micropython
 import sys
 
 from firmware import config, leds, log, store, wifi
-from firmware.diag.ring import Ring
+from firmware.diag.ring import Ring, secrets
 from firmware.evse import Evse
 from firmware.meter import Meter
 from firmware.ocpp import core
@@ -299,13 +299,6 @@ class App:
             self.ring.flush()
             gc.collect()
             log.debug(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
-
-
-def secrets(cfg):
-    """The passwords the log ring masks (firmware/diag/ring.py); read again at each GetDiagnostics, whose upload
-    masks them once more (an AuthorizationKey set over OCPP since the boot)."""
-    v = cfg._vals  # the stored values: no entry decoded, nothing cached
-    return v.get("Password"), v.get("WifiPassword"), v.get("MqttPassword"), v.get("WebPassword")
 
 
 async def _supervised(fn):

@@ -20,6 +20,14 @@ _WARN = const(30)      # firmware.log.WARN
 _SECRET_MIN = const(4)  # shorter values are not masked (they would shred every line they occur in)
 
 
+def secrets(cfg):
+    """The charger's passwords as stored now (firmware/config.py), for Ring.secrets: read again at each
+    GetDiagnostics, whose upload masks every line once more (an AuthorizationKey set over OCPP since the boot).
+    The stored values, not cfg.get(), which would decode four key-table entries and cache them for good."""
+    v = cfg._vals
+    return v.get("Password"), v.get("WifiPassword"), v.get("MqttPassword"), v.get("WebPassword")
+
+
 def redact(text, secrets=()):
     """text with every known secret value, URL password (scheme://user:PASSWORD@host) and private key masked."""
     for s in secrets:

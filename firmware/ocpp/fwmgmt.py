@@ -38,7 +38,7 @@ def _update(app, p):
 
 
 def _diagnostics(app, p):
-    from firmware.app import secrets
+    from firmware.diag.ring import secrets
 
     app.ring.secrets = secrets(app.cfg)  # as set now: the upload masks them again in every line
     if app.diag is None:

@@ -3,8 +3,9 @@
 (ota_servers.py: Python's http.server, pyftpdlib). The update tests boot the board from its flash the way a board
 does (sim --flash-code: boot.py, slotboot picks slots/a or slots/b, main.py), the flash laid out as make deploy
 leaves it with version OLD in slot a; an installed update really reboots the MCU into slot b, and BootNotification's
-firmwareVersion says which one runs. Each test asserts the exact FirmwareStatusNotification /
-DiagnosticsStatusNotification sequence the Central System receives."""
+firmwareVersion says which one runs; a version that raises as it starts is given up and the old one boots again.
+Each test asserts the exact FirmwareStatusNotification / DiagnosticsStatusNotification sequence the Central System
+receives."""
 import datetime
 import os
 import re
@@ -18,7 +19,7 @@ from conftest import ROOT, SimProc, _register, _stop_all, wait_until
 from core_helpers import CP, board_until, start_charging
 from ota_servers import FTPServers, HTTPServers, lay_out_flash
 
-OLD, NEW = "1.0-old", "2.0-new"
+OLD, NEW, BROKEN = "1.0-old", "2.0-new", "2.1-broken"
 SECRET = "Cp-Pa55w0rd-17"
 # The code runs from the slot's .mpy files, all of it in the heap (a board runs it frozen or from ROMFS, README):
 # 110wK holds the charger but leaves less than the update engine asks for (firmware/ota/update.py HEAP_FREE).
@@ -44,6 +45,12 @@ def kit(tmp_path_factory):
     new = otapack.pack(key, NEW, blobs, built="2026-01-01T00:00:00Z")
     (files / "new.fwpk").write_bytes(new)
     (files / "tampered.fwpk").write_bytes(new[:-100] + bytes([new[-100] ^ 1]) + new[-99:])
+    # a well-signed version whose application raises as it starts (a bug that slipped through)
+    src = d / "app_broken.py"
+    src.write_text("raise RuntimeError('version %s is broken on purpose')\n" % BROKEN)
+    build._compile(str(src), "firmware/app.py", str(d / "app_broken.mpy"), None)
+    broken = [(p, (d / "app_broken.mpy").read_bytes() if p == "firmware/app.mpy" else b) for p, b in blobs]
+    (files / "broken.fwpk").write_bytes(otapack.pack(key, BROKEN, broken, built="2026-01-01T00:00:00Z"))
     return {"tree": tree, "pub": pub, "old": otapack.pack(key, OLD, blobs, built="2026-01-01T00:00:00Z"),
             "files": files}
 
@@ -170,6 +177,24 @@ def test_tampered_package_is_installation_failed_and_the_old_version_runs_on(csm
     sim.cmd({"cmd": "power", "on": True})
     csms.wait_for("BootNotification", cp=CP, count=2, timeout=60)
     assert boots(csms) == [OLD, OLD]
+
+
+def test_new_version_that_crashes_at_start_rolls_back_and_reports_installation_failed(csms_factory, flash_sim,
+                                                                                     flash, web):
+    csms, sim = booted(csms_factory, flash_sim, flash)
+    srv, port = web.start()
+    assert csms.call(CP, "UpdateFirmware", {"location": "http://127.0.0.1:%d/files/broken.fwpk" % port,
+                                            "retrieveDate": iso(time.time())}) == {}
+    csms.wait_for("FirmwareStatusNotification", cp=CP, where=lambda p: p["status"] == "InstallationFailed",
+                  timeout=120)
+    # the new slot raised before it could register; slotboot gave its trial up and the board is back on OLD
+    assert fw_statuses(csms) == ["Downloading", "Downloaded", "Installing", "InstallationFailed"]
+    assert boots(csms) == [OLD, OLD]
+    sim.wait_line(r"broken on purpose", timeout=5)
+    st = slot_state(flash)
+    assert st["active"] == "a" and st["trial"] is None and st["report"] is None
+    wait_until(lambda: not (flash / "update.json").exists(), 10, msg="the update forgotten once reported")
+    assert trigger(csms, "FirmwareStatusNotification") == "Idle"
 
 
 def test_update_during_a_transaction_installs_only_after_it_ends(csms_factory, flash_sim, flash, web):
