@@ -5,7 +5,6 @@ import micropython
 import sys
 
 from firmware import config, leds, log, store, wifi
-from firmware.diag.ring import Ring, secrets
 from firmware.evse import Evse
 from firmware.meter import Meter
 from firmware.ocpp import core
@@ -34,10 +33,10 @@ class App:
         state = board.state_dir
         self.t0 = board.ticks_ms()
         self.cfg = cfg = config.Config(state)
-        # The log on flash that GetDiagnostics uploads (firmware/diag/ring.py), the passwords masked
-        self.ring = Ring(state)
-        self.ring.secrets = secrets(cfg)
-        log.sink = self.ring.write
+        # The log on flash that GetDiagnostics uploads: from the first GetDiagnostics on, at every boot
+        self.ring = None
+        if store.exists(state + "/diag"):
+            self.start_ring()
         self.wifi = wifi.start(board, cfg)  # the network link, joined and kept (firmware/wifi.py): .state .ip .error
         model = cfg.get("MeterModel")
         baud, parity, stop = _METER_SERIAL[model]
@@ -104,6 +103,13 @@ class App:
         from firmware.ocpp import localauth
         localauth.register(self.session, self)
 
+    def start_ring(self):
+        from firmware.diag.ring import Ring, secrets
+        self.ring = ring = Ring(self.board.state_dir)
+        ring.secrets = secrets(self.cfg)  # the passwords, masked before a line reaches flash
+        log.sink = ring.write
+        return ring
+
     def load_fwmgmt(self):
         from firmware.ocpp import fwmgmt
         fwmgmt.register(self.session, self)
@@ -121,9 +127,12 @@ class App:
         return conn.transaction_id(), tx and tx.t0, self.meter.voltage_v[0]
 
     def _boot_fields(self):
-        from firmware.ota import boot
         ident = self.cfg.get("ChargeBoxId")
-        version, self._ota_owed = boot.info(self.board.state_dir, VERSION)  # the running slot's version
+        version, self._ota_owed = VERSION, False
+        state = self.board.state_dir
+        if store.exists(state + "/slots") or store.present(state + "/update.json"):
+            from firmware.ota import boot  # a board with slots: the running slot's version, an update's work
+            version, self._ota_owed = boot.info(state, VERSION)
         return {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": ident[:25],
                 "firmwareVersion": version, "meterType": self.meter.model_name()[:25]}
 
@@ -207,7 +216,8 @@ class App:
         log.info(_TAG, "%s reset" % kind)
         await asyncio.sleep_ms(200)  # let the Reset answer leave before the link goes down
         await self.session_restart()
-        self.ring.flush()
+        if self.ring:
+            self.ring.flush()
         self.board.reset()
 
     async def session_restart(self):
@@ -296,7 +306,8 @@ class App:
             asyncio.create_task(_supervised(fn))
         while True:
             await asyncio.sleep(60)
-            self.ring.flush()
+            if self.ring:
+                self.ring.flush()
             gc.collect()
             log.debug(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
 

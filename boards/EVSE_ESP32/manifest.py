@@ -17,6 +17,9 @@ package(
         "clock.py",
         "config.py",
         "config_keys.py",
+        "diag/__init__.py",
+        "diag/ring.py",
+        "diag/upload.py",
         "evse.py",
         "jsonbuf.py",
         "leds.py",
@@ -29,6 +32,7 @@ package(
         "provision.py",
         "setupcheck.py",
         "store.py",
+        "transfer.py",
         "watchdog.py",
         "web.py",
         "webauth.py",
@@ -38,6 +42,7 @@ package(
         "ocpp/auth.py",
         "ocpp/connector.py",
         "ocpp/core.py",
+        "ocpp/fwmgmt.py",
         "ocpp/localauth.py",
         "ocpp/metering.py",
         "ocpp/recovery.py",
@@ -49,12 +54,20 @@ package(
         "ocpp/status.py",
         "ocpp/trigger.py",
         "ocpp/txqueue.py",
+        "ota/__init__.py",
+        "ota/boot.py",
+        "ota/package.py",
+        "ota/partition.py",
+        "ota/sign.py",
+        "ota/slots.py",
+        "ota/update.py",
     ),
     base_path=_REPO,
     opt=3,
 )
 package("hal", files=("__init__.py", "esp32.py"), base_path=_REPO, opt=3)
-package("lib", files=("__init__.py", "mfrc522.py", "modbus.py", "mqtt.py", "tls.py", "ws.py", "wsframe.py"),
+package("lib", files=("__init__.py", "ftp.py", "http.py", "mfrc522.py", "modbus.py", "mqtt.py", "tcp.py", "tls.py", "url.py",
+                      "ws.py", "wsframe.py"),
         base_path=_REPO, opt=3)
 # microdot, the web page's HTTP server, is installed from PyPI into the venv (requirements.txt pins it), never
 # copied into this repository: frozen from there, the modules tools/build.py INSTALLED names.

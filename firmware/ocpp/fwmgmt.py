@@ -40,11 +40,12 @@ def _update(app, p):
 def _diagnostics(app, p):
     from firmware.diag.ring import secrets
 
-    app.ring.secrets = secrets(app.cfg)  # as set now: the upload masks them again in every line
+    ring = app.ring or app.start_ring()  # the first GetDiagnostics starts the log ring (at every boot after it)
+    ring.secrets = secrets(app.cfg)  # as set now: the upload masks them again in every line
     if app.diag is None:
         from firmware.diag import upload
 
-        app.diag = upload.Diagnostics(app.ring, lambda s: _notify(app, "DiagnosticsStatusNotification", s),
+        app.diag = upload.Diagnostics(ring, lambda s: _notify(app, "DiagnosticsStatusNotification", s),
                                       lambda: _snapshot(app), _transfer_lock(), _cas(app),
                                       app.cfg.get("ChargeBoxId"))
         fresh = True
@@ -183,7 +184,8 @@ def _hold(app, on):
 
 async def _reboot(app):
     log.info(_TAG, "rebooting into the new firmware")
-    app.ring.flush()
+    if app.ring:
+        app.ring.flush()
     await app.session_restart()
     app.board.reset()
 
@@ -204,7 +206,7 @@ def _snapshot(app):
             "heap_free": _free(), "heap_largest_block": upload.largest_block(),
             "link": "online" if app.session.online else "offline", "registered": app.session.registered,
             "wifi": getattr(app.wifi, "state", None), "queue": len(app.txq), "connector": c.reporter.status,
-            "transaction": c.transaction_id(), "fault": ev.fault, "ring_errors": app.ring.errors}
+            "transaction": c.transaction_id(), "fault": ev.fault, "ring_errors": app.ring and app.ring.errors}
 
 
 def _free():

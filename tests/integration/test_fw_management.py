@@ -232,21 +232,22 @@ def test_update_during_a_transaction_installs_only_after_it_ends(csms_factory, f
 
 
 # ---- GetDiagnostics -------------------------------------------------------------------------------------
-def check_upload(text, name):
+def check_upload(text, name, boot_lines):
     assert re.match(r"diag-CP1-\d{8}T\d{6}Z\.txt$", name), name
     assert text.startswith("# Diagnostics of CP1 at "), text[:200]
     for line in ("version: 0.1.0", "slot: root", "link: online", "registered: True", "queue: 0",
                  "connector: Available"):
         assert re.search("^%s$" % re.escape(line), text, re.M), line
     assert re.search(r"^heap_free: \d+$", text, re.M) and re.search(r"^heap_largest_block: \d+$", text, re.M)
-    assert re.search(r"^\S+Z \d+ I ocpp: BootNotification Accepted, interval \d+$", text, re.M), text
+    # the ring starts at the first GetDiagnostics, and from then on at every boot
+    assert bool(re.search(r"^\S+Z \d+ I ocpp: BootNotification Accepted, interval \d+$", text, re.M)) == boot_lines
     assert re.search(r"^\S+Z \d+ I diag: GetDiagnostics to \S+, 2 attempt\(s\) 1 s apart$", text, re.M), text
     assert SECRET not in text and "up-pass" not in text  # no password, neither the charger's nor the URL's
 
 
 def test_get_diagnostics_to_http_and_ftp(csms_factory, sim_factory, tmp_path):
     csms = csms_factory(auth={CP: SECRET})
-    sim_factory(csms.url, password=SECRET)
+    sim = sim_factory(csms.url, password=SECRET)
     csms.wait_for("StatusNotification", cp=CP, where=lambda p: p["connectorId"] == 1)
     assert trigger(csms, "DiagnosticsStatusNotification") == "Idle"
     web = HTTPServers(tmp_path)
@@ -261,9 +262,12 @@ def test_get_diagnostics_to_http_and_ftp(csms_factory, sim_factory, tmp_path):
         assert diag_statuses(csms) == ["Idle", "Uploading", "Uploaded"]
         method, ctype, body = srv.uploads["/upload/" + name]
         assert method == "PUT" and ctype == "text/plain"
-        check_upload(body.decode(), name)
+        check_upload(body.decode(), name, False)
         assert trigger(csms, "DiagnosticsStatusNotification") == "Idle"
 
+        sim.cmd({"cmd": "power", "on": False})  # the board boots again: its log ring from the first line
+        sim.cmd({"cmd": "power", "on": True})
+        csms.wait_for("StatusNotification", cp=CP, count=2, where=lambda p: p["connectorId"] == 1)
         fport = ftpd.start()
         mark = len(csms.messages())
         name = csms.call(CP, "GetDiagnostics", {"location": "ftp://up:up-pass@127.0.0.1:%d/" % fport,
@@ -272,7 +276,8 @@ def test_get_diagnostics_to_http_and_ftp(csms_factory, sim_factory, tmp_path):
                       where=lambda p: p["status"] == "Uploaded")
         assert diag_statuses(csms, mark) == ["Uploading", "Uploaded"]
         text = (tmp_path / "up" / name).read_text()
-        check_upload(text, name)
+        check_upload(text, name, True)
+        assert "GetDiagnostics to http://127.0.0.1:%d/upload/" % port in text  # the first boot's lines too
         assert "GetDiagnostics to ftp://up:***@127.0.0.1" in text  # the URL's password masked in the log
         assert trigger(csms, "DiagnosticsStatusNotification") == "Idle"
         assert trigger(csms, "FirmwareStatusNotification") == "Idle"
