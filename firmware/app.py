@@ -31,12 +31,7 @@ class App:
     def __init__(self, board):
         self.board = board
         state = board.state_dir
-        self.t0 = board.ticks_ms()
         self.cfg = cfg = config.Config(state)
-        # The log on flash that GetDiagnostics uploads: from the first GetDiagnostics on, at every boot
-        self.ring = None
-        if store.exists(state + "/diag"):
-            self.start_ring()
         self.wifi = wifi.start(board, cfg)  # the network link, joined and kept (firmware/wifi.py): .state .ip .error
         model = cfg.get("MeterModel")
         baud, parity, stop = _METER_SERIAL[model]
@@ -51,8 +46,8 @@ class App:
         self.auth = Auth(cfg, state)
         self.connector = Connector(self.session, self.txq, self.evse, self.meter, cfg, self.auth, state,
                                    board.ticks_ms)
-        # FirmwareManagement (firmware/ocpp/fwmgmt.py): the engines while they run, else None
-        self.updater = self.diag = None
+        # FirmwareManagement (firmware/ocpp/fwmgmt.py): the engines while they run, the log ring once started
+        self.updater = self.diag = self.ring = None
         # Optional profiles load on first use (or at boot when flash holds their data): their code is a large
         # part of the heap, and many installations never use them (DESIGN.md §5).
         self.smart = None
@@ -103,13 +98,6 @@ class App:
         from firmware.ocpp import localauth
         localauth.register(self.session, self)
 
-    def start_ring(self):
-        from firmware.diag.ring import Ring, secrets
-        self.ring = ring = Ring(self.board.state_dir)
-        ring.secrets = secrets(self.cfg)  # the passwords, masked before a line reaches flash
-        log.sink = ring.write
-        return ring
-
     def load_fwmgmt(self):
         from firmware.ocpp import fwmgmt
         fwmgmt.register(self.session, self)
@@ -128,13 +116,8 @@ class App:
 
     def _boot_fields(self):
         ident = self.cfg.get("ChargeBoxId")
-        version, self._ota_owed = VERSION, False
-        state = self.board.state_dir
-        if store.exists(state + "/slots") or store.present(state + "/update.json"):
-            from firmware.ota import boot  # a board with slots: the running slot's version, an update's work
-            version, self._ota_owed = boot.info(state, VERSION)
         return {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": ident[:25],
-                "firmwareVersion": version, "meterType": self.meter.model_name()[:25]}
+                "firmwareVersion": VERSION, "meterType": self.meter.model_name()[:25]}
 
     def _on_accepted(self):
         # After a boot the Central System must see every connector's status; after a mere reconnect only a
@@ -299,8 +282,11 @@ class App:
         if self.cfg.get("WebEnabled") or self.cfg.get("MqttUrl"):
             from firmware import chargepoint  # the front ends and their charger model: only when configured
             chargepoint.start(self)
-        if self._ota_owed:  # an update in progress, a trial to confirm or a status owed (docs/ota.md)
-            self.load_fwmgmt().start_updater(self)
+        state = self.board.state_dir
+        if store.exists(store.join(state, "slots")) or store.exists(store.join(state, "diag")) \
+                or store.present(store.join(state, "update.json")):
+            from firmware.ota import boot  # the running slot's version, an update's work, the log ring (docs/ota.md)
+            boot.start(self)
         for fn in (self.evse.run, self._poll_meter, self.session.run, self.txq.run, self.connector.run,
                    self.connector.reporter.report, self._poll_inputs, wd.run):
             asyncio.create_task(_supervised(fn))

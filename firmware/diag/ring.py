@@ -28,6 +28,17 @@ def secrets(cfg):
     return v.get("Password"), v.get("WifiPassword"), v.get("MqttPassword"), v.get("WebPassword")
 
 
+def start(app):
+    """The ring as the firmware's log sink (firmware/log.py), kept as app.ring: at the first GetDiagnostics, and at
+    every boot after it (firmware/ota/boot.py finds diag/ on flash)."""
+    from firmware import log
+
+    app.ring = r = Ring(app.board.state_dir)
+    r.secrets = secrets(app.cfg)  # masked before a line reaches flash
+    log.sink = r.write
+    return r
+
+
 def redact(text, secrets=()):
     """text with every known secret value, URL password (scheme://user:PASSWORD@host) and private key masked."""
     for s in secrets:

@@ -4,7 +4,6 @@
 # stored update has work (firmware.ota.owed()), and leaves the heap again with the engines once both are idle.
 import asyncio
 import sys
-import time
 
 from firmware import log
 from firmware.ocpp import rpc
@@ -38,10 +37,10 @@ def _update(app, p):
 
 
 def _diagnostics(app, p):
-    from firmware.diag.ring import secrets
+    from firmware.diag import ring as _ring
 
-    ring = app.ring or app.start_ring()  # the first GetDiagnostics starts the log ring (at every boot after it)
-    ring.secrets = secrets(app.cfg)  # as set now: the upload masks them again in every line
+    ring = app.ring or _ring.start(app)  # the first GetDiagnostics starts the log ring (at every boot after it)
+    ring.secrets = _ring.secrets(app.cfg)  # as set now: the upload masks them again in every line
     if app.diag is None:
         from firmware.diag import upload
 
@@ -202,7 +201,7 @@ def _snapshot(app):
     c = app.connector
     ev = app.evse
     return {"version": app.session.boot_fields["firmwareVersion"], "slot": slot,
-            "uptime_s": time.ticks_diff(app.board.ticks_ms(), app.t0) // 1000, "reset_cause": app.board.reset_cause(),
+            "uptime_s": app.board.ticks_ms() // 1000, "reset_cause": app.board.reset_cause(),
             "heap_free": _free(), "heap_largest_block": upload.largest_block(),
             "link": "online" if app.session.online else "offline", "registered": app.session.registered,
             "wifi": getattr(app.wifi, "state", None), "queue": len(app.txq), "connector": c.reporter.status,

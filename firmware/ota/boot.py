@@ -1,7 +1,25 @@
 # What the application needs to know of the firmware slots at boot, from the flash's files alone: the version
-# BootNotification reports and whether the update engine (firmware/ota/update.py) has work. Importing the slot
+# BootNotification reports and whether the update engine (firmware/ota/update.py) has work; start() acts on it
+# (and starts the log ring). Loaded only on a board with slots/, diag/ or update.json. Importing the slot
 # code for it (slots.py and slotboot, 14 KB from .mpy) would leave their names interned and the heap in pieces
 # for good; this module leaves the heap again once asked.
+
+
+def start(app):
+    """At boot (App.main, before the tasks) on a board with slots, an update stored or the log ring on flash:
+    BootNotification's firmwareVersion becomes the running slot's, the update engine starts when it has work,
+    and the log ring (firmware/diag/ring.py) when a GetDiagnostics started it before."""
+    from firmware import store
+
+    root = app.board.state_dir
+    fields = app.session.boot_fields
+    fields["firmwareVersion"], work = info(root, fields["firmwareVersion"])
+    if work:
+        app.load_fwmgmt().start_updater(app)
+    if store.exists(store.join(root, "diag")):
+        from firmware.diag import ring
+
+        ring.start(app)
 
 
 def info(root, default):
