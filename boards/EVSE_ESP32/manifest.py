@@ -17,6 +17,7 @@ package(
         "clock.py",
         "config.py",
         "config_keys.py",
+        "console.py",
         "evse.py",
         "jsonbuf.py",
         "leds.py",
