@@ -3,9 +3,8 @@
 # firmware/ocpp/recovery.py does at boot).
 import gc
 import micropython
-import sys
 
-from firmware import log
+from firmware import log, unload
 
 _TAG = "app"  # the charger's own lines, as before the console had its module
 
@@ -16,10 +15,7 @@ async def run(app, line):
     try:
         await _command(app, line)
     finally:
-        sys.modules.pop(__name__, None)
-        pkg = sys.modules.get("firmware")
-        if pkg is not None and "console" in pkg.__dict__:
-            delattr(pkg, "console")
+        unload(__name__)
 
 
 async def _command(app, line):
