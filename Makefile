@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
 # browser tests, run headless through selenium): the package is installed only when the command is missing (a Node.js from another source already brings npm, and Debian's npm would clash with it).
 APT_COMMANDS := node:nodejs npm:npm mosquitto:mosquitto socat:socat chromium:chromium chromedriver:chromium-driver
 # Parallel test workers: the tests mostly wait on simulated boards and Central Systems, not on the CPU.
-TEST_WORKERS ?= 8
+TEST_WORKERS ?= 10
 
 .PHONY: test sim bench torture romfs deps clean mpy deploy
 
@@ -36,7 +36,7 @@ $(NODE_STAMP): package-lock.json
 deps: apt $(STAMP) $(NODE_STAMP)
 
 test: apt $(STAMP) $(NODE_STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --maxschedchunk 1 tests
 
 sim: apt $(STAMP)
 	$(VENV)/bin/python tools/demo.py

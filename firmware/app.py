@@ -1,7 +1,6 @@
 # Wires the charger together and owns the asyncio tasks. The only firmware module that is handed the board.
 import asyncio
 import gc
-import micropython
 import sys
 
 from firmware import config, leds, log, store, wifi
@@ -10,7 +9,6 @@ from firmware.meter import Meter
 from firmware.ocpp import core
 from firmware.ocpp.auth import Auth
 from firmware.ocpp.connector import Connector, CONNECTOR
-from firmware.ocpp.core import VENDOR_ID
 from firmware.ocpp.session import Session
 from firmware.ocpp.txqueue import TxQueue
 from firmware.watchdog import Watchdog
@@ -38,9 +36,6 @@ class App:
         self.meter = Meter(RtuMaster(board.open_uart(baud, parity, stop), baud), model, cfg.get("MeterUnit"),
                            cfg.get("MaxCurrent"))
         self.evse = Evse(board, self.meter, cfg)
-        self._avail_path = state + "/availability.json"
-        avail = store.read_json(self._avail_path, None) or {}
-        self.evse.operative = avail.get("operative", True)
         self.session = Session(cfg, self._boot_fields())
         self.txq = TxQueue(self.session, cfg, state)
         self.auth = Auth(cfg, state)
@@ -62,13 +57,9 @@ class App:
             self.load_smart()
         if store.present(state + "/reservation.json"):
             self.load_reservations()
-        self.scheduled_operative = None  # ChangeAvailability waiting for the transaction to end
-        core.register(session, self)
-        self.session.on_accepted = self._on_accepted
-        self._booted = False
-        self._status0_again = False   # kick_status0: connector 0's status changed since the task last sent
-        self._status0_running = False
-        self._reporting = False
+        # Core: the profile's handlers and what it asks of the charger (availability, connector 0, reset)
+        self.core = core.register(session, self)
+        session.on_accepted = self.core.accepted
         self.watchdog = Watchdog(board)
         self._meter_beats = 0
         self._input_beats = 0
@@ -119,95 +110,6 @@ class App:
         return {"chargePointVendor": VENDOR, "chargePointModel": MODEL, "chargePointSerialNumber": ident[:25],
                 "firmwareVersion": VERSION, "meterType": self.meter.model_name()[:25]}
 
-    def _on_accepted(self):
-        # After a boot the Central System must see every connector's status; after a mere reconnect only a
-        # status that changed while offline (OCPP 1.6 §4.9), which the status reporter notices by itself.
-        if not self._booted:
-            self._booted = True
-            self.kick_status0()
-            self.connector.reporter.resend()
-        else:
-            self.connector.reporter.kick()
-        self.txq.kick()
-        for engine in (self.updater, self.diag):  # a trial is confirmed, owed statuses go
-            if engine is not None:
-                engine.accepted()
-        if store.notes and not self._reporting:
-            self._reporting = True
-            asyncio.create_task(self._report_flash())
-
-    async def _report_flash(self):
-        # What the store had to recover or lost at boot, told to the Central System as vendor DataTransfers
-        # (docs/decisions.md, Flash); a note stays until one is delivered, for the next connection.
-        notes = store.notes
-        try:
-            while notes:
-                if await self.session.notify("DataTransfer", {"vendorId": VENDOR_ID, "messageId": "FlashRecovery",
-                                                              "data": notes[0]}) is None:
-                    break
-                notes.pop(0)
-        finally:
-            self._reporting = False
-
-    def kick_status0(self):
-        # One task at most: a Central System toggling availability back to back must not queue a
-        # StatusNotification task per toggle (a TriggerMessage flood of that kind exhausted the heap). A change
-        # while the task waits for its turn to send is sent in one more round.
-        self._status0_again = True
-        if not self._status0_running:
-            self._status0_running = True
-            asyncio.create_task(self._status0_rounds())
-
-    async def _status0_rounds(self):
-        try:
-            while self._status0_again:
-                self._status0_again = False
-                await self.status_connector0()
-        finally:
-            self._status0_running = False
-
-    async def status_connector0(self):
-        from firmware import clock
-        status = "Available" if self.evse.operative else "Unavailable"
-        await self.session.notify("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
-                                                         "status": status, "timestamp": clock.iso()})
-
-    # ---- actions requested by the Central System ----
-    def set_availability(self, operative):
-        if self.connector.tx is not None and not operative:
-            self.scheduled_operative = operative
-            return "Scheduled"
-        self._apply_availability(operative)
-        return "Accepted"
-
-    def _apply_availability(self, operative):
-        self.scheduled_operative = None
-        if self.evse.operative != operative:
-            self.evse.operative = operative
-            store.write_json(self._avail_path, {"operative": operative})
-            self.kick_status0()
-        self.connector.tick()
-
-    async def reboot(self, kind):
-        reason = "HardReset" if kind == "Hard" else "SoftReset"
-        self.connector.stop(reason)
-        # Soft: give the queue a chance to deliver the StopTransaction; Hard: it goes out after the boot.
-        for _ in range(100 if kind == "Soft" else 10):
-            if self.connector.stopping is None and not len(self.txq):
-                break
-            await asyncio.sleep_ms(100)
-        log.info(_TAG, "%s reset" % kind)
-        await asyncio.sleep_ms(200)  # let the Reset answer leave before the link goes down
-        await self.session_restart()
-        if self.ring:
-            self.ring.flush()
-        self.board.reset()
-
-    async def session_restart(self):
-        ws = self.session.ws
-        if ws is not None:
-            await ws.close()
-
     # ---- tasks ----
     async def _poll_meter(self):
         meter = self.meter
@@ -227,6 +129,7 @@ class App:
     async def _poll_inputs(self):
         board = self.board
         conn = self.connector
+        core = self.core
         while True:
             tag = board.poll_tag()
             if tag:
@@ -234,35 +137,16 @@ class App:
                 conn.present_tag(tag)
             line = board.poll_console()
             if line:
-                asyncio.create_task(self._console(line))
-            if self.scheduled_operative is not None and conn.tx is None:
-                self._apply_availability(self.scheduled_operative)
+                from firmware import console  # the service console: loaded per line, it unloads itself after
+                asyncio.create_task(console.run(self, line))
+                del console
+            core.apply_scheduled()
             status = conn.reporter.status
             if status != self._led_status:
                 self._led_status = status
                 leds.show(board, status)
             self._input_beats += 1
             await asyncio.sleep_ms(100)
-
-    async def _console(self, line):
-        """Service console: `datatransfer VENDOR [MSGID [DATA]]` sends a DataTransfer to the Central System
-        (OCPP 1.6 §4.3, OCTT TC_064); `heap` prints the live heap."""
-        words = line.split(None, 3)
-        if words[0] == "datatransfer" and len(words) >= 2:
-            p = {"vendorId": words[1]}
-            if len(words) > 2:
-                p["messageId"] = words[2]
-            if len(words) > 3:
-                p["data"] = words[3]
-            answer = await self.session.notify("DataTransfer", p)
-            if answer is not None:
-                log.info(_TAG, "DataTransfer answer: %s" % answer)
-        elif words[0] == "heap":
-            gc.collect()
-            log.info(_TAG, "heap %d used, %d free" % (gc.mem_alloc(), gc.mem_free()))
-            micropython.mem_info()  # the largest free block: fragmentation is what makes allocations fail
-        else:
-            log.warn(_TAG, "console: unknown command %r" % line)
 
     async def main(self):
         gc.collect()

@@ -36,9 +36,9 @@ def _slot():
 
 
 class ChargePoint:
-    """evse, meter, connector, session, cfg, wifi: the parts App wires. owner: what App itself does, which the
-    model asks for: set_availability(operative) -> "Accepted" | "Scheduled", async reboot(kind), and the
-    attribute firmware_status (the FirmwareStatusNotification state)."""
+    """evse, meter, connector, session, cfg, wifi: the parts App wires. owner: App, for the rest the model asks
+    for: owner.core (firmware/ocpp/core.py: set_availability(operative) -> "Accepted" | "Scheduled", async
+    reboot(kind)) and owner.firmware_status (the FirmwareStatusNotification state)."""
 
     def __init__(self, evse, meter, connector, session, cfg, wifi, owner):
         self.evse = evse
@@ -227,7 +227,7 @@ class ChargePoint:
         """ChangeAvailability from a front end: with a session running, inoperative waits for its end."""
         if not isinstance(operative, bool):
             return False, "expected true (operative) or false (inoperative)"
-        answer = self.owner.set_availability(operative)
+        answer = self.owner.core.set_availability(operative)
         self.touch()
         if answer == "Scheduled":
             return True, "scheduled: the connector becomes unavailable when the session ends"
@@ -235,7 +235,7 @@ class ChargePoint:
 
     def reset(self, hard=False):
         """Reboots the charger as a Reset from the Central System does (a running session stops first)."""
-        asyncio.create_task(self.owner.reboot("Hard" if hard else "Soft"))
+        asyncio.create_task(self.owner.core.reboot("Hard" if hard else "Soft"))
         return True, None
 
     def unlock(self):

@@ -12,7 +12,6 @@
 # (writer.write(text)), so tests drive it with fakes. Every output line starts with "? " (a question), "! " (an
 # answer refused, and why) or "  " (information): a person reads them, a test waits for them. Secrets (the WiFi
 # and Central System passwords) are never written back, nor logged: the summary says "set" or "none".
-import sys
 import asyncio
 from micropython import const
 from firmware import config, log, setupcheck
@@ -231,9 +230,5 @@ async def _setup(board, cfg, con, join, wifi_required):
 
 
 def _unload():
-    pkg = sys.modules.get("firmware")
-    for name in _SETUP_MODULES:
-        sys.modules.pop(name, None)
-        leaf = name[9:] if name.startswith("firmware.") else None
-        if leaf and pkg is not None and leaf in pkg.__dict__:
-            delattr(pkg, leaf)
+    from firmware import unload
+    unload(*_SETUP_MODULES)

@@ -302,7 +302,7 @@ class Journal:
             if not had and size >= 0:
                 log.info(_TAG, "%s missing" % _name(bak))
                 self._m._torn = True  # rebuilt below, a seq floor at least, so a later loss is seen
-            n = self._reconcile()
+            n = self._reconcile(why is not None)
             if n:
                 why = (why or "incomplete") + ": %d transaction record(s) restored from %s" % (n, _name(bak))
         if why:
@@ -386,13 +386,28 @@ class Journal:
                         out.append(self._seqs[i])
         return out
 
-    def _reconcile(self):
+    def _reconcile(self, lost):
         """At open, main file and mirror: records the main file lost come back from the mirror (in seq order,
         after the survivors, which are all older); then the mirror is rebuilt if it still disagrees (a power cut
-        between the two writes, or a damaged copy). Returns how many records came back."""
+        between the two writes, or a damaged copy). Returns how many records came back.
+
+        lost: the main file lost its end. The pops of delivered records are appended there, so a record whose pop
+        went with it would come back and be sent again (a Start booked twice, a Stop for a closed transaction).
+        An intact mirror saw every pop of a kept record, and the queue pops in FIFO order: every record up to the
+        newest kept record the mirror saw popped was delivered, and goes."""
         m = self._m
         n = 0
         try:
+            if lost and not m.damaged and not m._torn:
+                done = -1
+                for seq in self._kept():
+                    if done < seq < m._next and m._index(seq) < 0:
+                        done = seq
+                if done >= 0:
+                    live = [seq for seq in self._seqs if seq > done]
+                    log.info(_TAG, "%s: %d delivered record(s) dropped" % (_name(self.path),
+                                                                          len(self._seqs) - len(live)))
+                    self._rewrite(None, live)
             for seq in list(m._seqs):
                 if seq >= self._next and self._index(seq) < 0:
                     data = m._read_payload(m._index(seq))

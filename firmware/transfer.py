@@ -139,16 +139,9 @@ def drop(names, other, shared=("firmware.transfer",) + _CLIENTS):
     holds them. The shared ones (this module and the transfer clients) go too unless the module `other` (the
     other engine) is loaded. drop((), other, _CLIENTS) lets the clients go between transfers."""
     import sys
+    from firmware import unload
 
-    if other not in sys.modules:
-        names = names + shared
-    for name in names:
-        if name in sys.modules:
-            del sys.modules[name]
-            pkg, _, leaf = name.rpartition(".")
-            mod = sys.modules.get(pkg)
-            if mod is not None and leaf in mod.__dict__:
-                delattr(mod, leaf)
+    unload(*(names if other in sys.modules else names + shared))
 
 
 def drop_clients(other):

@@ -191,6 +191,13 @@ def pytest_collection_modifyitems(session, config, items):
     # Every worker sorts the same way, as xdist requires.
     times = _durations()
     items.sort(key=lambda item: -times.get(item.nodeid, 30.0 if item.get_closest_marker("long") else 0.0))
+    # xdist hands each worker its first two tests at once (`--maxschedchunk 1`, the Makefile), the rest one by
+    # one as they finish: pair each of the longest tests with one of the shortest, or one worker would start
+    # with the two longest back to back.
+    workers = getattr(config, "workerinput", {}).get("workercount", 0)
+    if workers and len(items) >= 4 * workers:
+        longest, shortest = items[:workers], items[-workers:]
+        items[:] = [t for pair in zip(longest, shortest) for t in pair] + items[workers:-workers]
 
 
 _measured = {}

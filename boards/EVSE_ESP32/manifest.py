@@ -17,6 +17,7 @@ package(
         "clock.py",
         "config.py",
         "config_keys.py",
+        "console.py",
         "diag/__init__.py",
         "diag/ring.py",
         "diag/upload.py",

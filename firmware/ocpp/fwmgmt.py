@@ -25,6 +25,16 @@ def register(session, app):
     running engines or None)."""
     session.handle("UpdateFirmware", _UPDATE, lambda p: _update(app, p))
     session.handle("GetDiagnostics", _DIAG, lambda p: _diagnostics(app, p))
+    session.on_accepted = lambda: _accepted(app)
+
+
+def _accepted(app):
+    # BootNotification accepted (a boot or a reconnect): Core's work, then the engines' (a trial is confirmed,
+    # owed statuses go again). Installed while this module is loaded; unload() gives Core its hook back.
+    app.core.accepted()
+    for engine in (app.updater, app.diag):
+        if engine is not None:
+            engine.accepted()
 
 
 def _update(app, p):
@@ -118,6 +128,7 @@ def _unload(app):
     for a in ACTIONS:
         session.handlers.pop(a, None)
     session.lazy(ACTIONS, app.load_fwmgmt)
+    session.on_accepted = app.core.accepted
     sys.modules.pop(__name__, None)
     pkg = sys.modules.get("firmware.ocpp")
     if pkg is not None and "fwmgmt" in pkg.__dict__:
@@ -160,7 +171,7 @@ def _busy(app):
     if not busy and _held and app.evse.operative:
         log.info(_TAG, "connector Unavailable while the new firmware is installed")
         app.evse.operative = False  # not stored: the reboot or hold(False) gives the stored availability back
-        app.kick_status0()
+        app.core.kick_status0()
         c.tick()
     return busy
 
@@ -174,10 +185,10 @@ def _hold(app, on):
     elif not app.evse.operative:
         from firmware import store
 
-        avail = store.read_json(app.board.state_dir + "/availability.json", None) or {}
+        avail = store.read_json(app.core._avail_path, None) or {}
         if avail.get("operative", True):
             app.evse.operative = True
-            app.kick_status0()
+            app.core.kick_status0()
             app.connector.tick()
 
 
@@ -185,7 +196,7 @@ async def _reboot(app):
     log.info(_TAG, "rebooting into the new firmware")
     if app.ring:
         app.ring.flush()
-    await app.session_restart()
+    await app.core.session_restart()
     app.board.reset()
 
 

@@ -1,10 +1,9 @@
 # Boot only: the transaction a reset left open is taken back and closed (docs/decisions.md, Flash). Connector.recover
 # loads this module once, before the tasks start, and unloads it after, so its code costs no heap while the charger
 # runs (as firmware/provision.py does).
-import sys
 from micropython import const
 
-from firmware import clock, log, store
+from firmware import clock, log, store, unload
 from firmware.ocpp.txqueue import START, Transaction
 
 _TAG = "conn"  # the connector's log lines
@@ -19,10 +18,7 @@ async def run(conn, cause):
     try:
         await _close(conn, cause)
     finally:
-        sys.modules.pop(__name__, None)
-        pkg = sys.modules.get("firmware.ocpp")
-        if pkg is not None and "recovery" in pkg.__dict__:
-            delattr(pkg, "recovery")
+        unload(__name__)
 
 
 async def _close(conn, cause):

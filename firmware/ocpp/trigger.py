@@ -48,7 +48,7 @@ async def _send_one(app, what, cid):
         await conn.sampler.triggered(conn.transaction_id())
     elif what == "StatusNotification":
         if cid is None or cid == 0:
-            await app.status_connector0()
+            await app.core.status_connector0()
         if cid is None or cid == CONNECTOR:
             await app.connector.reporter.send_now()
     else:

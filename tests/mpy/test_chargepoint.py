@@ -115,12 +115,14 @@ class Session:
 
 
 class Owner:
-    """What App does for the model: availability (with its Scheduled case), reboot, the firmware status."""
+    """What App and its Core object do for the model: availability (with its Scheduled case), reboot, the firmware
+    status."""
 
     def __init__(self, rig):
         self.rig = rig
         self.firmware_status = "Idle"
         self.reboots = []
+        self.core = self  # App's Core object: this fake plays both
 
     def set_availability(self, operative):
         r = self.rig

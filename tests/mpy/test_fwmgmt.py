@@ -50,6 +50,19 @@ class _Board:
 _SESSION = []  # one for all tests: its 6 KB frame buffer each time would not fit the test's heap
 
 
+class _Core:
+    # what fwmgmt asks of Core (firmware/ocpp/core.py): connector 0's status, the stored availability, the hook
+    def __init__(self, app, state):
+        self.app = app
+        self._avail_path = state + "/availability.json"
+
+    def kick_status0(self):
+        self.app.status0 += 1
+
+    def accepted(self):
+        pass
+
+
 class _App:
     def __init__(self):
         state = tinytest.tempdir("fwmgmt")
@@ -66,6 +79,8 @@ class _App:
         self.evse = _Evse()
         self.updater = self.diag = None
         self.status0 = 0
+        self.core = _Core(self, state)
+        self.session.on_accepted = self.core.accepted
         self.session.lazy(("UpdateFirmware", "GetDiagnostics"), self.load_fwmgmt)
 
     def load_fwmgmt(self):
@@ -73,8 +88,6 @@ class _App:
         fwmgmt.register(self.session, self)
         return fwmgmt
 
-    def kick_status0(self):
-        self.status0 += 1
 
 
 async def test_loaded_at_the_first_call_and_a_bad_location_is_a_property_violation():
@@ -126,6 +139,7 @@ def test_the_module_leaves_the_heap_once_both_engines_are_idle():
     assert "UpdateFirmware" not in app.session.handlers and "GetDiagnostics" not in app.session.handlers
     ocpp = sys.modules["firmware.ocpp"]
     assert "fwmgmt" not in ocpp.__dict__
+    assert app.session.on_accepted == app.core.accepted  # Core's hook back
     assert app.session._handler("GetDiagnostics") is not None  # the lazy loader is back: loaded again
     assert "firmware.ocpp.fwmgmt" in sys.modules
 

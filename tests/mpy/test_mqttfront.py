@@ -527,7 +527,9 @@ async def test_supervisor_connects_serves_reconnects_and_reconfigures():
     assert f.connects == 2 and cl.on("evse/CP1/availability")[-1][1] == "online"
     # a changed setting: offline said on purpose, a new client with the new settings
     c.set_device("LoadMode", "fixed")
-    await until(lambda: len(Client.made) == 2 and Client.made[-1].connected, what="reconfigured")
+    # connected, then subscribed: wait for both
+    await until(lambda: len(Client.made) == 2 and Client.made[-1].connected and len(Client.made[-1].subs) == 2,
+                what="reconfigured")
     assert cl.on("evse/CP1/availability")[-1][1] == "offline" and not cl.connected
     new = Client.made[-1]
     assert new.subs == [(b"evse/CP1/cmd/+", 1), (b"evse/CP1/input/+", 0)]

@@ -203,11 +203,23 @@ class _Charger:
         self.reboots.append((kind, len(self.ws.sent) if self.ws else None))
 
 
+class _Board:
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+
+
+class _Evse:
+    operative = True
+
+
 def _core_session():
     s, ws = _session()
     app = _Charger(s.cfg)
     app.ws = ws
-    core.register(s, app)
+    app.board = _Board(tinytest.tempdir("session-core"))  # Core restores the availability from there
+    app.evse = _Evse()
+    c = core.register(s, app)
+    c.reboot = app.reboot  # the reset sequence itself needs a whole charger: record its start instead
     return s, ws, app
 
 

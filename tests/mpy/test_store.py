@@ -435,6 +435,25 @@ def test_journal_cut_between_the_two_pops_does_not_bring_a_record_back():
     _rmtree(d)
 
 
+def test_journal_that_lost_its_pops_does_not_send_delivered_records_again():
+    # A session delivered (Start, values, Stop popped: the pops are appended at the end), then the next one
+    # queued; the main file loses its end, pops included. The delivered records must not come back (a Start
+    # booked twice, a Stop of a closed transaction); the new kept record comes back from the mirror.
+    d = _fresh()
+    p = d + "/q"
+    j, seqs = _queue(p)
+    queued = _size(p)
+    for s in seqs:
+        j.pop(s)
+    nxt = j.append(b"start-2", True)
+    _truncate(p, _size(p) - queued - 3)  # the pops and start-2 gone, 3 bytes of the first pop left (torn)
+    j = store.Journal(p, mirror=True)
+    assert j.damaged
+    assert [r for r in j.records()] == [(nxt, b"start-2")]
+    assert [r for r in store.Journal(p + ".bak").records()] == [(nxt, b"start-2")]
+    _rmtree(d)
+
+
 def test_journal_seqs_stay_above_what_the_mirror_saw_when_the_file_is_lost():
     d = _fresh()
     p = d + "/q"

@@ -18,7 +18,7 @@ import time
 
 import csms as central  # tools/csms.py
 from harness import PY, TOOLS
-from harness.proc import ChildProcess, json_request, wait_until
+from harness.proc import ChildProcess, ProcessFailed, json_request, stable_port, wait_until
 
 
 class CallErrorReply(AssertionError, RuntimeError):
@@ -64,7 +64,9 @@ class Csms:
 
     is_async = True
 
-    def __init__(self, port=0):
+    def __init__(self, port=None):
+        # outside the ephemeral range: torture restarts it on the same port (proc.stable_port)
+        port = port or stable_port()
         args = central.build_parser().parse_args(["--port", str(port), "--interval", "120", "--ping-interval", "0"])
         logging.getLogger("ocpp").setLevel(logging.CRITICAL)  # our CPs send garbage on purpose; frames say it
         self.journal = central.Journal(echo=False, keep=False)
@@ -262,6 +264,11 @@ class Csms:
             conn = self._conn(c.sock)
             await c.sock.ws.close()
             await conn.closed.wait()
+            # the Central System forgets the connection when its handler ends, a moment after the close: until
+            # then wait_connected() would hand back the dead one
+            deadline = time.monotonic() + 10
+            while self.cs.cps.get(cp) is c and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
 
     def calls_in(self, cp=None, action=None, since_t=0.0):
         return [(t, f) for t, c, d, f, _ in self.frames
@@ -317,11 +324,13 @@ class CsmsProc(ChildProcess):
     def __init__(self, port=None, tls=False, pki=None, auth=None, tags=("TAG1",), boot_status="Accepted",
                  interval=300, extra_args=()):
         super().__init__()
-        # Port 0 on the first start: the tool binds a free port itself and names it in its ready line (a port
-        # picked here and freed again could be taken by a parallel test before the tool binds it). A restart
-        # keeps both: the charger knows the WebSocket port, the test the control port.
-        self.port = port or 0
-        self.control_port = 0
+        # Ports outside the ephemeral range (proc.stable_port), kept across restarts: the charger knows the
+        # WebSocket port, the test the control port. Another worker may pick the same port between our check
+        # and the tool's bind: start() then tries new ones.
+        self._chosen = not port
+        self._started = False
+        self.port = port or stable_port()
+        self.control_port = stable_port()
         self.tls = tls
         self.pki = pki
         self.auth = dict(auth or {})
@@ -362,7 +371,17 @@ class CsmsProc(ChildProcess):
 
     def start(self):
         self._since = 0
-        ready = self._spawn(self.argv())
+        for attempt in range(3):
+            try:
+                ready = self._spawn(self.argv())
+                break
+            except ProcessFailed:  # on the first start only: a restart must keep its ports
+                if self._started or attempt == 2 or "address already in use" not in "\n".join(self.lines[-5:]):
+                    raise
+                if self._chosen:
+                    self.port = stable_port()
+                self.control_port = stable_port()
+        self._started = True
         self.port = int(ready.group(1).rsplit(":", 1)[1].split("/", 1)[0])
         self.control_port = int(ready.group(2))
         return self

@@ -30,6 +30,25 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Below Linux's ephemeral range (32768-60999): a server that is restarted on the same port must not find it
+# taken by some other process's outgoing connection or port-0 listener in between, which in the ephemeral range
+# happens under parallel tests. Ports from here are only ever chosen by stable_port().
+_STABLE_PORTS = (20000, 32767)
+
+
+def stable_port():
+    """A free port on 127.0.0.1 outside the ephemeral range, for a server that is restarted on the same port."""
+    import random
+    while True:
+        port = random.randint(*_STABLE_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def wait_until(fn, timeout=30, interval=0.1, msg=""):
     """Poll fn until it returns something truthy; return that value or fail with msg."""
     deadline = time.monotonic() + timeout
