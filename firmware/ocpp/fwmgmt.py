@@ -129,10 +129,9 @@ def _unload(app):
         session.handlers.pop(a, None)
     session.lazy(ACTIONS, app.load_fwmgmt)
     session.on_accepted = app.core.accepted
-    sys.modules.pop(__name__, None)
-    pkg = sys.modules.get("firmware.ocpp")
-    if pkg is not None and "fwmgmt" in pkg.__dict__:
-        delattr(pkg, "fwmgmt")
+    from firmware import unload
+
+    unload(__name__)
 
 
 def _transfer_lock():

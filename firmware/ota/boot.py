@@ -32,11 +32,9 @@ def info(root, default):
         return _read(sys, store, root, default)
     finally:
         if "firmware.ota.slots" not in sys.modules:  # this module and its package leave the heap again
-            sys.modules.pop("firmware.ota.boot", None)
-            sys.modules.pop("firmware.ota", None)
-            pkg = sys.modules.get("firmware")
-            if pkg is not None and "ota" in pkg.__dict__:
-                delattr(pkg, "ota")
+            from firmware import unload
+
+            unload("firmware.ota.boot", "firmware.ota")
 
 
 def _read(sys, store, root, default):
