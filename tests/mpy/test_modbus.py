@@ -49,6 +49,9 @@ def regs_reply(unit, fc, data):
     return frame(unit, fc, len(data), *data)
 
 
+# A reply the test expects to be read: a timeout far above the scripted delays, so that a host too busy to run
+# this process for 300 ms (parallel tests on two cores) does not turn a good reply into "bad CRC or framing".
+_SLOW_HOST_MS = 5000
 DATA4 = bytes((0x43, 0x66, 0x00, 0x00, 0x41, 0x80, 0x00, 0x00))  # 230.0 V, 16.0 A
 
 
@@ -155,19 +158,19 @@ async def test_wrong_function_is_ignored():
 async def test_wrong_unit_then_right_unit():
     # another slave's late answer followed by ours on the same line
     s = FakeStream([[(0, regs_reply(2, 4, DATA4)), (3, regs_reply(1, 4, DATA4))]])
-    assert await RtuMaster(s, 9600, retries=0).read(1, 4, 0, 4) == DATA4
+    assert await RtuMaster(s, 9600, timeout_ms=_SLOW_HOST_MS, retries=0).read(1, 4, 0, 4) == DATA4
 
 
 async def test_leading_garbage_glued_to_reply():
     s = FakeStream([[(0, b"\x01\xff\x00\x04\x01" + regs_reply(1, 4, DATA4))]])
-    m = RtuMaster(s, 9600, retries=0)
+    m = RtuMaster(s, 9600, timeout_ms=_SLOW_HOST_MS, retries=0)
     assert await m.read(1, 4, 0, 4) == DATA4
     assert m.discarded == 5
 
 
 async def test_garbage_then_silence_then_reply():
     s = FakeStream([[(0, b"\x01\x04\x08\x43"), (30, regs_reply(1, 4, DATA4))]])
-    m = RtuMaster(s, 9600, retries=0)
+    m = RtuMaster(s, 9600, timeout_ms=_SLOW_HOST_MS, retries=0)
     assert await m.read(1, 4, 0, 4) == DATA4
 
 
@@ -175,7 +178,7 @@ async def test_stale_bytes_flushed_before_request():
     # A complete valid-looking reply left on the line must not be taken for the next answer.
     stale = regs_reply(1, 4, b"\x00\x00\x00\x00\x00\x00\x00\x00")
     s = FakeStream([[(5, regs_reply(1, 4, DATA4))]], stale=stale)
-    m = RtuMaster(s, 9600, retries=0)
+    m = RtuMaster(s, 9600, timeout_ms=_SLOW_HOST_MS, retries=0)
     assert await m.read(1, 4, 0, 4) == DATA4
     assert m.discarded >= len(stale)
 
@@ -213,7 +216,7 @@ def test_gap():
 
 async def test_concurrent_callers_are_serialised():
     s = FakeStream([[(3, regs_reply(1, 4, DATA4))], [(3, regs_reply(2, 3, b"\x00\x07"))]])
-    m = RtuMaster(s, 9600, retries=0)
+    m = RtuMaster(s, 9600, timeout_ms=_SLOW_HOST_MS, retries=0)
     a, b = await asyncio.gather(m.read(1, 4, 0, 4), m.read(2, 3, 0x14, 1))
     assert a == DATA4 and b == b"\x00\x07"
     assert s.written[0][:6] == b"\x01\x04\x00\x00\x00\x04"
