@@ -38,7 +38,7 @@ def test_code_heap_on_the_64_bit_and_the_32_bit_port():
 def test_romfs_image_runs_the_scenario_in_a_heap_too_small_for_the_files():
     # Run in place from a ROMFS image, as on a board with a ROMFS partition, the scenario passes at 84wK; from
     # .mpy files the code itself lands in the heap: at 84wK the firmware cannot even boot, and it needs about
-    # 120wK (`make bench`, "smallest heap ... from .mpy files"; README "On a real ESP32"), so 160wK measures it.
+    # 124wK (`make bench`, "smallest heap ... from .mpy files"; README "On a real ESP32"), so 160wK measures it.
     image = bench.build.romfs(bench.BUILD_UNIX)[1]
     ok, why, lines, marks, _ = asyncio.run(bench.run_scenario(heap="84wK", romfs=True, step_timeout=20))
     assert ok, why + "\n" + "\n".join(l for _, l in lines[-15:])
