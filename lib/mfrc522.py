@@ -66,6 +66,7 @@ _SEL = b"\x93\x95\x97"     # SEL of cascade levels 1-3
 
 WAIT_POLLS = const(200)   # ComIrqReg reads before we stop trusting the chip's timer
 _WAIT_US = const(5000)
+_MIN_POLLS = const(16)         # ComIrqReg reads before _WAIT_US may end the wait (about 0.3 ms of SPI at 2 MHz)
 
 # Bring-up states
 _RESET = const(0)
@@ -176,11 +177,13 @@ class Mfrc522:
     def _wait(self, bits):
         # -> the ComIrqReg bits seen, 0 when the chip never raised one (then it needs a reset).
         deadline = time.ticks_add(time.ticks_us(), _WAIT_US)
-        for _ in range(WAIT_POLLS):
+        for n in range(WAIT_POLLS):
             irq = self._read(_COM_IRQ)
             if irq & bits:
                 return irq
-            if time.ticks_diff(time.ticks_us(), deadline) > 0:
+            # The time limit counts only after a few reads: a task preempted for longer than it (an interrupt,
+            # a busy host) would otherwise take a working chip for a hung one.
+            if n >= _MIN_POLLS and time.ticks_diff(time.ticks_us(), deadline) > 0:
                 break
         self._state = _RESET
         return 0

@@ -329,6 +329,10 @@ class DemoChargePoint(ChargePoint):
         closed = asyncio.ensure_future(self.sock.ws.wait_closed())
         try:
             await asyncio.wait({work, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if closed.done() and not work.done():
+                # An answer sent just before the close (ChangeConfiguration AuthorizationKey answers, then
+                # reconnects) is still being routed: give it a moment
+                await asyncio.wait({work}, timeout=1)
         finally:
             closed.cancel()
         if work.done():
