@@ -185,7 +185,8 @@ def test_garbage_from_cp_is_logged_and_survived(csms_factory, aloop):
                               if m["dir"] == "out" and m["msg"][1] == "g1"], 10, msg="reply to g1")[0]
     assert err[0] == 4 and err[2] == "FormationViolation"   # the 1.6 spelling, not the library's
     assert any(m["raw"] == "this is not json" and m["msg"] is None for m in csms.messages("CP1"))
-    assert any("this is not json" in line for line in csms.output)
+    # its stdout is read by another thread: the line may come a moment after the control socket has the frame
+    assert wait_until(lambda: any("this is not json" in line for line in csms.output), 10, msg="logged")
     # The connection and the server are still fine.
     assert aloop.run(cp.call(call.Heartbeat())).current_time
     assert csms.connected() == ["CP1"]
