@@ -16,6 +16,7 @@ from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 import otapack
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
@@ -179,3 +180,19 @@ def booted(out):
             _, slot, version = line.split(" ", 2)
             return slot, version
     raise AssertionError("no BOOT line:\n" + out)
+
+
+# Fixtures of the update tests (test_ota_update.py, test_fw_management.py), over the module's own `kit` fixture:
+# {"tree", "pub", "old" (the package of slot a), "files" (what the servers serve)}.
+@pytest.fixture
+def flash(kit, tmp_path):
+    return lay_out_flash(tmp_path / "flash", kit["old"], kit["pub"], kit["tree"])
+
+
+@pytest.fixture
+def web(kit):
+    s = HTTPServers(kit["files"])
+    try:
+        yield s
+    finally:
+        s.stop()

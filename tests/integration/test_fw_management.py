@@ -15,9 +15,10 @@ import pytest
 
 import build
 import otapack
-from conftest import ROOT, SimProc, _register, _stop_all, wait_until
+from conftest import ROOT, SimProc, process_pool, wait_until
 from core_helpers import CP, board_until, start_charging
-from ota_servers import FTPServers, HTTPServers, lay_out_flash
+from ota_servers import FTPServers, HTTPServers
+from ota_servers import flash, web  # noqa: F401 (fixtures shared with test_ota_update.py)
 
 OLD, NEW, BROKEN = "1.0-old", "2.0-new", "2.1-broken"
 SECRET = "Cp-Pa55w0rd-17"
@@ -56,33 +57,10 @@ def kit(tmp_path_factory):
 
 
 @pytest.fixture
-def flash(kit, tmp_path):
-    return lay_out_flash(tmp_path / "flash", kit["old"], kit["pub"], kit["tree"])
-
-
-@pytest.fixture
-def web(kit):
-    s = HTTPServers(kit["files"])
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
 def flash_sim(request):
-    procs = []
-
-    def make(csms_url, state_dir, **kwargs):
-        proc = FlashSim(csms_url, state_dir=str(state_dir), heap=FLASH_HEAP, **kwargs)
-        procs.append(proc)
-        _register(request, proc)
-        return proc.start()
-
-    try:
-        yield make
-    finally:
-        _stop_all(procs)
+    with process_pool(request) as start:
+        yield lambda csms_url, state_dir, **kwargs: start(
+            FlashSim(csms_url, state_dir=str(state_dir), heap=FLASH_HEAP, **kwargs))
 
 
 def iso(epoch):

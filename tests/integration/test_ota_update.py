@@ -17,8 +17,9 @@ import pytest
 import build
 import otapack
 import pki
-from ota_servers import (MICROPYTHON, FTPServers, HTTPServers, booted, lay_out_flash, probe_cmd, probe_env,
-                         run_probe, statuses)
+from ota_servers import (MICROPYTHON, FTPServers, booted, lay_out_flash, probe_cmd, probe_env, run_probe,
+                         statuses)
+from ota_servers import flash, web  # noqa: F401 (fixtures shared with test_fw_management.py)
 
 OLD, NEW = "1.0-old", "2.0-new"
 
@@ -55,20 +56,6 @@ def kit(tmp_path_factory):
     certs = pki.make_pki(str(d / "pki"))
     return {"dir": d, "tree": tree, "pub": pub, "old": otapack.pack(key, OLD, blobs, built="2026-01-01T00:00:00Z"),
             "files": files, "certs": certs, "size": len(new)}
-
-
-@pytest.fixture
-def flash(kit, tmp_path):
-    return lay_out_flash(tmp_path / "flash", kit["old"], kit["pub"], kit["tree"])
-
-
-@pytest.fixture
-def web(kit):
-    s = HTTPServers(kit["files"])
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
