@@ -44,6 +44,8 @@ REF = "REFCP"
 PACKAGES = build.PACKAGES
 # A host-to-ESP32 speed ratio: DESIGN.md §5 puts the unix port at 150-250x an ESP32 at 240 MHz; 200 is its middle.
 ESP32_SLOWDOWN = 200
+# Issue 14's flash wear target: bytes written per charging hour at the default intervals.
+WEAR_TARGET = 64 * 1024
 
 
 def rss_kb(pid):
@@ -666,11 +668,27 @@ def _f(v, fmt="%.1f"):
     return "-" if v is None else fmt % v
 
 
+def target_cells(value, target, better="low"):
+    """(target text, ratio text) for a figure measured against an issue's target: the ratio is value/target, so
+    at or below 1.0 meets a "lower is better" target; a miss is marked MISS so it stands out in the table."""
+    if target is None:
+        return "", ""
+    limit, text = target
+    if value is None or not limit:
+        return text, "-"
+    ratio = value / limit
+    met = ratio <= 1.0 if better == "low" else ratio >= 1.0
+    return text, "x%.2f%s" % (ratio, "" if met else " MISS")
+
+
 def table(r):
     rows = []
 
-    def row(section, name, value, note=""):
-        rows.append((section, name, value, note))
+    def row(section, name, value, note="", target=None, measured=None, better="low"):
+        """target: (limit, text), e.g. (25, "<= 25 ms"); measured: the number compared with the limit (the
+        value cell is text)."""
+        goal, ratio = target_cells(measured, target, better)
+        rows.append((section, name, value, goal, ratio, note))
 
     fp = r.get("footprint")
     if fp:
@@ -709,7 +727,8 @@ def table(r):
                 "WebAssembly port, ESP32 object layout; before the heap work %d B" % BEFORE_32["imports"])
             row("heap", "after boot from .mpy files, 32-bit", "%d B" % w["after_boot"],
                 "stdlib %d + imports + App objects %s; budget %d B (stock ESP32, no PSRAM), before %d B" % (
-                    w["stdlib"], w["app_objects"], BUDGET_32, BEFORE_32["after_boot"]))
+                    w["stdlib"], w["app_objects"], BUDGET_32, BEFORE_32["after_boot"]),
+                target=(BUDGET_32, "<= %d KB" % (BUDGET_32 // 1024)), measured=w["after_boot"])
             for name, b in sorted(w["modules"], key=lambda m: -m[1])[:12]:
                 row("heap", "  32-bit import: " + name, "%d B" % b, "")
         else:
@@ -734,9 +753,11 @@ def table(r):
                 continue
             ans = "/".join("%s %d" % kv for kv in sorted(v["mpy"]["answers"].items()))
             row("latency", label + " p50", "%.2f ms" % v["mpy"]["p50_ms"],
-                "ref %.2f ms, x%.1f" % (v["ref"]["p50_ms"], v["ratio_p50"]))
+                "ref %.2f ms, x%.1f of ref" % (v["ref"]["p50_ms"], v["ratio_p50"]),
+                target=(0.5 * v["ref"]["p50_ms"], "<= 0.5x ref"), measured=v["mpy"]["p50_ms"])
             row("latency", label + " p99", "%.2f ms" % v["mpy"]["p99_ms"],
-                "ref %.2f ms, x%.1f; n=%d; %s" % (v["ref"]["p99_ms"], v["ratio_p99"], v["mpy"]["n"], ans))
+                "ref %.2f ms, x%.1f of ref; n=%d; %s" % (v["ref"]["p99_ms"], v["ratio_p99"], v["mpy"]["n"], ans),
+                target=(v["ref"]["p99_ms"], "<= ref p99"), measured=v["mpy"]["p99_ms"])
         rss = lat["_rss"]
         row("memory", "RSS MicroPython process", "%d kB" % rss["mpy_kb"], "peak %d kB" % rss["mpy_peak_kb"])
         row("memory", "RSS reference CP (CPython+ocpp)", "%d kB" % rss["ref_kb"],
@@ -754,7 +775,8 @@ def table(r):
         ram = lh.get("ram")
         if ram:
             row("loop", "  same, flash on a RAM disk", "%.2f ms" % ram["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms; %s; no host fsync" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)))
+                "ESP32 estimate x%d: %.0f ms; %s; no host fsync" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)),
+                target=(0.1, "<= 0.1 ms"), measured=ram["max_lag_ms"])
         fl = lh.get("files")
         if fl:
             row("loop", "  code from .mpy files instead", "%.2f ms" % fl["max_lag_ms"],
@@ -767,7 +789,7 @@ def table(r):
         row("safety", "pilot/fault -> contactor open, median", "%d ms" % sf["median_ms"],
             "%d events under flood" % sf["events"])
         row("safety", "pilot/fault -> contactor open, worst", "%d ms" % sf["worst_ms"],
-            ", ".join("%s %s/%s" % (k, _f(v["median_ms"], "%d"), _f(v["worst_ms"], "%d"))
+            target=(25, "<= 25 ms"), measured=sf["worst_ms"], note=", ".join("%s %s/%s" % (k, _f(v["median_ms"], "%d"), _f(v["worst_ms"], "%d"))
                       for k, v in sf["per_kind"].items()))
         row("safety", "flood calls answered / failed", "%d / %d" % (sf["flood_answers"], sum(sf["flood_errors"].values())),
             "; ".join("%s %d" % kv for kv in sf["flood_errors"].items())[:90])
@@ -780,7 +802,8 @@ def table(r):
     w = r.get("wear")
     if w:
         row("wear", "bytes written / hour charging", "%.0f B/h" % w["per_hour_firmware"],
-            "store counter; %d B in %.0f s, extrapolated" % (w["firmware_bytes"], w["seconds"]))
+            "store counter; %d B in %.0f s, extrapolated" % (w["firmware_bytes"], w["seconds"]),
+            target=(WEAR_TARGET, "<= 64 KB/h"), measured=w["per_hour_firmware"])
         row("wear", "  seen from outside (dir polling)", "%.0f B/h" % w["per_hour_outside"],
             "%d file writes and %d renames seen, %d MeterValues" % (w["file_writes_seen"], w.get("renames_seen", 0),
                                                                      w["meter_values"]))
@@ -789,13 +812,15 @@ def table(r):
         c = v.get("_crashes") or v.get("crashes")
         if c:
             row("errors", "firmware errors during " + name, "%d" % sum(c.values()), next(iter(c))[:90])
-    w1 = max(len(x[0]) for x in rows)
-    w2 = max(len(x[1]) for x in rows)
-    w3 = max(len(x[2]) for x in rows)
-    out = ["%-*s  %-*s  %*s  %s" % (w1, "area", w2, "figure", w3, "value", "notes")]
-    out.append("-" * (w1 + w2 + w3 + 40))
-    for sec, name, value, note in rows:
-        out.append("%-*s  %-*s  %*s  %s" % (w1, sec, w2, name, w3, value, note))
+    head = ("area", "figure", "value", "target", "ratio", "notes")
+    widths = [max(len(x[i]) for x in rows + [head]) for i in range(5)]
+    fmt = "%-*s  %-*s  %*s  %-*s  %-*s  %s"
+
+    def line(cells):
+        return (fmt % (widths[0], cells[0], widths[1], cells[1], widths[2], cells[2], widths[3], cells[3],
+                       widths[4], cells[4], cells[5])).rstrip()
+    out = [line(head), "-" * (sum(widths) + 50)]
+    out.extend(line(x) for x in rows)
     return "\n".join(out)
 
 
