@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build  # noqa: E402  (tools/build.py)
 import memreport  # noqa: E402  (tools/memreport.py)
 import mqttbench  # noqa: E402  (tools/mqttbench.py)
+import webbench  # noqa: E402  (tools/webbench.py)
 from harness import BUILD_UNIX, PY, ROOT, TOOLS  # noqa: E402
 from harness.csms import CallTimeout, Csms  # noqa: E402
 from harness.sim import PROBE_RE, AsyncSim, probe_env  # noqa: E402
@@ -746,6 +747,22 @@ def table(r):
             v = mq["latency"][kind]
             row("mqtt", "%s p50 / p99" % label, "%.2f / %.2f ms" % (v["p50_ms"], v["p99_ms"]),
                 "loopback, n=%d, max %.1f ms" % (v["n"], v["max_ms"]))
+    web = r.get("web")
+    if web:
+        h = web.get("heap32") or {}
+        row("web", "heap, 32-bit: the page (web + microdot + auth)", _f(h.get("firmware.web"), "%d B"),
+            "on top of boot, .mpy files; microdot's objects and bytecode %s B, the setup page %s B" % (
+                _f(h.get("microdot"), "%d"), _f(h.get("firmware.websetup"), "%d")))
+        c = web["chromium"]
+        row("web", "heap held by a logged-in browser", "%d B" % c["browser_heap_unix64"],
+            "64-bit unix port (about half on 32 bits): session, SSE stream, routes compiled on first use")
+        f = web["flash"]
+        row("web", "flash (xtensawin)", "%d B" % f["total"],
+            "static files %d B gzip (%d raw), microdot %d B .mpy, page modules %d B .mpy" % (
+                f["www_gz"], f["www_raw"], f["microdot_mpy"], f["firmware_mpy"]))
+        row("web", "page load in Chromium, median", "%.1f ms" % c["load_ms"],
+            "DOMContentLoaded %.1f ms; %d loads over loopback, headless Debian chromium, server on the unix port"
+            % (c["dom_content_loaded_ms"], c["loads"]))
     lat = r.get("latency")
     if lat:
         for label, v in lat.items():
@@ -824,7 +841,8 @@ def table(r):
     return "\n".join(out)
 
 
-STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt")
+STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt",
+         "web")
 
 
 async def run_all(args, log):
@@ -836,6 +854,7 @@ async def run_all(args, log):
             await measure(res, name, coro_fn, log)
 
     await step("mqtt", lambda: asyncio.to_thread(mqtt_figures, 300 if args.calls >= 300 else args.calls))
+    await step("web", lambda: asyncio.to_thread(webbench.measure, 5 if args.quick else 20, True, "xtensawin"))
     await step("footprint", lambda: asyncio.to_thread(footprint))
     await step("code", lambda: asyncio.to_thread(code_heap))
     build.build(BUILD_UNIX)

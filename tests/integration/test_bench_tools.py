@@ -115,3 +115,17 @@ def test_mqtt_figures_for_the_bench(mosquitto_factory):
                                           "import firmware.mqttha": 1, "objects": 1},
                                  "mpy": {"lib/mqtt.mpy": 1}, "latency": lat}})
     assert "model change -> state received p50 / p99" in text
+
+
+def test_web_figures_for_the_bench(tmp_path):
+    # the page served by the unix port, loaded by headless chromium; flash from an ESP32 build
+    import webbench
+    res = webbench.measure(loads=3, heap=False, march="xtensawin")
+    f, c = res["flash"], res["chromium"]
+    assert f["www_gz"] < f["www_raw"], f  # the static files are stored compressed
+    assert f["total"] == f["www_gz"] + f["microdot_mpy"] + f["firmware_mpy"] and f["firmware_mpy"] > 0, f
+    assert c["loads"] == 3 and 0 < c["dom_content_loaded_ms"] <= c["load_ms"] < 5000, c
+    # a logged-in browser costs the server heap (session, SSE stream), and not unboundedly much
+    assert 0 < c["browser_heap_unix64"] < 64 * 1024, c
+    text = bench.table({"web": res})
+    assert "page load in Chromium, median" in text and "flash (xtensawin)" in text, text
