@@ -129,3 +129,23 @@ def test_web_figures_for_the_bench(tmp_path):
     assert 0 < c["browser_heap_unix64"] < 64 * 1024, c
     text = bench.table({"web": res})
     assert "page load in Chromium, median" in text and "flash (xtensawin)" in text, text
+
+
+def test_targets_and_the_readme_block(tmp_path):
+    # a figure over its target is marked and listed with its fix; the README block is replaced, the rest kept
+    res = {"safety": {"median_ms": 9, "worst_ms": 50, "events": 100, "per_kind": {}, "flood_answers": 1,
+                      "flood_errors": {}},
+           "wear": {"per_hour_firmware": 30000.0, "firmware_bytes": 2000, "seconds": 240, "per_hour_outside": 1.0,
+                    "file_writes_seen": 1, "meter_values": 8}}
+    text = bench.table(res)
+    worst = next(x for x in text.splitlines() if "contactor open, worst" in x)
+    wear = next(x for x in text.splitlines() if x.startswith("wear ") and "bytes written" in x)
+    assert "x2.00 MISS" in worst and "MISS" not in wear and "x0.46" in wear, text
+    assert "- safety pilot/fault -> contactor open, worst (50 ms, target <= 25 ms): " in text, text
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n%s\nold table\n%s\nafter\n" % (bench.README_BEGIN, bench.README_END))
+    bench.write_readme(text, {"date": "2026-12-06T05:00:00", "host": "vm", "cpus": 2, "seconds": 12.0,
+                              "commit": "abc1234", "python": "3.11.7"}, str(readme))
+    doc = readme.read_text()
+    assert doc.startswith("intro\n") and doc.endswith("after\n") and "old table" not in doc, doc
+    assert "2026-12-06 05:00, commit abc1234, on vm (2 cores" in doc and worst in doc, doc
