@@ -30,6 +30,7 @@ _INTERVAL_MAX = const(86400)
 _INSTALL_TRIES = const(2)  # an installation cut by a reset is tried once more, then given up
 _TICK_MS = const(1000)     # waits look at the clock, busy() and a new request once a second
 _RESEND_MS = const(60000)  # an owed status is sent again after this, or at the next connection
+_PATIENCE_MS = const(30000)  # an engine started offline waits this long in all for BootNotification Accepted
 # Heap an update needs on top of the charger and the idle engine: the transfer client during the download, the
 # slot writer, the package checker and their work (a 1 KB buffer, the signature arithmetic, and the manifest in
 # one piece: 5.2 KB for today's 53 files, at most 8 KB). Measured: 33 KB live at the peak on the 64-bit host
@@ -112,6 +113,7 @@ class Updater:
         self.status = _status_of(self.st)
         self._gen = 0
         self._online = False
+        self._patience = _PATIENCE_MS
         self.slept_ms = 0  # since the engine started: the trial deadline's clock
 
     # ---- the caller's side ----------------------------------------------------------------------------
@@ -343,7 +345,7 @@ class Updater:
             self.status = "Installing"
             while not self._online:
                 if self.slept_ms >= slots.TRIAL_DEADLINE_MS:
-                    s.abandon("no BootNotification accepted within %d min" % (slots.TRIAL_DEADLINE_MS // 60000))
+                    s.abandon("no BootNotification accepted within %d s" % (slots.TRIAL_DEADLINE_MS // 1000))
                     await self.reboot()
                     return False
                 await self._nap()
@@ -417,7 +419,13 @@ class Updater:
             self._check(gen)
 
     async def _say(self, status):
-        # An intermediate status: sent once, lost when offline
+        # An intermediate status: sent once, lost when offline. An engine resumed at boot (a download or an
+        # installation cut by a reset) gets here before the charger is registered: it waits for BootNotification
+        # Accepted first, or the Central System would miss the resumed step's status; 30 s at most in all, then
+        # it goes on offline (an update never waits for the Central System to be there)
+        while not self._online and self._patience > 0:
+            await self._nap(100)
+            self._patience -= 100
         try:
             await self.notify(status)
         except Exception as e:
