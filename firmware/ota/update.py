@@ -348,7 +348,7 @@ class Updater:
                     s.abandon("no BootNotification accepted within %d s" % (slots.TRIAL_DEADLINE_MS // 1000))
                     await self.reboot()
                     return False
-                await self._nap()
+                await self._nap(100)  # Installed follows Accepted at once, not a tick later
             s.confirm()
         rep = s.report()
         st = self.st

@@ -115,3 +115,23 @@ def test_mqtt_figures_for_the_bench(mosquitto_factory):
                                           "import firmware.mqttha": 1, "objects": 1},
                                  "mpy": {"lib/mqtt.mpy": 1}, "latency": lat}})
     assert "model change -> state received p50 / p99" in text
+
+
+def test_ota_figures_for_the_bench():
+    # One update through the simulated board (tools/otabench.py): the stages add up and the rows render
+    import otabench
+    o = asyncio.run(otabench.figures(runs=1))
+    pk = o["package"]
+    assert pk["size"] == pk["header"] + pk["manifest"] + pk["signature"] + pk["modules"] and pk["files"] > 50
+    u = o["update_ms"]
+    assert 0 < u["download_ms"] and 0 < u["check_ms"] and 0 < u["install_ms"] and 0 < u["reboot_to_installed_ms"]
+    assert u["download_ms"] + u["check_ms"] + u["install_ms"] + u["reboot_to_installed_ms"] < u["total_ms"] < 30000
+    v = o["verify_us"]
+    assert v["bits"] == 3072 and 0 < v["min"] <= v["median"] <= v["max"] < 100000 and v["n"] == 50
+    h = o["heap"]
+    assert 0 < h["heap_idle_live"] < h["heap_peak_live"] < h["heap_total"] and not h.get("crashes"), h
+    text = bench.table({"ota": o})
+    for label in ("update package (this build)", "UpdateFirmware -> Installed, median", "  check: signature",
+                  "signature check, ESP32 estimate", "peak live heap during an update"):
+        assert label in text, text
+    assert "%d B" % pk["size"] in text
