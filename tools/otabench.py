@@ -165,7 +165,7 @@ async def update_run(d, tree, kit, port, probe):
         mark = len(sim.lines)
         t0 = time.monotonic()
         await csms.request(CP, "UpdateFirmware", {"location": "http://127.0.0.1:%d/new.fwpk" % port,
-                                                  "retrieveDate": _iso(time.time() - 1)})
+                                                  "retrieveDate": _iso(time.time() - 60)})
         await csms.wait_for("FirmwareStatusNotification", CP, timeout=120,
                             where=lambda p: p["status"] == "Installed")
         total = time.monotonic() - t0
@@ -176,6 +176,8 @@ async def update_run(d, tree, kit, port, probe):
         t_reboot = next(t for t, line in sim.timed() if t >= t0 and "[sim] MCU reboot" in line)
         out = {"total_ms": total * 1000, "download_ms": t_dl - t_req, "check_ms": t_chk - t_dl,
                "install_ms": t_ins - t_chk, "reboot_to_installed_ms": (t0 + total - t_reboot) * 1000}
+        out["rest_ms"] = out["total_ms"] - sum(out[k] for k in ("download_ms", "check_ms", "install_ms",
+                                                                 "reboot_to_installed_ms"))
         if probe:
             # the old version's MCU from the request to its reboot; each MCU process reports its own peak
             during = [p for p in sim.probes(t_idle) if p["t"] < t_reboot]
@@ -225,7 +227,7 @@ def rows(o, row):
         "%d files %d B, manifest %d B, RSA-%d signature %d B, header %d B" % (
             pk["files"], pk["modules"], pk["manifest"], pk["key_bits"], pk["signature"], pk["header"]))
     u = o["update_ms"]
-    row("ota", "UpdateFirmware -> Installed, median", "%.0f ms" % u["total_ms"],
+    row("ota", "UpdateFirmware -> Installed, median", "%.0f ms" % u["total_ms"],  # each stage: its median
         "%d run(s) (%s ms); sim --flash-code, HTTP on loopback, reboot into the new slot included" % (
             len(o["update_runs"]), "-".join("%.0f" % t for t in (min(o["update_runs"]), max(o["update_runs"])))))
     row("ota", "  download", "%.0f ms" % u["download_ms"], "request logged -> package on flash (board time)")
@@ -236,9 +238,8 @@ def rows(o, row):
             o["esp32_slowdown"], u["install_ms"] * o["esp32_slowdown"] / 1000))
     row("ota", "  reboot -> Installed", "%.0f ms" % u["reboot_to_installed_ms"],
         "the new slot boots; BootNotification Accepted confirms the trial")
-    rest = u["total_ms"] - u["download_ms"] - u["check_ms"] - u["install_ms"] - u["reboot_to_installed_ms"]
-    row("ota", "  the rest", "%.0f ms" % rest,
-        "the request and the engine's start (it looks at retrieveDate once a second)")
+    row("ota", "  the rest", "%.0f ms" % u["rest_ms"],
+        "the request, the engine's start, the reset; retrieveDate a minute ago: no wait for it")
     v = o["verify_us"]
     row("ota", "signature check (RSA-%d), host" % v["bits"], "%.2f ms" % (v["median"] / 1000),
         "median of %d (%.2f-%.2f ms), firmware/ota/sign.py in the unix port" % (v["n"], v["min"] / 1000,
