@@ -1,10 +1,13 @@
 # File transfers for the FirmwareManagement engines (firmware/ota/update.py, firmware/diag/upload.py): one URL
 # scheme dispatch over lib/http.py and lib/ftp.py, the TLS context from the configured CA set, one error type with
-# a reason for the log, and URLs with their password masked for that log. Imported only while an engine runs; the
+# a reason for the log, URLs with their password masked for that log, and the engines' common status reporting
+# (Engine). Imported only while an engine runs; the
 # transfer libraries only when a transfer starts.
 from micropython import const
 
 _TIMEOUT_MS = const(30000)  # per read and write: a slow CDN or a busy FTP server, not a dead one
+_TICK_MS = const(1000)      # the engines' waits look at the clock and a new request once a second
+_RESEND_MS = const(60000)   # an owed final status is sent again after this, or at the next connection
 SCHEMES = ("http", "https", "ftp")
 
 
@@ -129,6 +132,63 @@ class Client:
             return await http.post(url, f.readinto, length, self.buf, ssl, headers, t, t)
         except http.HTTPError as e:
             raise Failed(str(e))
+
+
+class Replaced(Exception):
+    """A newer request replaced the one an engine was working on."""
+
+
+class Engine:
+    """The status reporting both engines share (firmware/ota/update.py, firmware/diag/upload.py). A subclass sets
+    notify (async status -> True when the Central System has it), _sleep (async ms), _gen (its request counter),
+    _online (False until accepted()), and as class attributes _TAG (its log tag) and _WHAT (its notification)."""
+
+    _patience = 0  # ms an engine started offline waits in all for BootNotification Accepted before a status
+    slept_ms = 0   # since the engine started (update.py's trial deadline counts it)
+
+    def accepted(self):
+        """BootNotification Accepted, after every boot and reconnect: owed statuses go again."""
+        self._online = True
+
+    def _check(self, gen):
+        if self._gen != gen:
+            raise Replaced()
+
+    async def _nap(self, ms=_TICK_MS):
+        await self._sleep(ms)
+        self.slept_ms += ms
+
+    async def _say(self, status):
+        # An intermediate status: sent once, lost when offline. An engine resumed at boot (update.py: a
+        # download or an installation cut by a reset) gets here before the charger is registered: it waits for
+        # BootNotification Accepted first, or the Central System would miss the resumed step's status; for
+        # _patience ms at most in all, then it goes on offline (an update never waits for the Central System)
+        while not self._online and self._patience > 0:
+            await self._nap(100)
+            self._patience -= 100
+        try:
+            await self.notify(status)
+        except Exception as e:
+            from firmware import log
+
+            log.warn(self._TAG, "%s %s not sent: %r" % (self._WHAT, status, e))
+
+    async def _deliver(self, status, gen):
+        # A final status: sent until the Central System has it, at each connection and every minute; gen: the
+        # request it belongs to (Replaced when a newer one comes meanwhile), None for none
+        while True:
+            try:
+                if await self.notify(status):
+                    return
+            except Exception:
+                pass
+            self._online = False
+            waited = 0
+            while not self._online and waited < _RESEND_MS:
+                await self._nap()
+                waited += _TICK_MS
+                if gen is not None:
+                    self._check(gen)
 
 
 _CLIENTS = ("lib.http", "lib.ftp", "lib.tcp", "lib.url", "lib.tls")

@@ -229,6 +229,8 @@ class WS:
         if not self._closing:
             self._closing = True
             await self._send_close(code)
+        if self._closed:  # the reading task got the server's answer while ours was sent: nothing left to drain
+            return
         try:
             if self._reading:  # the running recv() will see the answer
                 await asyncio.wait_for_ms(self._done.wait(), _CLOSE_WAIT_MS)

@@ -33,6 +33,7 @@ import build  # noqa: E402  (tools/build.py)
 import memreport  # noqa: E402  (tools/memreport.py)
 import mqttbench  # noqa: E402  (tools/mqttbench.py)
 import webbench  # noqa: E402  (tools/webbench.py)
+import otabench  # noqa: E402  (tools/otabench.py)
 from harness import BUILD_UNIX, PY, ROOT, TOOLS  # noqa: E402
 from harness.csms import CallTimeout, Csms  # noqa: E402
 from harness.sim import PROBE_RE, AsyncSim, probe_env  # noqa: E402
@@ -833,6 +834,8 @@ def table(r):
         row("wear", "  seen from outside (dir polling)", "%.0f B/h" % w["per_hour_outside"],
             "%d file writes and %d renames seen, %d MeterValues" % (w["file_writes_seen"], w.get("renames_seen", 0),
                                                                      w["meter_values"]))
+    if r.get("ota"):
+        otabench.rows(r["ota"], row)
     for name in ("latency", "safety", "boot", "wear", "heap"):
         v = r.get(name) or {}
         c = v.get("_crashes") or v.get("crashes")
@@ -876,7 +879,7 @@ def write_readme(text, meta, path=os.path.join(ROOT, "README.md")):
 
 
 STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt",
-         "web")
+         "web", "ota")
 
 
 async def run_all(args, log):
@@ -920,6 +923,7 @@ async def run_all(args, log):
     await step("loop", loop_fn)
     await step("boot", lambda: boot_times(args.boots))
     await step("safety", lambda: safety(args.events))
+    await step("ota", lambda: otabench.figures(1 if args.quick else 3))
 
     async def heap_fn():
         # Live heap after GC does not depend on the heap's size; when the scenario dies of MemoryError at 110wK

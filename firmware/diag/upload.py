@@ -19,13 +19,8 @@ INTERVAL = const(60)      # s between attempts without retryInterval
 _RETRIES_MAX = const(100)
 _INTERVAL_MAX = const(86400)
 _TICK_MS = const(1000)
-_RESEND_MS = const(60000)
 UPLOAD = "upload.txt"     # in the ring's directory, removed once the upload ends
 _NAME_MAX = const(255)    # GetDiagnostics.conf fileName is a CiString255
-
-
-class _Replaced(Exception):
-    pass
 
 
 def unload():
@@ -55,12 +50,16 @@ def largest_block(limit=65536):
     return lo
 
 
-class Diagnostics:
+class Diagnostics(transfer.Engine):
     """One GetDiagnostics at a time. ring: the Ring that firmware.log feeds. notify(status): async, sends
     DiagnosticsStatusNotification, True when the Central System answered (as for firmware/ota/update.py).
     snapshot(): a dict of what to report about the charger (version, slot, uptime, reset cause, heap, largest
     free block, link state, queue length, last faults...). lock: the asyncio.Lock shared with the update
-    engine. cas: CA texts trusted for https. box_id: the charge box id, for the file name."""
+    engine. cas: CA texts trusted for https. box_id: the charge box id, for the file name. accepted()
+    (transfer.Engine): BootNotification Accepted or a reconnect, an undelivered final status goes again."""
+
+    _TAG = _TAG
+    _WHAT = "DiagnosticsStatusNotification"
 
     def __init__(self, ring, notify, snapshot, lock, cas=(), box_id="", now=None, sleep_ms=None):
         import asyncio
@@ -98,10 +97,6 @@ class Diagnostics:
             transfer.safe_url(self.req["url"]), retries + 1, interval))
         return name
 
-    def accepted(self):
-        """BootNotification Accepted / a reconnect: an undelivered final status goes again."""
-        self._online = True
-
     async def run(self):
         """The engine's task; returns when the last request's final status is delivered (then drop the engine
         and call unload())."""
@@ -109,7 +104,7 @@ class Diagnostics:
             while self.req is not None:
                 try:
                     await self._one(self._gen)
-                except _Replaced:
+                except transfer.Replaced:
                     pass
         finally:
             self._remove()
@@ -184,35 +179,11 @@ class Diagnostics:
         return os.stat(self.path)[6]
 
     # ---- helpers -------------------------------------------------------------------------------------
-    def _check(self, gen):
-        if self._gen != gen:
-            raise _Replaced()
-
     async def _wait(self, ms, gen):
         while ms > 0:
             await self._sleep(_TICK_MS)
             ms -= _TICK_MS
             self._check(gen)
-
-    async def _say(self, status):
-        try:
-            await self.notify(status)
-        except Exception as e:
-            log.warn(_TAG, "DiagnosticsStatusNotification %s not sent: %r" % (status, e))
-
-    async def _deliver(self, status, gen):
-        while True:
-            try:
-                if await self.notify(status):
-                    return
-            except Exception:
-                pass
-            self._online = False
-            waited = 0
-            while not self._online and waited < _RESEND_MS:
-                await self._sleep(_TICK_MS)
-                waited += _TICK_MS
-                self._check(gen)
 
     def _remove(self):
         try:

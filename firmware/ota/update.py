@@ -28,8 +28,7 @@ INTERVAL = const(60)      # s between attempts without retryInterval
 _RETRIES_MAX = const(100)
 _INTERVAL_MAX = const(86400)
 _INSTALL_TRIES = const(2)  # an installation cut by a reset is tried once more, then given up
-_TICK_MS = const(1000)     # waits look at the clock, busy() and a new request once a second
-_RESEND_MS = const(60000)  # an owed status is sent again after this, or at the next connection
+_PATIENCE_MS = const(30000)  # an engine started offline waits this long in all for BootNotification Accepted
 # Heap an update needs on top of the charger and the idle engine: the transfer client during the download, the
 # slot writer, the package checker and their work (a 1 KB buffer, the signature arithmetic, and the manifest in
 # one piece: 5.2 KB for today's 53 files, at most 8 KB). Measured: 33 KB live at the peak on the 64-bit host
@@ -46,10 +45,6 @@ DOWNLOADED = "downloaded"  # a checked package on flash, waiting for no transact
 INSTALL = "install"        # writing the inactive slot
 TRIAL = "trial"            # slot written, trial begun (or about to be): the outcome comes from the slot state
 DONE = "done"              # only a final status is owed
-
-
-class _Replaced(Exception):
-    pass
 
 
 def unload():
@@ -82,7 +77,7 @@ def _heap():
     return free, block
 
 
-class Updater:
+class Updater(transfer.Engine):
     """One UpdateFirmware at a time, from the request to the status after the reboot.
 
     root: the flash root (board.state_dir). notify(status): async, sends FirmwareStatusNotification and returns
@@ -91,7 +86,11 @@ class Updater:
     (never returns on a board). lock: an asyncio.Lock shared with the diagnostics upload (one transfer at a
     time). cas: CA texts trusted for https (PEM, several certificates each allowed). hold(on): optional; True
     when the installation is ready and only waits for the transaction to end (make the idle connector
-    Unavailable, never stop a session), False when it failed."""
+    Unavailable, never stop a session), False when it failed. accepted() (transfer.Engine): BootNotification
+    Accepted, after every boot and reconnect: a trial is confirmed, owed statuses go."""
+
+    _TAG = _TAG
+    _WHAT = "FirmwareStatusNotification"
 
     def __init__(self, root, notify, busy, reboot, lock, cas=(), hold=None, now=None, sleep_ms=None):
         import asyncio
@@ -112,7 +111,7 @@ class Updater:
         self.status = _status_of(self.st)
         self._gen = 0
         self._online = False
-        self.slept_ms = 0  # since the engine started: the trial deadline's clock
+        self._patience = _PATIENCE_MS
 
     # ---- the caller's side ----------------------------------------------------------------------------
     def request(self, location, retrieve_date, retries=None, retry_interval=None):
@@ -143,10 +142,6 @@ class Updater:
             transfer.safe_url(location), clock.iso(at), retries + 1, interval))
         return True
 
-    def accepted(self):
-        """BootNotification Accepted, after every boot and reconnect: a trial is confirmed, owed statuses go."""
-        self._online = True
-
     async def run(self):
         """The engine's task. Returns when nothing is left to do or to report (then drop the engine and call
         unload()); after a reboot() that returned (tests) it returns too, with the state on flash."""
@@ -158,7 +153,7 @@ class Updater:
                 try:
                     if not await self._step(gen):
                         return
-                except _Replaced:
+                except transfer.Replaced:
                     pass
         finally:
             self.status = _status_of(self.st)
@@ -246,7 +241,7 @@ class Updater:
 
         def sink(mv):
             if self._gen != gen:
-                raise _Replaced()
+                raise transfer.Replaced()
             got[0] += len(mv)
             if room is not None and got[0] > room:
                 raise transfer.Failed("not enough flash: the package passed %d KB with %d KB free" % (
@@ -343,10 +338,10 @@ class Updater:
             self.status = "Installing"
             while not self._online:
                 if self.slept_ms >= slots.TRIAL_DEADLINE_MS:
-                    s.abandon("no BootNotification accepted within %d min" % (slots.TRIAL_DEADLINE_MS // 60000))
+                    s.abandon("no BootNotification accepted within %d s" % (slots.TRIAL_DEADLINE_MS // 1000))
                     await self.reboot()
                     return False
-                await self._nap()
+                await self._nap(100)  # Installed follows Accepted at once, not a tick later
             s.confirm()
         rep = s.report()
         st = self.st
@@ -392,14 +387,6 @@ class Updater:
         self.st = None
         self.status = "Idle"
 
-    def _check(self, gen):
-        if self._gen != gen:
-            raise _Replaced()
-
-    async def _nap(self, ms=_TICK_MS):
-        await self._sleep(ms)
-        self.slept_ms += ms
-
     async def _until(self, epoch, gen):
         # Waits for a wall-clock time, re-reading the clock every second: a clock set meanwhile (the first
         # BootNotification after a power cut) takes effect at once
@@ -415,29 +402,6 @@ class Updater:
                 said = True
             await self._nap()
             self._check(gen)
-
-    async def _say(self, status):
-        # An intermediate status: sent once, lost when offline
-        try:
-            await self.notify(status)
-        except Exception as e:
-            log.warn(_TAG, "FirmwareStatusNotification %s not sent: %r" % (status, e))
-
-    async def _deliver(self, status, gen):
-        # A final status: sent until the Central System has it, at each connection and every minute
-        while True:
-            try:
-                if await self.notify(status):
-                    return
-            except Exception:
-                pass
-            self._online = False
-            waited = 0
-            while not self._online and waited < _RESEND_MS:
-                await self._nap()
-                waited += _TICK_MS
-                if gen is not None:
-                    self._check(gen)
 
 
 def _status_of(st):

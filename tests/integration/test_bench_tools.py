@@ -149,3 +149,23 @@ def test_targets_and_the_readme_block(tmp_path):
     doc = readme.read_text()
     assert doc.startswith("intro\n") and doc.endswith("after\n") and "old table" not in doc, doc
     assert "2026-12-06 05:00, commit abc1234, on vm (2 cores" in doc and worst in doc, doc
+
+
+def test_ota_figures_for_the_bench():
+    # One update through the simulated board (tools/otabench.py): the stages add up and the rows render
+    import otabench
+    o = asyncio.run(otabench.figures(runs=1))
+    pk = o["package"]
+    assert pk["size"] == pk["header"] + pk["manifest"] + pk["signature"] + pk["modules"] and pk["files"] > 50
+    u = o["update_ms"]
+    assert 0 < u["download_ms"] and 0 < u["check_ms"] and 0 < u["install_ms"] and 0 < u["reboot_to_installed_ms"]
+    assert u["download_ms"] + u["check_ms"] + u["install_ms"] + u["reboot_to_installed_ms"] < u["total_ms"] < 30000
+    v = o["verify_us"]
+    assert v["bits"] == 3072 and 0 < v["min"] <= v["median"] <= v["max"] < 100000 and v["n"] == 50
+    h = o["heap"]
+    assert 0 < h["heap_idle_live"] < h["heap_peak_live"] < h["heap_total"] and not h.get("crashes"), h
+    text = bench.table({"ota": o})
+    for label in ("update package (this build)", "UpdateFirmware -> Installed, median", "  check: signature",
+                  "signature check, ESP32 estimate", "peak live heap during an update"):
+        assert label in text, text
+    assert "%d B" % pk["size"] in text

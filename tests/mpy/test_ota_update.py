@@ -173,6 +173,7 @@ async def test_retrieve_date_in_the_future_then_download_install_reboot_installe
     b = Board(root)
     b.server.files[URL] = otapkg.make("2.0")
     u = b.engine()
+    u.accepted()  # the request came from the Central System: the charger is registered
     start = b.clk.now()
     assert u.request(URL, start + 3600, 1, 10)
     assert u.status == "Idle" and state(root)["phase"] == update.WAIT
@@ -528,6 +529,37 @@ async def test_reset_during_a_download_counts_as_an_attempt_and_starts_again():
     await u.run()
     assert b.server.fetches[1][1] >= t + 19  # the interval after the interrupted attempt
     assert b.reboots == 1 and b.statuses == ["Downloading", "Downloading", "Downloaded", "Installing"]
+
+
+async def test_an_engine_resumed_at_boot_reports_its_steps_once_the_central_system_accepts():
+    # A download cut by a reset resumes at the next boot, before BootNotification is accepted: its steps wait
+    # for the Central System (or it would never hear Downloading, Downloaded, Installing of the resumed
+    # update), 30 s at most in all; offline for good, the update goes on without it.
+    for accept in (True, False):
+        root = fresh()
+        b = Board(root)
+        b.server.files[URL] = [powercut.PowerCut(), otapkg.make("2.0")]
+        u = b.engine()
+        u.accepted()
+        u.request(URL, 0, 1, 0)
+        try:
+            await u.run()
+            assert False, "the power cut did not happen"
+        except powercut.PowerCut:
+            pass
+        assert boot(root) == "a"
+        u = b.engine()  # not registered yet
+        t = b.clk.now()
+        task = asyncio.create_task(u.run())
+        while b.clk.now() < t + 10:
+            await asyncio.sleep_ms(0)
+        assert len(b.server.fetches) == 1 and b.statuses == ["Downloading"]  # nothing went on meanwhile
+        if accept:
+            u.accepted()
+        await bounded(task)
+        assert b.reboots == 1 and b.statuses == ["Downloading", "Downloading", "Downloaded", "Installing"]
+        assert 30 <= b.clk.now() - t < 32 if not accept else b.clk.now() - t < 12, b.clk.now() - t
+        tinytest.rmtree(root)
 
 
 async def test_reset_during_the_last_attempt_is_download_failed():
