@@ -634,13 +634,15 @@ FLASH_MODES = ("half", "garbage", "zero", "deleted")
 # (state file, moments at which it is damaged). during: a transaction started online is cut while charging with
 # the Central System down (MeterValues queued); after: a transaction started and stopped offline (Start, values
 # and Stop queued) is cut; idle: no transaction (the file's own setting is checked).
-FLASH_FILES = (("tx.json", ("during",)), ("txids.json", ("during", "after")), ("txqueue.jnl", ("during", "after")),
+FLASH_FILES = (("tx.rec", ("during",)), ("txids.json", ("during", "after")), ("txqueue.jnl", ("during", "after")),
                ("config.json", ("during", "after")), ("profiles.json", ("during", "after")),
                ("authlist.json", ("during", "after")), ("authcache.json", ("during", "after")),
                ("availability.json", ("idle",)), ("reservation.json", ("idle",)))
-# The short version (make test): one run per mode, on the files bugs 6-9 of issue 9 were about.
+# The short version (make test): one run per mode, on the files bugs 6-9 of issue 9 were about, and the
+# transaction's append-only record (issue 14).
 FLASH_QUICK = (("txids.json", "garbage", "during"), ("txqueue.jnl", "half", "after"),
-               ("config.json", "zero", "during"), ("reservation.json", "deleted", "idle"))
+               ("config.json", "zero", "during"), ("reservation.json", "deleted", "idle"),
+               ("tx.rec", "half", "during"))
 FLASH_PASSWORD = ("factory-pw-0001", "rotated-key-0001")
 FLASH_KEYS = {"ConnectionTimeOut": "77", "LightIntensity": "42", "MeterValueSampleInterval": "3"}
 
@@ -753,7 +755,7 @@ async def _flash_run(csms, sim, target, mode, moment):
             await csms.wait_call(CP, "StartTransaction", since_t=t0)
             await asyncio.sleep(0.5)  # the answer is stored
             await csms.stop()
-        await asyncio.sleep(3.5)  # a MeterValue: tx.json rotated, a record queued
+        await asyncio.sleep(3.5)  # a MeterValue: a reading appended to tx.rec, a record queued
         if moment == "after":
             n = len(sim.lines)
             await sim.unplug()

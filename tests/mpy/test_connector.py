@@ -389,7 +389,7 @@ async def test_a_lost_transaction_file_still_gets_its_stop():
     r = Rig()
     await r.charging()
     lid = r.conn.tx.lid
-    store.delete(r.dir + "/tx.json")  # both copies gone (corrupt flash)
+    store.delete(r.dir + "/tx.rec")  # both copies gone (corrupt flash)
     r2 = Rig(flash=r.dir)
     await r2.conn.recover("power")
     (stop,) = r2.queued(STOP)
