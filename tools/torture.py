@@ -1,13 +1,14 @@
 """Torture runs against the firmware on the virtual board: power cuts, Central System outages, bad input, soak,
 meter glitches, damaged flash. Prints one table; exit status 1 when a must-be-zero figure is not zero.
 
-    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak,glitch,flash] [--cuts N]
+    .venv/bin/python tools/torture.py [--quick] [--only cuts,outages,fuzz,soak,glitch,flash] [--cuts N] [-j JOBS]
                                       [--outages N] [--frames N] [--exchanges N] [--glitches N] [--seed S]
                                       [--save-failures DIR]
 
 Runs on the harness (tools/harness/): its in-process Central System, which books every transaction, and its
-simulator driver. Every random choice comes from --seed, so a run can be
-repeated. Failing fuzz inputs are written to --save-failures (default tests/regressions/fuzz/) as JSON cases
+simulator driver. Every random choice comes from --seed, so a run can be repeated (with the same --jobs: board j
+draws from seed + 1000 j). The power cuts (500 sessions by default, `make torture`) run on --jobs boards at once,
+each with its own Central System and flash; -j 1 runs them one after the other, as the quick version does. Failing fuzz inputs are written to --save-failures (default tests/regressions/fuzz/) as JSON cases
 that tests/regressions/test_fuzz_regressions.py replays.
 """
 import argparse
@@ -139,6 +140,46 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
     finally:
         await sim.close()
         await csms.stop()
+
+
+async def power_cuts_parallel(n=500, jobs=4, seed=1, log=print):
+    """power_cuts on `jobs` boards at once, each with its own Central System and flash, n sessions in all (seeds
+    seed, seed + 1000, ...): the same sessions as one board would run, in a fraction of the time. A job that fails
+    to run is counted (jobs_failed, a must-be-zero figure), the others still report."""
+    jobs = max(1, min(jobs, n))
+    sizes = [n // jobs + (1 if j < n % jobs else 0) for j in range(jobs)]
+
+    def job_log(j):
+        return lambda text: log(("[board %d] " % (j + 1) + text) if jobs > 1 else text)
+
+    got = await asyncio.gather(*(power_cuts(k, seed + 1000 * j, log=job_log(j)) for j, k in enumerate(sizes)),
+                               return_exceptions=True)
+    errors = ["board %d: %s: %s" % (j + 1, type(r).__name__, str(r)[:300]) for j, r in enumerate(got)
+              if isinstance(r, BaseException)]
+    res = merge_cuts([r for r in got if not isinstance(r, BaseException)])
+    res.update(jobs=jobs, jobs_failed=len(errors), job_errors=errors, planned=n)
+    for e in errors:
+        log("  " + e)
+    return res
+
+
+def merge_cuts(parts):
+    """One power_cuts result from several boards' results."""
+    out = {}
+    for key in ("transactions", "dup_start", "resent", "unclosed", "dup_stop", "dup_meter_values", "out_of_order",
+                "sessions", "charged", "lost", "gap_total_wh", "meter_total_wh"):
+        out[key] = sum(r[key] for r in parts)
+    out["gap_mean_wh"] = out["gap_total_wh"] / out["sessions"] if out["sessions"] else 0.0
+    out["gap_max_wh"] = max((r["gap_max_wh"] for r in parts), default=0.0)
+    out["gap_min_wh"] = min((r["gap_min_wh"] for r in parts), default=0.0)
+    for key in ("stop_reasons", "crashes"):
+        merged = {}
+        for r in parts:
+            for k, v in r[key].items():
+                merged[k] = merged.get(k, 0) + v
+        out[key] = merged
+    out["stuck"] = [s for r in parts for s in r["stuck"]]
+    return out
 
 
 def _count(items):
@@ -880,7 +921,9 @@ def must_be_zero(res):
     c = res.get("cuts")
     if c:
         out += [("power cuts: lost", c["lost"]), ("power cuts: duplicated starts", c["dup_start"]),
-                ("power cuts: duplicated stops", c["dup_stop"]), ("power cuts: unclosed", c["unclosed"])]
+                ("power cuts: duplicated stops", c["dup_stop"]), ("power cuts: unclosed", c["unclosed"]),
+                ("power cuts: boards that failed to run", c.get("jobs_failed", 0)),
+                ("power cuts: sessions not run", c.get("planned", c["sessions"]) - c["sessions"])]
     o = res.get("outages")
     if o:
         out += [("outages: duplicated starts", o["dup_start"]), ("outages: duplicated stops", o["dup_stop"]),
@@ -919,7 +962,10 @@ def table(res):
 
     c = res.get("cuts")
     if c:
-        row("cuts", "sessions cut / with contactor closed", "%d / %d" % (c["sessions"], c["charged"]))
+        row("cuts", "sessions cut / with contactor closed", "%d / %d" % (c["sessions"], c["charged"]),
+            "%d boards at once, each its own Central System and flash" % c.get("jobs", 1))
+        if c.get("job_errors"):
+            row("cuts", "boards that failed to run", len(c["job_errors"]), "must be 0; " + c["job_errors"][0][:80])
         row("cuts", "lost transactions", c["lost"], "must be 0")
         row("cuts", "duplicated starts / stops", "%d / %d" % (c["dup_start"], c["dup_stop"]),
             "must be 0; a session booked twice, or one Stop booked twice")
@@ -1009,7 +1055,7 @@ async def run_all(args, log):
     only = set(args.only.split(",")) if args.only else {"cuts", "outages", "fuzz", "soak", "glitch", "flash"}
     res = {}
     build.build(BUILD_UNIX)
-    steps = (("cuts", lambda: power_cuts(args.cuts, args.seed, log=log)),
+    steps = (("cuts", lambda: power_cuts_parallel(args.cuts, args.jobs, args.seed, log=log)),
              ("outages", lambda: outages(args.outages, args.seed + 1, log=log)),
              ("fuzz", lambda: fuzz(args.frames, args.seed + 2, save_dir=args.save_failures, log=log)),
              ("soak", lambda: soak(args.exchanges, log=log)),
@@ -1025,7 +1071,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the short version (as in make test)")
     p.add_argument("--only", help="comma-separated subset of cuts,outages,fuzz,soak,glitch,flash")
-    p.add_argument("--cuts", type=int, default=50)
+    p.add_argument("--cuts", type=int, default=500, help="power-cut sessions (default 500)")
+    p.add_argument("-j", "--jobs", type=int, default=4,
+                   help="boards cut at once, each with its own Central System (default 4; 1 = one after the other)")
     p.add_argument("--outages", type=int, default=10)
     p.add_argument("--frames", type=int, default=10000)
     p.add_argument("--exchanges", type=int, default=10000)
@@ -1036,6 +1084,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.cuts, args.outages, args.frames, args.exchanges, args.glitches = 5, 1, 500, 1000, 5
+        args.jobs = 1
     res = run_cancellable("torture", run_all, args, time.monotonic())
     if res is None:
         return 130

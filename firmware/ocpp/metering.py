@@ -69,10 +69,10 @@ def values_from(snap, measurands, context):
     return out
 
 
-def queued_payload(rec):
+def payload(entry):
     """The MeterValues payload of a sample queued as [t, context, snapshot, measurands] (TxQueue sends it; the
     queue fills in the transactionId)."""
-    t, ctx, snap, keys = rec
+    t, ctx, snap, keys = entry
     return {"connectorId": _CONNECTOR, "transactionId": 0,
             "meterValue": [{"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}]}
 
@@ -100,7 +100,7 @@ class Sampler:
     def begin(self, tx, snap):
         """A transaction starts with the snapshot of its meterStart: its Transaction.Begin sample, and the
         periodic samples counted from now."""
-        self.keep(tx, tx.t0, _BEGIN, snap)  # stored by the tx.save() that follows
+        tx.keep(self._kept(tx.t0, _BEGIN, snap))  # stored by the tx.save() that follows
         self._interval = interval = self.cfg.get("MeterValueSampleInterval")
         self._next_ms = time.ticks_add(self.ms(), interval * 1000)
 
@@ -140,23 +140,21 @@ class Sampler:
     def _send(self, tx, ctx, keys, t):
         snap = snapshot(self.meter, self.evse)
         if tx is not None:
-            # Queued as the sample, a tenth of the sampledValues' bytes on flash (queued_payload expands it), and
-            # the reading appended to the transaction's record (wear: docs/decisions.md, Flash).
+            # Queued as the sample, a tenth of the sampledValues' bytes on flash (payload() expands it), and the
+            # reading appended to the transaction's record (wear: docs/decisions.md, Flash).
             self.txq.push(METER, tx.lid, [t, ctx, snap, keys])
-            tx.reading(snap[0], t, [t, ctx, snap] if self._keeps(ctx) else None)
+            tx.note(snap[0], t, self._kept(t, ctx, snap))
             return
         mv = {"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}
         if mv["sampledValue"] and self.session.registered and self.session.online:
             # Not transaction-related: volatile, and skipped while offline.
             asyncio.create_task(self.session.notify("MeterValues", {"connectorId": _CONNECTOR, "meterValue": [mv]}))
 
-    def _keeps(self, ctx):
-        # Only what StopTxnSampledData / StopTxnAlignedData ask for is kept for transactionData.
-        return self.cfg.get("StopTxnAlignedData" if ctx == _CLOCK else "StopTxnSampledData")
-
-    def keep(self, tx, t, ctx, snap):
-        if self._keeps(ctx):
-            tx.keep([t, ctx, snap])
+    def _kept(self, t, ctx, snap):
+        # The sample for transactionData, or None: only what StopTxnSampledData / StopTxnAlignedData ask for.
+        if self.cfg.get("StopTxnAlignedData" if ctx == _CLOCK else "StopTxnSampledData"):
+            return [t, ctx, snap]
+        return None
 
     def transaction_data(self, tx, wh, when):
         """StopTransaction.transactionData of tx, ending with the reading wh at when; None when not configured."""
@@ -166,7 +164,7 @@ class Sampler:
             return None
         end = snapshot(self.meter, self.evse)
         end[0] = wh
-        self.keep(tx, when, _END, end)
+        tx.keep(self._kept(when, _END, end))
         out = []
         for t, ctx, snap in tx.samples:
             keys = aligned if ctx == _CLOCK else sampled

@@ -79,23 +79,30 @@ def load(path):
     recovered from the other one (the newer reading wins), reported, and both are rewritten whole. Without tx.rec,
     the tx.json of the firmware before the append-only record is taken over (an update with a transaction open)."""
     bak = path + store.BAK
-    if not store.exists(path) and _read(path + ".tmp")[1] is None:
+    if not store.exists(path) and _scan(path + ".tmp")[1] is None:
         store._rename(path + ".tmp", path)  # FatFs: a whole write cut between removing the file and the rename
-    old = path[:path.rfind("/") + 1] + "tx.json"
+    old = path[:-3] + "json"  # tx.json: the name of the firmware before the record (no new qstr)
     if store.present(old):
         if not store.present(path):
-            return _migrate(path, old)
+            # Its tx.json (a CRC line and the JSON of the same fields, rotated with tx.json.bak at every sample) is
+            # written again as tx.rec before it goes, so a cut in between keeps one.
+            tx = _decode(path, store.read_json(old, None))
+            if tx is not None:
+                log.info("store", "tx.json: transaction %d taken over as tx.rec" % tx.lid)
+                tx.save()
+            store.delete(old)
+            return tx
         store.delete(old)  # taken over before a cut: tx.rec is the newer
-    tx, why = _read(path)
-    btx, bwhy = _read(bak)
+    tx, why = _scan(path)
+    btx, bwhy = _scan(bak)
     name = store._name(path)
-    if why is None and btx is not None and _key(btx) > _key(tx):
+    if why is None and btx is not None and _last(btx) > _last(tx):
         why = "behind its copy"  # cut short at a record's end: whole records lost
     if why is None:
-        if bwhy is not None or _key(btx) != _key(tx) or btx.invalid != tx.invalid or btx.parent != tx.parent:
+        if bwhy is not None or _last(btx) != _last(tx) or btx.invalid != tx.invalid or btx.parent != tx.parent:
             # a cut between the two writes of a reading leaves the copy one behind: not worth a report
             (log.info if bwhy in (None, "missing") else log.warn)("store", "%s %s: copy rewritten" % (
-                name + store.BAK, bwhy or "behind"))
+                name + store.BAK, bwhy or "behind its file"))
             tx.save()
         return tx
     if tx is None and btx is None:
@@ -104,7 +111,7 @@ def load(path):
         store.delete(path)  # reported once: the next boot finds no file, as after a first boot
         store.note("%s %s, copy %s: lost" % (name, why, bwhy))
         return None
-    if btx is not None and (tx is None or _key(btx) >= _key(tx)):
+    if btx is not None and (tx is None or _last(btx) >= _last(tx)):
         tx = btx
         store.note("%s %s: restored from %s" % (name, why, name + store.BAK))
     else:
@@ -114,13 +121,13 @@ def load(path):
     return tx
 
 
-def _key(tx):
+def _last(tx):
     # The newer of two copies: the later reading (energy only grows), or the one with more samples kept
     return tx.wh, tx.t, len(tx.samples)
 
 
 
-def _read(path):
+def _scan(path):
     """(transaction, None) for a whole file; (transaction from its good records, why) for a torn or damaged one;
     (None, why) when not even the header is good."""
     raw = store.read(path)
@@ -139,24 +146,25 @@ def _read(path):
             break
         if tx is None:
             try:
-                tx = _fields(path, json.loads(body))
+                tx = _decode(path, json.loads(body))
             except ValueError:
                 pass
             if tx is None:
                 break
-        elif body[0] == 82 and size >= 17:  # b"R": a reading, then the sample kept with it
-            tx.wh, tx.t = struct.unpack_from("<qq", body, 1)
-            if size > 17:
-                tx.keep(json.loads(body[17:]))
+        elif body[0] == 82 and size >= 9:  # b"R" <wh u32> <t u32>: a reading, then the sample kept with it
+            tx.wh = struct.unpack_from("<I", body, 1)[0]
+            tx.t = struct.unpack_from("<I", body, 5)[0]
+            if size > 9:
+                tx.keep(json.loads(body[9:]))
         else:
             break
         off += 6 + size
     if tx is None:
-        return None, "CRC mismatch" if off + 6 <= n else "torn"
+        return None, "CRC mismatch" if off + 6 <= n else "no whole header"
     return tx, None if off == n else "torn at byte %d of %d" % (off, n)
 
 
-def _fields(path, d):
+def _decode(path, d):
     try:
         tx = Transaction(path, d["l"], d["tag"], d["parent"], d["wh0"], d["t0"])
         tx.wh = d["wh"]
@@ -165,15 +173,4 @@ def _fields(path, d):
         tx.samples = d["td"]
     except (KeyError, TypeError):
         return None
-    return tx
-
-
-def _migrate(path, old):
-    # tx.json (a CRC line and the JSON of the same fields, hot-rotated with tx.json.bak) as the firmware before the
-    # append-only record left it: written again as tx.rec before the old file goes, so a cut in between keeps one.
-    tx = _fields(path, store.read_json(old, None))
-    if tx is not None:
-        log.info("store", "tx.json: transaction %d taken over as %s" % (tx.lid, store._name(path)))
-        tx.save()
-    store.delete(old)
     return tx

@@ -12,7 +12,7 @@
 #   strictly in order, and obey TransactionMessageAttempts / TransactionMessageRetryInterval. Messages of a
 #   transaction whose StartTransaction.conf has not arrived carry a local id; the real transactionId is filled in
 #   at send time. A MeterValues is queued as its sample ([time, context, metering snapshot, measurands]) and
-#   expanded into sampledValues when it is sent: a tenth of the bytes on flash.
+#   expanded into sampledValues when it is sent (metering.payload): a tenth of the bytes on flash.
 import asyncio
 import json
 import struct
@@ -30,10 +30,14 @@ START = "StartTransaction"
 STOP = "StopTransaction"
 METER = "MeterValues"
 _FRAME = const(6)  # <body length u16><crc32 u32>: the journal's framing (firmware/store.py)
-_READING = const(17)  # a reading's body: b"R" <wh i64> <t i64>, then the kept sample's JSON if any
+_READING = const(9)  # a reading's body: b"R" <wh u32> <t u32>, then the kept sample's JSON if any
 _R = const(82)  # b"R"; a header's body is a JSON object, b"{"
 _COMPACT_AT = const(2048)  # bytes of tx.rec past which the next reading rewrites it whole (~2 h at 30 s)
 _TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
+# A reading's record is framed here, for every transaction (one runs at a time): no allocation per sample, nor
+# per transaction (tests/mpy/test_txqueue.py).
+_buf = bytearray(_FRAME + _READING)
+_mv = memoryview(_buf)[_FRAME:]
 
 
 class Transaction:
@@ -48,9 +52,6 @@ class Transaction:
         self.t = t
         self.invalid = False  # the Central System refused the tag: no energy (MaxEnergyOnInvalidId aside)
         self.samples = []  # [t, context, metering snapshot] for transactionData (metering.Sampler keeps them)
-        # A reading's record is framed in this buffer: no allocation per sample (tests/mpy/test_txqueue.py)
-        self._rec = bytearray(_FRAME + _READING)
-        self._body = memoryview(self._rec)[_FRAME:]
         self.size = 0  # bytes in tx.rec since the last whole write
 
     def save(self):
@@ -66,39 +67,43 @@ class Transaction:
         store.write_atomic(self.path + store.BAK, (head, body))
         self.size = _FRAME + len(body)
 
-    def keep(self, sample):
-        """A sample for transactionData: Transaction.Begin and the most recent ones are kept."""
+    def keep(self, item):
+        """A sample for transactionData ([t, context, snapshot], or None: not kept): Transaction.Begin and the most
+        recent ones are kept."""
+        if item is None:
+            return
         s = self.samples
         if len(s) >= _TX_DATA_MAX:
             s.pop(1)
-        s.append(sample)
+        s.append(item)
 
-    def reading(self, wh, t, sample=None):
-        """A sample's reading (and the sample kept for transactionData, or None): appended to both copies, the
-        copy second, so a cut tears at most this record in one of them."""
+    def note(self, wh, t, extra):
+        """A sample's reading, and the sample kept for transactionData (or None): appended to both copies, the copy
+        second, so a cut tears at most this record in one of them."""
         self.wh = wh
         self.t = t
-        if sample is not None:
-            self.keep(sample)
+        self.keep(extra)
         if self.size >= _COMPACT_AT:
             self.save()
             return
-        rec = self.frame(wh, t, sample)
-        store.append(self.path, rec)
-        store.append(self.path + store.BAK, rec)
-        self.size += len(rec)
+        b = self.frame(wh, t, extra)
+        store.append(self.path, b)
+        store.append(self.path + store.BAK, b)
+        self.size += len(b)
 
-    def frame(self, wh, t, sample):
-        # Without a sample, in the buffer taken at the start: the hot path allocates nothing.
-        b = self._rec
-        struct.pack_into("<Bqq", b, _FRAME, _R, wh, t)
-        crc = crc32(self._body)
-        if sample is None:
+    def frame(self, wh, t, extra):
+        # Without a kept sample, in the buffer taken at the start: the hot path allocates nothing. (The formats are
+        # the journal's: every new qstr costs heap for good.)
+        b = _buf
+        struct.pack_into("<BI", b, _FRAME, _R, wh)
+        struct.pack_into("<I", b, _FRAME + 5, t)
+        crc = crc32(_mv)
+        if extra is None:
             struct.pack_into("<HI", b, 0, _READING, crc & 0xFFFFFFFF)
             return b
-        ext = json.dumps(sample).encode()
-        struct.pack_into("<HI", b, 0, _READING + len(ext), crc32(ext, crc) & 0xFFFFFFFF)
-        return b + ext
+        extra = json.dumps(extra).encode()
+        struct.pack_into("<HI", b, 0, _READING + len(extra), crc32(extra, crc) & 0xFFFFFFFF)
+        return b + extra
 
     def forget(self):
         # Only once its StopTransaction is queued: a power cut before this point ends it as PowerLoss.
@@ -195,8 +200,8 @@ class TxQueue:
             seq, data = head
             action, lid, payload = json.loads(data)
             if action == METER and isinstance(payload, list):  # a queued sample (older firmware queued the dict)
-                from firmware.ocpp.metering import queued_payload
-                payload = queued_payload(payload)
+                from firmware.ocpp import metering
+                payload = metering.payload(payload)
             key = str(lid)
             if action == START and key in self.ids:
                 self.journal.pop(seq)  # delivered before a power cut interrupted the pop

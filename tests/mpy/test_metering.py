@@ -74,7 +74,7 @@ class FakeQueue:
         self.pushed = []
 
     def push(self, action, lid, payload):
-        self.pushed.append(metering.queued_payload(payload))  # queued as the sample, sent as this payload
+        self.pushed.append(metering.payload(payload))  # queued as the sample, sent as this payload
 
 
 class FakeConfig:

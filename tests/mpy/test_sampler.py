@@ -88,8 +88,8 @@ class Rig:
             self.sampler.periodic(self.tx, self.clk.t)
 
     def queued(self):
-        # A MeterValues is queued as its sample: the payload the queue sends is made from it (queued_payload).
-        return [metering.queued_payload(json.loads(data)[2]) for _, data in self.txq.journal.records()
+        # A MeterValues is queued as its sample: the payload the queue sends is made from it (metering.payload).
+        return [metering.payload(json.loads(data)[2]) for _, data in self.txq.journal.records()
                 if json.loads(data)[0] == METER]
 
 

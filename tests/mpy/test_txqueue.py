@@ -67,7 +67,7 @@ def _cut(p, n):
 
 def _readings(tx, whs, t=1700000000):
     for i, wh in enumerate(whs):
-        tx.reading(wh, t + 30 * (i + 1))
+        tx.note(wh, t + 30 * (i + 1), None)
 
 
 # ---- the transaction record ----
@@ -91,10 +91,10 @@ def test_a_reading_appends_a_few_bytes_to_both_copies():
     p = d + "/tx.rec"
     size = _size(p)
     before = store.bytes_written
-    tx.reading(1100, 1700000030)
-    assert _size(p) == _size(p + ".bak") == size + 23  # framing 6, b"R", two 8-byte integers
-    assert store.bytes_written - before == 46  # not a rewrite of the file
-    tx.reading(1200, 1700000060, [1700000060, 1, [1200, 1.0, 0.0, 0.0, 0.0, 230.0, 230.0, 230.0, 160, 3]])
+    tx.note(1100, 1700000030, None)
+    assert _size(p) == _size(p + ".bak") == size + 15  # framing 6, b"R", two 4-byte integers
+    assert store.bytes_written - before == 30  # not a rewrite of the file
+    tx.note(1200, 1700000060, [1700000060, 1, [1200, 1.0, 0.0, 0.0, 0.0, 230.0, 230.0, 230.0, 160, 3]])
     back = recovery.load(p)
     assert (back.wh, back.t) == (1200, 1700000060)
     assert back.samples == tx.samples and len(back.samples) == 2  # the kept sample travels with its reading
@@ -109,7 +109,7 @@ def test_a_reading_is_framed_without_allocating():
         rec = tx.frame(123456789, 1700000030, None)
     finally:
         micropython.heap_unlock()
-    assert len(rec) == 23 and rec[6] == ord("R")
+    assert len(rec) == 15 and rec[6] == ord("R")
 
 
 def test_samples_kept_on_flash_follow_the_rule_in_ram():
@@ -118,7 +118,7 @@ def test_samples_kept_on_flash_follow_the_rule_in_ram():
     tx.save()
     for i in range(14):  # more than transactionData keeps: Transaction.Begin and the newest stay
         t = 1700000030 + 30 * i
-        tx.reading(1000 + i, t, [t, 1, [1000 + i, 0.0, 0.0, 0.0, 0.0, 230.0, 230.0, 230.0, 160, 3]])
+        tx.note(1000 + i, t, [t, 1, [1000 + i, 0.0, 0.0, 0.0, 0.0, 230.0, 230.0, 230.0, 160, 3]])
     assert len(tx.samples) == 10 and tx.samples[0][1] == 0
     assert recovery.load(d + "/tx.rec").samples == tx.samples
 
@@ -128,7 +128,7 @@ def test_a_long_transaction_is_compacted_and_reads_back_the_same():
     tx = _tx(d)
     tx.save()
     p = d + "/tx.rec"
-    _readings(tx, range(1001, 1201))  # 200 readings: 4.6 KB appended without compaction
+    _readings(tx, range(1001, 1201))  # 200 readings: 3 KB appended without compaction
     assert _size(p) < 2400 and _size(p + ".bak") == _size(p)
     back = recovery.load(p)
     assert (back.wh, back.t, back.samples) == (1200, 1700000000 + 30 * 200, tx.samples)
@@ -137,7 +137,7 @@ def test_a_long_transaction_is_compacted_and_reads_back_the_same():
 def test_a_cut_inside_an_append_loses_only_that_reading_and_is_reported():
     d = tinytest.tempdir("txrec")
     p = d + "/tx.rec"
-    for cut_at in range(1, 23):  # every byte of the record being written
+    for cut_at in range(1, 15):  # every byte of the record being written
         tx = _tx(d)
         tx.save()
         _readings(tx, (1100, 1200))
@@ -232,7 +232,7 @@ def test_the_format_of_the_firmware_before_the_record_still_loads():
     assert (back.lid, back.tag, back.wh0, back.t0, back.wh, back.t, back.invalid) == (3, "OLD", 10, 5, 120, 9, False)
     assert not store.present(d + "/tx.json") and store.exists(d + "/tx.rec") and store.exists(d + "/tx.rec.bak")
     assert recovery.load(d + "/tx.rec").wh == 120  # the new record holds it now
-    back.reading(130, 12)
+    back.note(130, 12, None)
     assert recovery.load(d + "/tx.rec").wh == 130
 
 
