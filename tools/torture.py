@@ -967,7 +967,7 @@ def table(res):
     c = res.get("cuts")
     if c:
         row("cuts", "sessions cut / with contactor closed", "%d / %d" % (c["sessions"], c["charged"]),
-            "%d boards at once, each its own Central System and flash" % c.get("jobs", 1))
+            "on %d board(s) at once, each with its own Central System and flash" % c.get("jobs", 1))
         if c.get("job_errors"):
             row("cuts", "boards that failed to run", len(c["job_errors"]), "must be 0; " + c["job_errors"][0][:80])
         row("cuts", "lost transactions", c["lost"], "must be 0")
