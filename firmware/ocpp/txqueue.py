@@ -92,8 +92,9 @@ class Transaction:
         self.size += len(b)
 
     def frame(self, wh, t, extra):
-        # Without a kept sample, in the buffer taken at the start: the hot path allocates nothing. (The formats are
-        # the journal's: every new qstr costs heap for good.)
+        # Without a kept sample, in the module's buffer: the hot path allocates nothing on the unix port (a 32-bit
+        # port makes a CRC above 2**30 a long int, as for every journal record). The formats are the journal's:
+        # every new qstr costs heap for good. u32 fields: 4.29 GWh, and epoch seconds until 2106.
         b = _buf
         struct.pack_into("<BI", b, _FRAME, _R, wh)
         struct.pack_into("<I", b, _FRAME + 5, t)
