@@ -73,11 +73,11 @@ def _anchor(conn, tx):
 
 
 def load(path):
-    # Recoveries are logged as the store's lines ("store"), whichever module finds them.
-    """The transaction a reset left open (as Transaction.save and .reading wrote it), or None: none was open, or the
+    """The transaction a reset left open (as Transaction.save and .note wrote it), or None: none was open, or the
     file and its copy were both lost (the queue still knows it: TxQueue.recover). A torn or damaged copy is
     recovered from the other one (the newer reading wins), reported, and both are rewritten whole. Without tx.rec,
     the tx.json of the firmware before the append-only record is taken over (an update with a transaction open)."""
+    # Recoveries are logged as the store's lines ("store"), whichever module finds them.
     bak = path + store.BAK
     if not store.exists(path) and _scan(path + ".tmp")[1] is None:
         store._rename(path + ".tmp", path)  # FatFs: a whole write cut between removing the file and the rename
