@@ -80,6 +80,7 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
     sim = AsyncSim(csms.url)
     sessions = []
     stuck = []
+    dups = []
     try:
         await sim.start()
         await boot_charger(csms, sim)
@@ -117,6 +118,12 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
                 log("  session %d stuck:\n    %s" % (i, "\n    ".join(stuck[-1]["tail"])))
             sessions.append({"t0": t0, "t1": time.monotonic(), "closed": closed, "meter_wh": e1 - e0,
                              "booked": csms.next_tx - first_tid})
+            if csms.next_tx - first_tid > 1:  # a duplicated start: what the Central System booked, and the log
+                dup = {"session": i, "booked": {tid: csms.tx[tid]["start"] for tid in range(first_tid, csms.next_tx)
+                                                if tid in csms.tx}, "tail": sim.lines[-40:]}
+                dups.append(dup)
+                log("  session %d booked %d transactions: %s\n    %s" % (i, csms.next_tx - first_tid, dup["booked"],
+                                                                    "\n    ".join(dup["tail"])))
             if (i + 1) % 10 == 0:
                 log("  power cuts %d/%d (%.0f s for the last)" % (i + 1, n, time.monotonic() - t0))
         await asyncio.sleep(1)
@@ -135,7 +142,7 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
                    gap_total_wh=sum(gaps), gap_mean_wh=sum(gaps) / len(gaps), gap_max_wh=max(gaps),
                    gap_min_wh=min(gaps), meter_total_wh=sum(s["meter_wh"] for s in sessions),
                    stop_reasons=_count(t["stop"].get("reason") for t in csms.tx.values() if t["stop"]),
-                   crashes=sim.crash_summary(True), stuck=stuck)
+                   crashes=sim.crash_summary(True), stuck=stuck, dup_sessions=dups)
         return res
     finally:
         await sim.close()
@@ -179,6 +186,7 @@ def merge_cuts(parts):
                 merged[k] = merged.get(k, 0) + v
         out[key] = merged
     out["stuck"] = [s for r in parts for s in r["stuck"]]
+    out["dup_sessions"] = [s for r in parts for s in r.get("dup_sessions", [])]
     return out
 
 
