@@ -1,13 +1,13 @@
-# Flash persistence: whole small files replaced atomically, JSON with a CRC, and an append-only journal
+# Flash persistence: whole small files replaced atomically, JSON with a CRC, appends, and an append-only journal
 # (the transaction FIFO) that survives a power cut at any byte.
 #
-# Two copies of every state file (DESIGN.md §4, docs/decisions.md "Flash"): NAME and NAME.bak. A cold file
+# Two copies of every state file (DESIGN.md §4, docs/decisions.md "Flash"): NAME and NAME.bak. A JSON state file
 # (config, ids, availability, profiles, reservation, local list, cache) is written twice, so NAME.bak holds the
-# same generation (or the previous one, after a power cut between the two writes). The hot tx.json, rewritten at
-# every MeterValue, is rotated instead: the current file is renamed to NAME.bak before the new one is renamed in,
-# which keeps the previous generation for no extra bytes written. load() takes the first good one of NAME,
-# NAME.tmp (a rename cut short), NAME.bak, repairs the other copy, and logs and notes every file it had to
-# recover or lost. The journal keeps its StartTransaction / StopTransaction records in a mirror journal.
+# same generation (or the previous one, after a power cut between the two writes); a hot one is rotated instead
+# (NAME becomes NAME.bak, the previous generation, for no extra bytes). load() takes the first good one
+# of NAME, NAME.tmp (a rename cut short), NAME.bak, repairs the other copy, and logs and notes every file it had to
+# recover or lost. The journal keeps its StartTransaction / StopTransaction records in a mirror journal. The
+# running transaction's record (firmware/ocpp/txqueue.py) appends its readings to both copies with append().
 #
 # Durability: MicroPython has no fsync. close() commits the file on both ESP32 filesystems (littlefs writes
 # its metadata on close, FatFs flushes its cache), and the unix port's close() hands the data to the kernel,
@@ -118,6 +118,15 @@ def write_atomic(path, data):
     _rename(path + ".tmp", path)
 
 
+def append(path, data):
+    """Adds data at the end of path in one write: a cut leaves a torn tail, which the reader's CRC drops."""
+    global bytes_written
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+    bytes_written += len(data)
+
+
 def _write(path, data, obj, body):
     # Writes path + ".tmp": data (bytes or an iterable of chunks); or obj as CRC-framed JSON, from body (its
     # encoding) when there was heap for one, else streamed.
@@ -154,7 +163,8 @@ def read(path):
 
 def write_json(path, obj, hot=False):
     """Replaces a state file. Cold files (the default) are written twice, to path and path.bak; hot=True
-    (a file rewritten every few seconds) rotates: the current file becomes path.bak, no extra bytes."""
+    (a file rewritten every few seconds) rotates: the current file becomes path.bak, no extra bytes. (The
+    transaction record, the hot file before, now appends instead: firmware/ocpp/txqueue.py.)"""
     try:
         # json.dumps runs in C; streaming costs a Python call and a file write per token
         body = memoryview(json.dumps(obj))  # len() in bytes, for non-ASCII text too

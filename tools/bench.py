@@ -623,7 +623,8 @@ def _snapshot(state_dir):
 async def flash_wear(seconds=240, poll_s=0.05):
     """Bytes written to the state directory while charging at the default intervals, counted two ways: the
     firmware's own store.bytes_written (read by the probe) and, from outside, polling the directory (a file with a
-    new inode counts its whole size, one that grew in place counts the growth). Extrapolated to an hour."""
+    new inode counts its whole size, one that grew in place counts the growth), also per file. Extrapolated to an
+    hour."""
     csms = await Csms().start()
     sim = AsyncSim(csms.url, env=probe_env(gc_each=False, period_ms=20, report_ms=500))
     try:
@@ -635,6 +636,7 @@ async def flash_wear(seconds=240, poll_s=0.05):
         w0 = (await sim.wait_probe(t0))["written"]
         seen = _snapshot(sim.state_dir)
         outside = 0
+        by_file = {}
         rewrites = 0
         renames = 0
         while time.monotonic() - t0 < seconds:
@@ -645,20 +647,24 @@ async def flash_wear(seconds=240, poll_s=0.05):
                 old = seen.get(path)
                 if old is None or old[0] != ino:
                     if before.get(ino) == (ino, mtime, size):
-                        renames += 1  # an unchanged file under a new name (tx.json -> tx.json.bak): no write
+                        renames += 1  # an unchanged file under a new name (a rotation to NAME.bak): no write
                         continue
-                    outside += size
-                    rewrites += 1
+                    n = size
                 elif old[1] != mtime or old[2] != size:
-                    outside += max(size - old[2], 0) if size >= old[2] else size
-                    rewrites += 1
+                    n = max(size - old[2], 0) if size >= old[2] else size
+                else:
+                    continue
+                outside += n
+                rewrites += 1
+                name = os.path.relpath(path, sim.state_dir).replace(".tmp", "")
+                by_file[name] = by_file.get(name, 0) + n
             seen = now
         t1 = time.monotonic()
         w1 = (await sim.wait_probe(t1))["written"]
         span = t1 - t0
         mv = sum(1 for t, f in csms.calls_in(CP, "MeterValues", t0))
         return {"seconds": span, "firmware_bytes": w1 - w0, "outside_bytes": outside, "file_writes_seen": rewrites,
-                "renames_seen": renames,
+                "renames_seen": renames, "by_file": by_file,
                 "meter_values": mv, "per_hour_firmware": (w1 - w0) / span * 3600,
                 "per_hour_outside": outside / span * 3600, "extrapolated": True, "crashes": sim.crash_summary()}
     finally:
@@ -834,6 +840,10 @@ def table(r):
         row("wear", "  seen from outside (dir polling)", "%.0f B/h" % w["per_hour_outside"],
             "%d file writes and %d renames seen, %d MeterValues" % (w["file_writes_seen"], w.get("renames_seen", 0),
                                                                      w["meter_values"]))
+        if w.get("by_file"):
+            row("wear", "  per file (dir polling)", "%d files" % len(w["by_file"]), ", ".join(
+                "%s %.0f B/h" % (k, v / w["seconds"] * 3600) for k, v in sorted(w["by_file"].items(),
+                                                                                  key=lambda kv: -kv[1])[:4]))
     if r.get("ota"):
         otabench.rows(r["ota"], row)
     for name in ("latency", "safety", "boot", "wear", "heap"):

@@ -47,7 +47,7 @@ class Connector:
         self.auth = auth
         self.ms = ms  # the board's clock (ticks in ms), as the EVSE has it
         self.smart = self.reservations = NoProfile()  # app.py puts the profiles here when it loads them
-        self.tx_path = state_dir + "/tx.json"
+        self.tx_path = state_dir + "/tx.rec"
         self.tx = None  # the running Transaction (recover() closes one a reset cut)
         self.pending_tag = None  # authorised tag waiting for the EV (ConnectionTimeOut)
         self._pending_parent = None

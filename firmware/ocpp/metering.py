@@ -22,7 +22,6 @@ _END = const(3)
 _TRIGGER = const(4)
 _TAG = "conn"  # the connector's log lines
 _CONNECTOR = const(1)
-_TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
 
 
 def snapshot(meter, evse):
@@ -70,6 +69,14 @@ def values_from(snap, measurands, context):
     return out
 
 
+def payload(entry):
+    """The MeterValues payload of a sample queued as [t, context, snapshot, measurands] (TxQueue sends it; the
+    queue fills in the transactionId)."""
+    t, ctx, snap, keys = entry
+    return {"connectorId": _CONNECTOR, "transactionId": 0,
+            "meterValue": [{"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}]}
+
+
 def _sv(value, context, measurand, unit, phase):
     sv = {"value": value, "context": context, "format": "Raw", "measurand": measurand,
           "location": "Outlet", "unit": unit}
@@ -93,7 +100,7 @@ class Sampler:
     def begin(self, tx, snap):
         """A transaction starts with the snapshot of its meterStart: its Transaction.Begin sample, and the
         periodic samples counted from now."""
-        self.keep(tx, tx.t0, _BEGIN, snap)
+        tx.keep(self._kept(tx.t0, _BEGIN, snap))  # stored by the tx.save() that follows
         self._interval = interval = self.cfg.get("MeterValueSampleInterval")
         self._next_ms = time.ticks_add(self.ms(), interval * 1000)
 
@@ -132,24 +139,22 @@ class Sampler:
 
     def _send(self, tx, ctx, keys, t):
         snap = snapshot(self.meter, self.evse)
-        mv = {"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}
         if tx is not None:
-            self.txq.push(METER, tx.lid, {"connectorId": _CONNECTOR, "transactionId": 0, "meterValue": [mv]})
-            tx.wh = snap[0]
-            tx.t = t
-            self.keep(tx, t, ctx, snap)
-            tx.save(True)  # hot: rotated, the previous generation kept as .bak
-        elif mv["sampledValue"] and self.session.registered and self.session.online:
+            # Queued as the sample, a tenth of the sampledValues' bytes on flash (payload() expands it), and the
+            # reading appended to the transaction's record (wear: docs/decisions.md, Flash).
+            self.txq.push(METER, tx.lid, [t, ctx, snap, keys])
+            tx.note(snap[0], t, self._kept(t, ctx, snap))
+            return
+        mv = {"timestamp": clock.iso(t), "sampledValue": values_from(snap, keys, ctx)}
+        if mv["sampledValue"] and self.session.registered and self.session.online:
             # Not transaction-related: volatile, and skipped while offline.
             asyncio.create_task(self.session.notify("MeterValues", {"connectorId": _CONNECTOR, "meterValue": [mv]}))
 
-    def keep(self, tx, t, ctx, snap):
-        # Only what StopTxnSampledData / StopTxnAlignedData ask for is kept for transactionData.
+    def _kept(self, t, ctx, snap):
+        # The sample for transactionData, or None: only what StopTxnSampledData / StopTxnAlignedData ask for.
         if self.cfg.get("StopTxnAlignedData" if ctx == _CLOCK else "StopTxnSampledData"):
-            s = tx.samples
-            if len(s) >= _TX_DATA_MAX:
-                s.pop(1)  # keep Transaction.Begin and the most recent samples
-            s.append([t, ctx, snap])
+            return [t, ctx, snap]
+        return None
 
     def transaction_data(self, tx, wh, when):
         """StopTransaction.transactionData of tx, ending with the reading wh at when; None when not configured."""
@@ -159,7 +164,7 @@ class Sampler:
             return None
         end = snapshot(self.meter, self.evse)
         end[0] = wh
-        self.keep(tx, when, _END, end)
+        tx.keep(self._kept(when, _END, end))
         out = []
         for t, ctx, snap in tx.samples:
             keys = aligned if ctx == _CLOCK else sampled

@@ -1,16 +1,23 @@
-# Transactions on flash (OCPP 1.6 §3.7, DESIGN.md §4): the running transaction's record (tx.json) and the persistent
+# Transactions on flash (OCPP 1.6 §3.7, DESIGN.md §4): the running transaction's record (tx.rec) and the persistent
 # FIFO of its messages. One module for both, as they are recovered together at boot (a module costs ~400 B of heap
 # on a 32-bit board).
 # - Transaction: the running transaction of connector 1, with named fields, kept from its start to the queueing of
-#   its StopTransaction, so one cut by a power loss is closed at the next boot (firmware/ocpp/recovery.py). It is
-#   rewritten at every sample: hot, so firmware/store.py rotates it and its previous generation survives a write
-#   torn by the power cut.
+#   its StopTransaction, so one cut by a power loss is closed at the next boot (firmware/ocpp/recovery.py reads it
+#   back). The file is append-only (docs/decisions.md, Flash): a header record with every field, then one small
+#   record per sample with the reading (and the sample StopTxn*Data keeps), both in store.py's journal framing
+#   (<length u16><crc32 u32><body>) and appended to both copies, tx.rec and tx.rec.bak. A power cut mid-append tears
+#   only the record being written. Rewritten whole (compacted) when the header changes or the file grows past
+#   _COMPACT_AT; deleted once the StopTransaction is queued.
 # - TxQueue: StartTransaction, StopTransaction and transaction MeterValues survive power loss and outages, go out
 #   strictly in order, and obey TransactionMessageAttempts / TransactionMessageRetryInterval. Messages of a
 #   transaction whose StartTransaction.conf has not arrived carry a local id; the real transactionId is filled in
-#   at send time.
+#   at send time. A MeterValues is queued as its sample ([time, context, metering snapshot, measurands]) and
+#   expanded into sampledValues when it is sent (metering.payload): a tenth of the bytes on flash.
 import asyncio
 import json
+import struct
+from binascii import crc32
+from micropython import const
 
 from firmware import log, store
 from firmware.jsonbuf import JsonBuf
@@ -22,6 +29,15 @@ _RECORD_BUF = 4096  # the largest queued record encoded without a heap allocatio
 START = "StartTransaction"
 STOP = "StopTransaction"
 METER = "MeterValues"
+_FRAME = const(6)  # <body length u16><crc32 u32>: the journal's framing (firmware/store.py)
+_READING = const(9)  # a reading's body: b"R" <wh u32> <t u32>, then the kept sample's JSON if any
+_R = const(82)  # b"R"; a header's body is a JSON object, b"{"
+_COMPACT_AT = const(2048)  # bytes of tx.rec past which the next reading rewrites it whole (~2 h at 30 s)
+_TX_DATA_MAX = const(10)  # samples kept for StopTransaction.transactionData (flash and RAM are small)
+# A reading's record is framed here, for every transaction (one runs at a time): no allocation per sample, nor
+# per transaction (tests/mpy/test_txqueue.py).
+_buf = bytearray(_FRAME + _READING)
+_mv = memoryview(_buf)[_FRAME:]
 
 
 class Transaction:
@@ -36,13 +52,59 @@ class Transaction:
         self.t = t
         self.invalid = False  # the Central System refused the tag: no energy (MaxEnergyOnInvalidId aside)
         self.samples = []  # [t, context, metering snapshot] for transactionData (metering.Sampler keeps them)
+        self.size = 0  # bytes in tx.rec since the last whole write
 
-    def save(self, hot=False):
-        # The keys of the firmware that kept the transaction as a dict: a transaction it left open across an
-        # update of the firmware is closed all the same. Read back at boot only (recovery.load).
-        store.write_json(self.path, {"l": self.lid, "tag": self.tag, "parent": self.parent, "wh0": self.wh0,
-                                     "t0": self.t0, "wh": self.wh, "t": self.t, "inv": self.invalid,
-                                     "td": self.samples}, hot)
+    def save(self):
+        """Writes the whole record (the header with every field, the last reading and the kept samples) to both
+        copies, each replaced atomically: at the start, when a field changes, and as the compaction of the
+        appended readings. The keys are those of the tx.json of the firmware before the append-only record
+        (recovery.py reads both)."""
+        body = memoryview(json.dumps({"l": self.lid, "tag": self.tag, "parent": self.parent, "wh0": self.wh0,
+                                      "t0": self.t0, "wh": self.wh, "t": self.t, "inv": self.invalid,
+                                      "td": self.samples}))  # len() in bytes, for a non-ASCII tag too
+        head = struct.pack("<HI", len(body), crc32(body) & 0xFFFFFFFF)
+        store.write_atomic(self.path, (head, body))
+        store.write_atomic(self.path + store.BAK, (head, body))
+        self.size = _FRAME + len(body)
+
+    def keep(self, item):
+        """A sample for transactionData ([t, context, snapshot], or None: not kept): Transaction.Begin and the most
+        recent ones are kept."""
+        if item is None:
+            return
+        s = self.samples
+        if len(s) >= _TX_DATA_MAX:
+            s.pop(1)
+        s.append(item)
+
+    def note(self, wh, t, extra):
+        """A sample's reading, and the sample kept for transactionData (or None): appended to both copies, the copy
+        second, so a cut tears at most this record in one of them."""
+        self.wh = wh
+        self.t = t
+        self.keep(extra)
+        if self.size >= _COMPACT_AT:
+            self.save()
+            return
+        b = self.frame(wh, t, extra)
+        store.append(self.path, b)
+        store.append(self.path + store.BAK, b)
+        self.size += len(b)
+
+    def frame(self, wh, t, extra):
+        # Without a kept sample, in the module's buffer: the hot path allocates nothing on the unix port (a 32-bit
+        # port makes a CRC above 2**30 a long int, as for every journal record). The formats are the journal's:
+        # every new qstr costs heap for good. u32 fields: 4.29 GWh, and epoch seconds until 2106.
+        b = _buf
+        struct.pack_into("<BI", b, _FRAME, _R, wh)
+        struct.pack_into("<I", b, _FRAME + 5, t)
+        crc = crc32(_mv)
+        if extra is None:
+            struct.pack_into("<HI", b, 0, _READING, crc & 0xFFFFFFFF)
+            return b
+        extra = json.dumps(extra).encode()
+        struct.pack_into("<HI", b, 0, _READING + len(extra), crc32(extra, crc) & 0xFFFFFFFF)
+        return b + extra
 
     def forget(self):
         # Only once its StopTransaction is queued: a power cut before this point ends it as PowerLoss.
@@ -138,6 +200,9 @@ class TxQueue:
                 continue
             seq, data = head
             action, lid, payload = json.loads(data)
+            if action == METER and isinstance(payload, list):  # a queued sample (older firmware queued the dict)
+                from firmware.ocpp import metering
+                payload = metering.payload(payload)
             key = str(lid)
             if action == START and key in self.ids:
                 self.journal.pop(seq)  # delivered before a power cut interrupted the pop

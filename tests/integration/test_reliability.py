@@ -158,7 +158,7 @@ def test_corrupted_journal_at_boot_is_recovered(csms_factory, sim_factory):
         f.truncate(f.tell() - 7)
         f.seek(0, 2)
         f.write(b"\xff\x00garbage\x13")
-    with open(os.path.join(sim.state_dir, "tx.json"), "ab") as f:
+    with open(os.path.join(sim.state_dir, "tx.rec"), "ab") as f:
         f.write(b"}}")  # and a damaged transaction file
     sim.cmd({"cmd": "power", "on": True})
     csms.start()

@@ -74,7 +74,7 @@ class FakeQueue:
         self.pushed = []
 
     def push(self, action, lid, payload):
-        self.pushed.append(payload)
+        self.pushed.append(metering.payload(payload))  # queued as the sample, sent as this payload
 
 
 class FakeConfig:
@@ -87,7 +87,7 @@ def test_meter_value_has_timestamp():
     from firmware.ocpp.txqueue import Transaction
     q = FakeQueue()
     s = metering.Sampler(None, q, FakeMeter(), FakeEvse(), FakeConfig(), lambda: 0)
-    s._send(Transaction(tinytest.tempdir("metering") + "/tx.json", 1, "T", None, 0, 0), CLOCK,
+    s._send(Transaction(tinytest.tempdir("metering") + "/tx.rec", 1, "T", None, 0, 0), CLOCK,
             "Energy.Active.Import.Register", 0)
     (mv,) = q.pushed[0]["meterValue"]
     assert mv["timestamp"] == "1970-01-01T00:00:00Z" and len(mv["sampledValue"]) == 1

@@ -73,7 +73,7 @@ class Rig:
         self.dir = d
 
     def start(self):
-        tx = Transaction(self.dir + "/tx.json", 1, "TAG1", None, self.meter.energy_wh, clock.now())
+        tx = Transaction(self.dir + "/tx.rec", 1, "TAG1", None, self.meter.energy_wh, clock.now())
         self.sampler.begin(tx, metering.snapshot(self.meter, Evse()))
         tx.save()
         self.tx = tx
@@ -88,7 +88,9 @@ class Rig:
             self.sampler.periodic(self.tx, self.clk.t)
 
     def queued(self):
-        return [json.loads(data)[2] for _, data in self.txq.journal.records() if json.loads(data)[0] == METER]
+        # A MeterValues is queued as its sample: the payload the queue sends is made from it (metering.payload).
+        return [metering.payload(json.loads(data)[2]) for _, data in self.txq.journal.records()
+                if json.loads(data)[0] == METER]
 
 
 async def _pause():

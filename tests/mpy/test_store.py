@@ -65,6 +65,19 @@ def test_bytes_written_counts():
     _rmtree(d)
 
 
+def test_append_adds_at_the_end_and_counts_bytes():
+    # The transaction record's readings (firmware/ocpp/txqueue.py): one write each, nothing rewritten.
+    d = _fresh()
+    p = d + "/r.rec"
+    store.write_atomic(p, b"head")
+    before = store.bytes_written
+    store.append(p, b"-one")
+    store.append(p, bytearray(b"-two"))
+    assert store.read(p) == b"head-one-two"
+    assert store.bytes_written - before == 8
+    _rmtree(d)
+
+
 def test_json_roundtrip_and_missing_default():
     d = _fresh()
     p = d + "/c.json"
