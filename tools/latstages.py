@@ -1,0 +1,103 @@
+"""Where a CALL's round trip goes: the bench's per-stage breakdown of the latency calls (tools/bench.py, step
+"stages").
+
+A charger runs with tools/harness/probe_stages.py beside it (through probe_mcu.py), which times every stage of each
+CALL it serves on the MicroPython side with time.ticks_us (read, parse, validate, handle, persist, encode, write,
+other; probe_stages.py says what each span is). The same calls as the latency step go to it alone, count per kind;
+after each kind a "BenchStages" CALL makes the probe print its medians. The wrappers cost a few us per stage, so
+this run's round trips are a little slower than the latency step's, which runs without them. The probe's own code
+and record buffer (~15 KB, compiled on the unix port from source) would leave too little of a 110wK heap for the
+SmartCharging profile to load, so this run takes HEAP, with the app's collection threshold unchanged.
+
+The rest of the round trip, the Central System side and the loopback (the harness's Csms in the bench process
+sending the CALL and reading the answer, the kernel's TCP on loopback, the firmware's wake-up from poll), is the
+round trip's median less the charger's own median total: the same harness Central System serves the reference
+charge point, so it is a cost both pay alike.
+"""
+import re
+
+import websockets
+
+from harness.csms import CallTimeout, Csms
+from harness.sim import PROBE_SCRIPT, AsyncSim
+from harness.steps import boot_charger
+
+CP = "CP1"
+HEAP = "120wK"
+STAGES = ("read", "parse", "validate", "handle", "persist", "encode", "write", "other")
+LINE_RE = re.compile(r"BENCHSTAGE action=(\S+) n=(\d+) (.*)")
+
+
+def probe_env():
+    """tools/sim.py runs the firmware through the probe, with no periodic task and the stage wrappers on."""
+    return {"SIM_MCU_SCRIPT": PROBE_SCRIPT, "BENCH_PROBE": "0,0,0", "BENCH_STAGES": "1"}
+
+
+def _median(values):
+    s = sorted(values)
+    return s[len(s) // 2] if s else None
+
+
+async def _report(csms, sim):
+    """Asks the probe for its figures ("BenchStages", answered NotImplemented) -> {action: {stage: us}}."""
+    since = len(sim.lines)
+    await csms.call(CP, "BenchStages", {}, timeout=30)
+    await sim.await_line(r"BENCHSTAGE end", 30, since)
+    out = {}
+    for line in sim.lines[since:]:
+        m = LINE_RE.search(line)
+        if m:
+            cells = dict((k, int(v)) for k, v in (c.split("=") for c in m.group(3).split()))
+            cells["n"] = int(m.group(2))
+            out[m.group(1)] = cells
+    return out
+
+
+async def stages(calls, count=300):
+    """calls: bench.latency_calls(). -> {label: {"action", stage medians (us), "total", "total_p99", "alloc",
+    "rtt_us" (the round trip's median), "outside_us" (round trip less the charger's total)}}."""
+    csms = await Csms().start()
+    csms.keep_frames = False
+    sim = AsyncSim(csms.url, env=probe_env(), heap=HEAP)
+    res = {}
+    try:
+        await sim.start()
+        csms.keep_frames = True
+        await boot_charger(csms, sim)
+        csms.keep_frames = False
+        await _report(csms, sim)  # boot-time CALLs out of the way
+        for label, make in calls:
+            rtts = []
+            action = None
+            for i in range(count):
+                action, payload = make(i)
+                try:
+                    _, rtt = await csms.call(CP, action, payload, timeout=30)
+                except (CallTimeout, ConnectionError, websockets.ConnectionClosed):
+                    await csms.wait_connected(CP, 60)
+                    continue
+                rtts.append(rtt)
+            got = (await _report(csms, sim)).get(action)
+            if not got:
+                continue
+            row = dict(got, action=action, rtt_us=int(_median(rtts) * 1e6))
+            row["outside_us"] = row["rtt_us"] - row["total"]
+            res[label] = row
+        if sim.crashes():
+            res["_crashes"] = sim.crash_summary()
+        return res
+    finally:
+        await sim.close()
+        await csms.stop()
+
+
+def table_rows(st, row):
+    """Adds the breakdown to bench.table()'s rows through its row(section, name, value, note)."""
+    for label, v in st.items():
+        if label.startswith("_"):
+            continue
+        parts = " ".join("%s %d" % (s, v[s]) for s in STAGES)
+        row("stages", label[:34] + " (us)", "%d us" % v["total"],
+            "%s; p99 %d; alloc %d B, %.2f GCs/call (%d us each); round trip %d, Central System + loopback %d"
+            % (parts, v["total_p99"], v["alloc"], v["gcs"] / max(1, v["n"]), v["gc_us"], v["rtt_us"],
+               v["outside_us"]))
