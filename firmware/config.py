@@ -263,6 +263,18 @@ class Config:
                 found.append(self._item(e))
         return found, unknown
 
+    def write_items(self, out):
+        """GetConfiguration of every visible key: {"configurationKey": [...]} written as JSON by out.write(), as
+        ocpp_items() lists them (firmware/config_keys.py write_json)."""
+        out.write(b'{"configurationKey":')
+        if self._keys is None:
+            K.write_json(out, self._vals)
+        else:
+            import json
+
+            out.write(json.dumps([{"key": k, "readonly": ro, "value": v} for k, ro, v in self._iter_items()]))
+        out.write(b"}")
+
     def _iter_items(self):
         if self._keys is not None:
             for e in self._keys:

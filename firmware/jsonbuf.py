@@ -36,3 +36,15 @@ class JsonBuf(io.IOBase):
         except ValueError:
             raise MemoryError("JSON larger than its buffer and no heap block for it")
         return self._mv[:self._n]
+
+    def result(self, uid, fill):
+        """The CALLRESULT [3, uid, payload] in the buffer, valid until the next dump, the payload written by
+        fill(self) through write(): an answer too large to build as dicts and text without leaving KBs of
+        garbage (GetConfiguration, firmware/config_keys.py write_json)."""
+        self._n = 0
+        self.write(b"[3,")
+        self.write(json.dumps(uid).encode())
+        self.write(b",")
+        fill(self)
+        self.write(b"]")
+        return self._mv[:self._n]

@@ -14,18 +14,64 @@ sending the CALL and reading the answer, the kernel's TCP on loopback, the firmw
 round trip's median less the charger's own median total: the same harness Central System serves the reference
 charge point, so it is a cost both pay alike.
 """
+import os
 import re
+import statistics
 
 import websockets
 
+from harness import ROOT
 from harness.csms import CallTimeout, Csms
+from harness.proc import ChildProcess
 from harness.sim import PROBE_SCRIPT, AsyncSim
 from harness.steps import boot_charger
 
 CP = "CP1"
+NULL = "NULLCP"
 HEAP = "120wK"
 STAGES = ("read", "parse", "validate", "handle", "persist", "encode", "write", "other")
 LINE_RE = re.compile(r"BENCHSTAGE action=(\S+) n=(\d+) (.*)")
+
+
+class NullCp(ChildProcess):
+    """tools/harness/nullcp_mcu.py: a MicroPython charge point that answers every CALL at once, unparsed."""
+
+    name = "nullcp"
+    ready_pattern = r"NULLCP READY"
+
+    async def start(self, url):
+        from sim import micropython_binary  # tools/sim.py
+
+        since = self._launch([micropython_binary(), os.path.join(ROOT, "tools", "harness", "nullcp_mcu.py"),
+                              url.rstrip("/") + "/" + NULL])
+        await self.await_line(self.ready_pattern, 30, since)
+        return self
+
+    async def stop(self):
+        import asyncio
+
+        await asyncio.to_thread(self._terminate, 5)
+
+
+async def floor(count=300):
+    """The round trip's floor (us, p50 and p99): the same Central System calling a charge point that does
+    nothing (NullCp) with a TriggerMessage, count times."""
+    csms = await Csms().start()
+    csms.keep_frames = False
+    cp = NullCp()
+    try:
+        await cp.start(csms.url)
+        await csms.wait_connected(NULL)
+        rtts = []
+        for _ in range(count):
+            _, rtt = await csms.call(NULL, "TriggerMessage", {"requestedMessage": "Heartbeat"}, timeout=30)
+            rtts.append(rtt)
+        rtts.sort()
+        return {"n": len(rtts), "p50_us": int(statistics.median(rtts) * 1e6),
+                "p99_us": int(rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)] * 1e6)}
+    finally:
+        await cp.stop()
+        await csms.stop()
 
 
 def probe_env():
@@ -85,14 +131,20 @@ async def stages(calls, count=300):
             res[label] = row
         if sim.crashes():
             res["_crashes"] = sim.crash_summary()
-        return res
     finally:
         await sim.close()
         await csms.stop()
+    res["_floor"] = await floor(count)
+    return res
 
 
 def table_rows(st, row):
     """Adds the breakdown to bench.table()'s rows through its row(section, name, value, note)."""
+    fl = st.get("_floor")
+    if fl:
+        row("stages", "floor: a charge point doing nothing", "%d us" % fl["p50_us"],
+            "p50 round trip (p99 %d) of a MicroPython CP on lib/ws.py answering unparsed; n=%d" % (
+                fl["p99_us"], fl["n"]))
     for label, v in st.items():
         if label.startswith("_"):
             continue

@@ -2,19 +2,21 @@
 # (tools/harness/probe_mcu.py imports this when BENCH_STAGES is set). It wraps the firmware's functions at run
 # time, so the firmware holds no timing code: every stage is the time.ticks_us span of one function of the
 # receive -> answer path, and a CALL's record is
-#   read      frame header in -> WS.recv() returns the text (payload read, UTF-8 check)
+#   read      frame header parsed -> rpc.decode called (payload read, UTF-8 check, the reader's glue)
 #   parse     rpc.decode (json.loads and the OCPP-J frame checks)
 #   validate  rpc.validate, every top-level call (the handler's nested ones included)
 #   handle    the handler, less the validate and persist spans inside it
 #   persist   firmware.store writes (state files on the flash)
-#   encode    JsonBuf.dump of the answer frame
+#   encode    JsonBuf.dump of the answer frame (or JsonBuf.result: an answer written straight into the buffer)
 #   write     WS.send of the answer up to its last socket write (framing, mask, write; not the drain after it)
-#   other     the rest of header in -> answer written (dispatch glue, task switches)
-#   total     header in -> the answer's last socket write: the charger's share of the round trip
+#   other     the rest of header parsed -> answer written (dispatch glue, and collections: see gcs)
+#   total     header parsed -> the answer's last socket write: the charger's share of the round trip
 #   alloc     bytes allocated in between (what a collection freed inside a stage is missed: at least this)
 #   gcs       collections that ran in between (app.py collects after every few KB allocated; a drop of the heap in
 #             use by more than _GC_DROP bytes at a stage boundary), summed over the calls, not a median
-# and each report also times one gc.collect() of the heap as it is then (gc_us).
+# and each report also times one gc.collect() of the heap as it is then (gc_us). Every wrapper is a plain
+# function that allocates nothing, so alloc and gcs are the firmware's own (an async wrapper would add a
+# coroutine object per call). A record is closed when the next CALL's decode starts.
 # A CALL of the unknown action "BenchStages" prints a BENCHSTAGE line for the action timed since the last one
 # (medians in us) and starts over; the firmware answers it NotImplemented, as it would any unknown action. One
 # action at a time: the records go into one buffer allocated at start, while the heap is whole (a growing list
@@ -41,12 +43,14 @@ _FIELDS = 11
 
 
 class _St:
-    t_hdr = 0      # the last frame header's arrival
+    t_hdr = 0      # the last frame header's parse
     a_hdr = 0      # gc.mem_alloc() then
     a_last = 0     # gc.mem_alloc() at the last stage boundary
-    t_out = 0      # the last socket write of the answer being sent
-    sending = False
-    t_text = 0     # when recv() returned its text
+    t_rec = 0      # t_hdr of the CALL being recorded
+    t_send = 0     # WS.send of its answer called
+    t_out = 0      # its answer's last socket write so far
+    sending = False  # its answer's bytes are being written
+    left = 0       # bytes of the answer's frame not written yet
     rec = None     # the record of the CALL being served (scratch, reused)
     depth = 0      # nesting of validate / persist wrappers
     action = None  # of the CALL being served
@@ -71,37 +75,53 @@ def _mark(r):
 
 def _add(i, t0):
     r = _s.rec
-    if r is not None:
+    if r is not None and not _s.t_out:  # the answer is not out yet: work for this CALL
         r[i] += _D(_T(), t0)
         _mark(r)
 
 
-def _wrap_read_header():
-    orig = _wf.read_header
+def _close():
+    # the CALL recorded so far is done: its answer went out at t_out (nothing after that is its time)
+    r = _s.rec
+    _s.rec = None
+    _s.sending = False
+    if r is None or not _s.t_out:
+        return
+    r[_WRITE] = _D(_s.t_out, _s.t_send)
+    r[_TOTAL] = _D(_s.t_out, _s.t_rec)
+    other = r[_TOTAL]
+    for i in range(_OTHER):
+        other -= r[i]
+    r[_OTHER] = other
+    if _s.kept is None:
+        _s.kept = _s.action
+    if _s.action != _s.kept or _s.n >= _N:
+        return
+    b = _s.buf
+    for i in range(_FIELDS):
+        v = r[i]
+        b[i * _N + _s.n] = 0 if v < 0 else v if v < 65535 else 65535
+    _s.n += 1
 
-    async def read_header(stream, hdr):
-        v = await orig(stream, hdr)
-        _s.t_hdr = _T()
-        _s.a_hdr = gc.mem_alloc()
+
+def _wrap_parse_header():
+    # The frame's header is in lib/ws.py's receive buffer, parsed (wsframe.parse_header).
+    parse = _wf.parse_header
+
+    def parse_header(b, lo, hi):
+        v = parse(b, lo, hi)
+        if v is not None:
+            _s.t_hdr = _T()
+            _s.a_hdr = gc.mem_alloc()
         return v
-    _wf.read_header = read_header
-    _ws.read_header = read_header
-
-
-def _wrap_recv():
-    orig = _ws.WS.recv
-
-    async def recv(self):
-        v = await orig(self)
-        _s.t_text = _T()
-        return v
-    _ws.WS.recv = recv
+    _ws.parse_header = parse_header
 
 
 def _wrap_decode():
     orig = _rpc.decode
 
     def decode(text):
+        _close()
         t0 = _T()
         v = orig(text)
         t1 = _T()
@@ -109,29 +129,48 @@ def _wrap_decode():
             r = _s.scratch
             for i in range(_FIELDS):
                 r[i] = 0
-            r[_READ] = _D(_s.t_text, _s.t_hdr)
+            _s.t_rec = _s.t_hdr
+            _s.t_out = 0
+            r[_READ] = _D(t0, _s.t_hdr)
             r[_PARSE] = _D(t1, t0)
             _s.a_last = _s.a_hdr
             _mark(r)
             _s.rec = r
             _s.action = v[2]
+            if v[2] == "BenchStages":
+                _s.rec = None
+                _report()
         return v
     _rpc.decode = decode
 
 
-def _nested(i, orig):
-    # a wrapper that times only the outermost call (validate recurses into nested objects)
-    def fn(*a, **kw):
+def _wrap_validate():
+    # times only the outermost call (validate recurses into nested objects)
+    orig = _rpc.validate
+
+    def validate(payload, spec, extra_ok=False):
         if _s.depth:
-            return orig(*a, **kw)
+            return orig(payload, spec, extra_ok)
         _s.depth = 1
         t0 = _T()
         try:
-            return orig(*a, **kw)
+            return orig(payload, spec, extra_ok)
         finally:
-            _add(i, t0)
+            _add(_VALIDATE, t0)
             _s.depth = 0
-    return fn
+    _rpc.validate = validate
+
+
+def _wrap_persist():
+    orig = _store.write_json
+
+    def write_json(path, obj, hot=False):
+        t0 = _T()
+        try:
+            return orig(path, obj, hot)
+        finally:
+            _add(_PERSIST, t0)
+    _store.write_json = write_json
 
 
 def _wrap_handle():
@@ -152,7 +191,7 @@ def _wrap_handle():
     _session.Session.handle = handle
 
 
-def _wrap_dump():
+def _wrap_encode():
     orig = _jb.JsonBuf.dump
 
     def dump(self, obj):
@@ -161,22 +200,26 @@ def _wrap_dump():
         _add(_ENCODE, t0)
         return v
     _jb.JsonBuf.dump = dump
+    result = getattr(_jb.JsonBuf, "result", None)
+    if result is not None:  # an answer that writes its own JSON: its work is here, not in the handler
+        def timed_result(self, uid, fill):
+            t0 = _T()
+            v = result(self, uid, fill)
+            _add(_ENCODE, t0)
+            return v
+        _jb.JsonBuf.result = timed_result
 
 
 def _wrap_send():
     orig = _ws.WS.send
 
-    async def send(self, msg, text=False):
-        r = _s.rec
-        if r is None:
-            return await orig(self, msg, text)
-        t0 = _T()
-        _s.sending = True
-        try:
-            await orig(self, msg, text)
-        finally:
-            _s.sending = False
-        r[_WRITE] += _D(_s.t_out, t0)
+    def send(self, msg, text=False):
+        if _s.rec is not None and not _s.sending and not _s.t_out:
+            n = len(msg)
+            _s.left = n + (6 if n < 126 else 8 if n < 65536 else 14)  # the frame's bytes: masked header + payload
+            _s.sending = True  # the answer: the socket writes of its bytes are its own
+            _s.t_send = _T()
+        return orig(self, msg, text)
     _ws.WS.send = send
     stream = _asyncio.StreamWriter
     write = stream.write
@@ -185,41 +228,14 @@ def _wrap_send():
         v = write(self, buf)
         if _s.sending:
             _s.t_out = _T()
+            _s.left -= len(buf)
+            if _s.left <= 0:
+                _s.sending = False
             r = _s.rec
             if r is not None:
                 _mark(r)
         return v
     stream.write = sock_write
-
-
-def _wrap_on_frame():
-    orig = _session.Session._on_frame
-
-    async def on_frame(self, ws, text):
-        await orig(self, ws, text)
-        r = _s.rec
-        _s.rec = None
-        if r is None:
-            return
-        r[_TOTAL] = _D(_s.t_out, _s.t_hdr)
-        other = r[_TOTAL]
-        for i in range(_OTHER):
-            other -= r[i]
-        r[_OTHER] = other
-        action = _s.action
-        if action == "BenchStages":
-            _report()
-            return
-        if _s.kept is None:
-            _s.kept = action
-        if action != _s.kept or _s.n >= _N:
-            return
-        b = _s.buf
-        for i in range(_FIELDS):
-            v = r[i]
-            b[i * _N + _s.n] = 0 if v < 0 else v if v < 65535 else 65535
-        _s.n += 1
-    _session.Session._on_frame = on_frame
 
 
 def _sort(b, lo, n):
@@ -257,13 +273,10 @@ def _report():
 
 def install():
     _s.buf = array("H", bytearray(2 * _FIELDS * _N))
-    _wrap_read_header()
-    _wrap_recv()
+    _wrap_parse_header()
     _wrap_decode()
-    _rpc.validate = _nested(_VALIDATE, _rpc.validate)
-    _store.write_json = _nested(_PERSIST, _store.write_json)
-    _store.write_atomic = _nested(_PERSIST, _store.write_atomic)
+    _wrap_validate()
+    _wrap_persist()
     _wrap_handle()
-    _wrap_dump()
+    _wrap_encode()
     _wrap_send()
-    _wrap_on_frame()
