@@ -248,9 +248,21 @@ class Config:
         e = self._entry("Password")
         return self._commit(((e, text),), "AuthorizationKey")
 
-    def ocpp_items(self, keys=None):
+    def ocpp_items(self, keys=None, buf=None):
         """No list: an iterator of (key, readonly, value_text) over the visible keys, in table order.
-        With a list: (found, unknown); write-only keys appear in neither (digest §3.1: never reveal them)."""
+        With a list: (found, unknown); write-only keys appear in neither (digest §3.1: never reveal them).
+        buf (a JsonBuf): instead, GetConfiguration's answer for every visible key, {"configurationKey": [...]},
+        written as JSON by buf.write() (firmware/config_keys.py write_json: no dict per key on the heap)."""
+        if buf is not None:
+            buf.write(b'{"configurationKey":')
+            if self._keys is None:
+                K.write_json(buf, self._vals)
+            else:
+                import json
+
+                buf.write(json.dumps([{"key": k, "readonly": ro, "value": v} for k, ro, v in self._iter_items()]))
+            buf.write(b"}")
+            return None
         if keys is None:
             return self._iter_items()
         found = []
@@ -262,18 +274,6 @@ class Config:
             elif e[1] & K.READ:
                 found.append(self._item(e))
         return found, unknown
-
-    def write_items(self, out):
-        """GetConfiguration of every visible key: {"configurationKey": [...]} written as JSON by out.write(), as
-        ocpp_items() lists them (firmware/config_keys.py write_json)."""
-        out.write(b'{"configurationKey":')
-        if self._keys is None:
-            K.write_json(out, self._vals)
-        else:
-            import json
-
-            out.write(json.dumps([{"key": k, "readonly": ro, "value": v} for k, ro, v in self._iter_items()]))
-        out.write(b"}")
 
     def _iter_items(self):
         if self._keys is not None:

@@ -231,9 +231,9 @@ def heads():
         i = e + 1
 
 
-def write_json(out, vals):
-    """GetConfiguration's configurationKey array of every visible key, written as JSON by out.write() (a JsonBuf)
-    straight from the table's bytes. vals: {name: typed value} of the keys that differ from their defaults
+def write_json(buf, data):
+    """GetConfiguration's configurationKey array of every visible key, written as JSON by buf.write() (a JsonBuf)
+    straight from the table's bytes. data: {name: typed value} of the keys that differ from their defaults
     (firmware/config.py). As a list of 49 dicts and its json.dumps text the answer left ~15 KB of garbage per
     call, four collections of the whole heap at app.py's threshold; this leaves a memoryview per name and
     default (~3 KB on the 64-bit host)."""
@@ -241,9 +241,9 @@ def write_json(out, vals):
 
     t = _T
     mv = memoryview(t)
-    w = out.write
+    w = buf.write
     over = {}
-    for name, v in vals.items():
+    for name, v in data.items():
         over[find(name)] = v
     w(b"[")
     sep = b'{"key":"'

@@ -11,7 +11,7 @@ import os
 import time
 from micropython import const
 
-from lib.wsframe import Fail, WSNoRoom, apply_mask, close_code_ok, parse_header, put_header
+from lib.wsframe import Fail, WSNoRoom, apply_mask, close_code_ok, put_header, read_header
 
 # RFC 6455 §5.2 opcodes (lib/wsframe.py has its own private copies: a private const costs no RAM)
 _CONT = const(0)
@@ -56,12 +56,14 @@ class WS:
     def __init__(self, stream, max_frame=16384):
         self._s = stream
         self._max = max_frame
+        # Names already interned elsewhere (start, end: builtins; _rhdr, _whdr: before the receive buffer): the
+        # charger sits a few interned names below the next qstr pool (docs/decisions.md, Memory).
         self._rbuf = bytearray(_RBUF)
-        self._rmv = memoryview(self._rbuf)
-        self._rlo = 0  # the first unread byte in _rbuf
-        self._rhi = 0  # the end of what was read into it
+        self._rhdr = memoryview(self._rbuf)
+        self.start = 0  # the unread bytes are _rbuf[start:end]
+        self.end = 0
         self._wbuf = bytearray(_CHUNK + 14)  # room for the frame header in front of the first chunk
-        self._wmv = memoryview(self._wbuf)
+        self._whdr = memoryview(self._wbuf)
         self._wlock = asyncio.Lock()
         self._done = asyncio.Event()
         self._closing = False  # our close frame is out
@@ -75,7 +77,7 @@ class WS:
         key = os.urandom(4)
         src = memoryview(payload)
         n = len(src)
-        wmv = self._wmv
+        wmv = self._whdr
         lock = self._wlock
         await lock.acquire()  # not "async with": two coroutine objects fewer per frame
         try:
@@ -130,20 +132,20 @@ class WS:
         mop = _TEXT
         try:
             while True:
-                h = parse_header(self._rbuf, self._rlo, self._rhi)
+                h = read_header(self._rbuf, self.start, self.end)
                 if h is None:
-                    await self._more()
+                    await self.fill()
                     continue
                 b0, op, n, k = h
-                self._rlo += k
+                self.start += k
                 if n > self._max:
                     raise Fail(_TOO_BIG, "frame too large (%d > %d)" % (n, self._max), n)
-                lo = self._rlo
-                if n <= self._rhi - lo:  # the whole payload is in the buffer: used where it lies
-                    self._rlo = lo + n
-                    data = self._rmv[lo:lo + n]
+                lo = self.start
+                if n <= self.end - lo:  # the whole payload is in the buffer: used where it lies
+                    self.start = lo + n
+                    data = self._rhdr[lo:lo + n]
                 else:
-                    data = await self._payload(n)
+                    data = await self.read_frame(n)
                 self.last_rx_ms = time.ticks_ms()
                 if op >= _CLOSE:  # control frames may come between fragments
                     await self._control(op, data)
@@ -181,12 +183,12 @@ class WS:
         finally:
             self._reading = False
 
-    async def _more(self):
+    async def fill(self):
         # Reads what the stream has, at least a byte, into the receive buffer behind what is unread.
-        lo = self._rlo
-        hi = self._rhi
+        lo = self.start
+        hi = self.end
         if lo == hi:
-            lo = hi = self._rlo = self._rhi = 0
+            lo = hi = self.start = self.end = 0
         elif hi == _RBUF:
             # Only the start of a header can be left at the very end (a payload that does not fit behind its
             # start takes a block of its own): moved to the front, at most 13 bytes.
@@ -194,35 +196,35 @@ class WS:
             k = hi - lo
             for i in range(k):
                 b[i] = b[lo + i]
-            lo = self._rlo = 0
-            hi = self._rhi = k
+            lo = self.start = 0
+            hi = self.end = k
         while True:
-            r = await self._s.readinto(self._rmv[hi:])
+            r = await self._s.readinto(self._rhdr[hi:])
             if r:
-                self._rhi = hi + r
+                self.end = hi + r
                 return
             if r is not None:  # None: TLS record not complete yet
                 raise EOFError
 
-    async def _payload(self, n):
+    async def read_frame(self, n):
         # A payload not all read yet: completed in place when it fits behind its start, else read into a block
         # of its own size (readexactly() would grow its result piece by piece, needing twice as much).
-        lo = self._rlo
-        if lo == self._rhi:
-            lo = self._rlo = self._rhi = 0
+        lo = self.start
+        if lo == self.end:
+            lo = self.start = self.end = 0
         if lo + n <= _RBUF:
-            while self._rhi - lo < n:
-                await self._more()
-            self._rlo = lo + n
-            return self._rmv[lo:lo + n]
+            while self.end - lo < n:
+                await self.fill()
+            self.start = lo + n
+            return self._rhdr[lo:lo + n]
         try:
             data = bytearray(n)
         except MemoryError:
-            await self._skip(n)
+            await self.skip(n)
             raise WSNoRoom(n)
-        got = self._rhi - lo
-        data[:got] = self._rmv[lo:lo + got]
-        self._rlo = self._rhi = 0
+        got = self.end - lo
+        data[:got] = self._rhdr[lo:lo + got]
+        self.start = self.end = 0
         mv = memoryview(data)
         while got < n:
             r = await self._s.readinto(mv[got:])
@@ -233,15 +235,15 @@ class WS:
             got += r
         return data
 
-    async def _skip(self, n):
+    async def skip(self, n):
         # Reads past n bytes: what is buffered first, then the stream's in buffer-sized reads.
         while True:
-            k = min(n, self._rhi - self._rlo)
-            self._rlo += k
+            k = min(n, self.end - self.start)
+            self.start += k
             n -= k
             if not n:
                 return
-            await self._more()
+            await self.fill()
 
     async def _control(self, op, data):
         if op == _PING:
@@ -325,14 +327,14 @@ class WS:
 
     async def _drain_to_close(self, skip=0):
         # Discards everything up to the server's close frame; payloads of any size are skipped.
-        await self._skip(skip)
+        await self.skip(skip)
         while True:
-            h = parse_header(self._rbuf, self._rlo, self._rhi)
+            h = read_header(self._rbuf, self.start, self.end)
             if h is None:
-                await self._more()
+                await self.fill()
                 continue
-            self._rlo += h[3]
-            await self._skip(h[2])  # the close frame's payload too: unread bytes would turn our FIN into a RST
+            self.start += h[3]
+            await self.skip(h[2])  # the close frame's payload too: unread bytes would turn our FIN into a RST
             if h[1] == _CLOSE:
                 return
 

@@ -79,13 +79,13 @@ def put_header(hdr, opcode, n, key, fin):
     return i
 
 
-def parse_header(b, lo, hi):
-    """The server frame header at b[lo:hi] (a receive buffer) -> (first byte, opcode, payload length, header
+def read_header(buf, start, end):
+    """The server frame header at buf[start:end] (a receive buffer) -> (first byte, opcode, payload length, header
     length), or None while fewer bytes than the header are there. Raises Fail on a protocol violation."""
-    if hi - lo < 2:
+    if end - start < 2:
         return None
-    b0 = b[lo]
-    b1 = b[lo + 1]
+    b0 = buf[start]
+    b1 = buf[start + 1]
     op = b0 & 0x0F
     if b0 & 0x70:
         raise Fail(_PROTOCOL_ERROR, "reserved bits set (no extension negotiated)")
@@ -97,17 +97,17 @@ def parse_header(b, lo, hi):
     k = 2
     if n == 126:
         k = 4
-        if hi - lo < k:
+        if end - start < k:
             return None
-        n = (b[lo + 2] << 8) | b[lo + 3]
+        n = (buf[start + 2] << 8) | buf[start + 3]
     elif n == 127:
         k = 10
-        if hi - lo < k:
+        if end - start < k:
             return None
         n = 0
-        i = lo + 2
-        while i < lo + 10:
-            n = (n << 8) | b[i]
+        i = start + 2
+        while i < start + 10:
+            n = (n << 8) | buf[i]
             i += 1
     if op >= _CLOSE and (n > 125 or not b0 & 0x80):
         raise Fail(_PROTOCOL_ERROR, "bad control frame")  # RFC 6455 §5.5

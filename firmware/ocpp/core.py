@@ -54,8 +54,8 @@ class Core:
         cfg = self.app.cfg
         keys = p.get("key")
         if not keys:
-            # every key: the session has it written as JSON straight into its send buffer (session.py _send)
-            return cfg.write_items
+            # every key: the session has it written as JSON straight into its send buffer (firmware/jsonbuf.py)
+            return lambda buf: cfg.ocpp_items(None, buf)
         for k in keys:
             if not isinstance(k, str):
                 raise rpc.CallError(rpc.TYPE, "key entries must be strings")

@@ -155,9 +155,7 @@ class Session:
         lock = self._send_lock
         await lock.acquire()
         try:
-            body = frame[-1]
-            # an answer that writes its own JSON (GetConfiguration of every key) goes straight into the buffer
-            data = self._out.result(frame[1], body) if callable(body) else self._out.dump(frame)
+            data = self._out.dump(frame)  # an answer that writes its own JSON goes straight into the buffer
             if log.level <= log.DEBUG:  # formatting a copy of every frame is not free
                 log.debug(_TAG, "-> %s" % bytes(data))
             await ws.send(data, True)

@@ -7,7 +7,7 @@
 #   validate  rpc.validate, every top-level call (the handler's nested ones included)
 #   handle    the handler, less the validate and persist spans inside it
 #   persist   firmware.store writes (state files on the flash)
-#   encode    JsonBuf.dump of the answer frame (or JsonBuf.result: an answer written straight into the buffer)
+#   encode    JsonBuf.dump of the answer frame (with an answer that writes its own JSON, its work is here)
 #   write     WS.send of the answer up to its last socket write (framing, mask, write; not the drain after it)
 #   other     the rest of header parsed -> answer written (dispatch glue, and collections: see gcs)
 #   total     header parsed -> the answer's last socket write: the charger's share of the round trip
@@ -105,16 +105,16 @@ def _close():
 
 
 def _wrap_parse_header():
-    # The frame's header is in lib/ws.py's receive buffer, parsed (wsframe.parse_header).
-    parse = _wf.parse_header
+    # The frame's header is in lib/ws.py's receive buffer, parsed (wsframe.read_header).
+    parse = _wf.read_header
 
-    def parse_header(b, lo, hi):
-        v = parse(b, lo, hi)
+    def read_header(buf, start, end):
+        v = parse(buf, start, end)
         if v is not None:
             _s.t_hdr = _T()
             _s.a_hdr = gc.mem_alloc()
         return v
-    _ws.parse_header = parse_header
+    _ws.read_header = read_header
 
 
 def _wrap_decode():
@@ -200,14 +200,6 @@ def _wrap_encode():
         _add(_ENCODE, t0)
         return v
     _jb.JsonBuf.dump = dump
-    result = getattr(_jb.JsonBuf, "result", None)
-    if result is not None:  # an answer that writes its own JSON: its work is here, not in the handler
-        def timed_result(self, uid, fill):
-            t0 = _T()
-            v = result(self, uid, fill)
-            _add(_ENCODE, t0)
-            return v
-        _jb.JsonBuf.result = timed_result
 
 
 def _wrap_send():
