@@ -188,10 +188,12 @@ def find(name):
         return -1
     t = _T
     b = name.encode()
-    i = t.find(b"\n" + b + b" ")
-    if i >= 0:
-        return i + 1
     n = len(b)
+    i = t.find(b, 1)
+    while i > 0:  # the exact spelling at a line's start, without building "\n<name> " (boot looks up many keys)
+        if t[i - 1] == 10 and t[i + n] == 32:
+            return i
+        i = t.find(b, i + 1)
     low = b.lower()
     i = 1
     while i < len(t):
@@ -211,6 +213,20 @@ def offsets():
         i = t.find(b"\n", i) + 1
 
 
+def _kind(t, j, k):
+    # The flags of the spec t[j + 1:k] ("Irwz"): bytes.find of an int is not in every port's MicroPython (the
+    # WebAssembly one refuses it) and a slice per letter is garbage, so the letters are compared as ints.
+    ch = t[j + 1]
+    flags = 0 if ch == 73 else 1 if ch == 66 else 2 if ch == 83 else 3  # I B S L
+    c = j + 2
+    while c < k:
+        ch = t[c]
+        flags |= (READ if ch == 114 else WRITE if ch == 119 else DEVICE if ch == 100 else REBOOT if ch == 98
+                  else ZERO_OFF if ch == 122 else CONN if ch == 99 else PHASE if ch == 112 else SECRET)  # rwdbzcps
+        c += 1
+    return flags
+
+
 def heads():
     """(name, flags, default as its table text) of every key, in table order."""
     t = _T
@@ -221,9 +237,7 @@ def heads():
         k = t.find(b" ", j + 1)
         if k < 0 or k > e:
             k = e
-        flags = b"IBSL".find(t[j + 1])  # bytes.find of an int: no 1-byte slice on the heap
-        for c in range(j + 2, k):
-            flags |= 4 << b"rwdbzcps".find(t[c])
+        flags = _kind(t, j, k)
         d = t.find(b" ", k + 1)
         if d < 0 or d > e:
             d = e
@@ -241,12 +255,22 @@ def write_json(buf, data):
 
     t = _T
     mv = memoryview(t)
+    # The JSON around the table's text, as one constant: each bytes constant of a module costs ~32 B of heap
+    # for as long as the module is loaded, even from ROMFS, and this one is loaded at boot.
+    f = memoryview(b'{"key":"","readonly":false,"value":","readonly":true,"value":"true""false"')
+    key = f[:8]  # {"key":"
+    ro = f[8:35]  # ","readonly":false,"value":
+    rw = f[35:61]  # ","readonly":true,"value":
+    yes = f[61:67]  # "true"
+    no = f[67:74]  # "false"
+    empty = f[7:9]  # ""
+    quote = f[61:62]
     w = buf.write
     over = {}
     for name, v in data.items():
         over[find(name)] = v
     w(b"[")
-    sep = b'{"key":"'
+    first = True
     i = 1
     while i < len(t):  # heads(), inlined: a tuple per key is garbage too
         j = t.find(b" ", i)
@@ -254,32 +278,30 @@ def write_json(buf, data):
         k = t.find(b" ", j + 1)
         if k < 0 or k > e:
             k = e
-        flags = b"IBSL".find(t[j + 1])
-        c = j + 2
-        while c < k:  # a range object per key is garbage too
-            flags |= 4 << b"rwdbzcps".find(t[c])
-            c += 1
+        flags = _kind(t, j, k)
         k += 1
         d = t.find(b" ", k)
         if d < 0 or d > e:
             d = e
         if flags & READ and not flags & DEVICE:
-            w(sep)
-            sep = b',{"key":"'
+            if not first:
+                w(b",")
+            first = False
+            w(key)
             w(mv[i:j])
-            w(b'","readonly":false,"value":' if flags & WRITE else b'","readonly":true,"value":')
+            w(ro if flags & WRITE else rw)
             ty = flags & TYPE
             if i in over:
                 v = over[i]
                 w(json.dumps(("true" if v else "false") if ty == BOOL else str(v) if ty == INT else v).encode())
             elif ty == BOOL:
-                w(b'"true"' if t[k] == 49 else b'"false"')  # 49: "1"
+                w(yes if t[k] == 49 else no)  # 49: "1"
             elif d == k + 1 and t[k] == 45:  # "-": the empty string
-                w(b'""')
+                w(empty)
             else:
-                w(b'"')
+                w(quote)
                 w(mv[k:d])  # table defaults are plain ASCII without quotes (tests/mpy/test_config.py)
-                w(b'"')
+                w(quote)
             w(b"}")
         i = e + 1
     w(b"]")

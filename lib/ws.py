@@ -226,8 +226,13 @@ class WS:
         data[:got] = self._rhdr[lo:lo + got]
         self.start = self.end = 0
         mv = memoryview(data)
+        sock = getattr(self._s, "s", None)  # asyncio's Stream: its non-blocking socket
         while got < n:
-            r = await self._s.readinto(mv[got:])
+            # The rest has mostly arrived with the start: taken from the socket at once (None: not yet), without
+            # a trip through the scheduler, where other tasks would run first.
+            r = sock.readinto(mv[got:]) if sock is not None else None
+            if r is None:
+                r = await self._s.readinto(mv[got:])
             if r is None:
                 continue
             if not r:
