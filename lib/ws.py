@@ -99,7 +99,11 @@ class WS:
                         break
                     if getattr(s, "out_buf", True):  # asyncio's Stream: drain only what the socket left over
                         await s.drain()
-                await s.drain()
+                # The same at the end: a drain with nothing left still yields, and a frame sent under the session's
+                # send lock would hold it through a round of every other task (an answer queued behind a
+                # Heartbeat's drain waited ~0.3 ms). The sender yields at its next await instead.
+                if getattr(s, "out_buf", True):
+                    await s.drain()
             except (OSError, ValueError) as e:  # mbedTLS reports some failures as ValueError
                 await self._shut(_ABNORMAL, "connection lost: %s" % e)
                 raise WSClosed(_ABNORMAL, "connection lost: %s" % e)

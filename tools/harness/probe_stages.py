@@ -132,6 +132,7 @@ def _wrap_decode():
                 r[i] = 0
             _s.t_rec = _s.t_hdr
             _s.t_out = 0
+            _s.depth = 0  # a validate that raised left it set
             r[_READ] = _D(t0, _s.t_hdr)
             r[_PARSE] = _D(t1, t0)
             _s.a_last = _s.a_hdr
@@ -145,7 +146,9 @@ def _wrap_decode():
 
 
 def _wrap_validate():
-    # times only the outermost call (validate recurses into nested objects)
+    # times only the outermost call (validate recurses into nested objects). No try/finally in the wrappers: it
+    # would make their frames large enough to come from the heap, and that counts toward the next collection
+    # (docs/decisions.md, Call latency); a CALL that raises is answered with a CALLERROR and not kept anyway.
     orig = _rpc.validate
 
     def validate(payload, spec, extra_ok=False):
@@ -153,11 +156,9 @@ def _wrap_validate():
             return orig(payload, spec, extra_ok)
         _s.depth = 1
         t0 = _T()
-        try:
-            return orig(payload, spec, extra_ok)
-        finally:
-            _add(_VALIDATE, t0)
-            _s.depth = 0
+        orig(payload, spec, extra_ok)
+        _add(_VALIDATE, t0)
+        _s.depth = 0
     _rpc.validate = validate
 
 
@@ -166,10 +167,8 @@ def _wrap_persist():
 
     def write_json(path, obj, hot=False):
         t0 = _T()
-        try:
-            return orig(path, obj, hot)
-        finally:
-            _add(_PERSIST, t0)
+        orig(path, obj, hot)
+        _add(_PERSIST, t0)
     _store.write_json = write_json
 
 
@@ -179,13 +178,13 @@ def _wrap_handle():
     def handle(self, action, spec, fn):
         def timed(p):
             r = _s.rec
-            before = (r[_VALIDATE] + r[_PERSIST]) if r is not None else 0
-            t0 = _T()
-            try:
+            if r is None:
                 return fn(p)
-            finally:
-                if r is not None:
-                    r[_HANDLE] += _D(_T(), t0) - (r[_VALIDATE] + r[_PERSIST] - before)
+            before = r[_VALIDATE] + r[_PERSIST]
+            t0 = _T()
+            v = fn(p)
+            r[_HANDLE] += _D(_T(), t0) - (r[_VALIDATE] + r[_PERSIST] - before)
+            return v
         orig(self, action, spec, timed)
     _session.Session.handle = handle
 
