@@ -77,9 +77,11 @@ async def floor(count=300):
         await csms.stop()
 
 
-def probe_env():
-    """tools/sim.py runs the firmware through the probe, with no periodic task and the stage wrappers on."""
-    return {"SIM_MCU_SCRIPT": PROBE_SCRIPT, "BENCH_PROBE": "0,0,0", "BENCH_STAGES": "1"}
+def probe_env(gc_threshold=0):
+    """tools/sim.py runs the firmware through the probe, with no periodic task and the stage wrappers on;
+    gc_threshold: an experiment, the calls run at this gc.threshold() instead of the app's."""
+    return {"SIM_MCU_SCRIPT": PROBE_SCRIPT, "BENCH_PROBE": "0,0,0", "BENCH_STAGES": "1",
+            "BENCH_GC_THRESHOLD": str(gc_threshold)}
 
 
 def _median(values):
@@ -102,10 +104,10 @@ async def _report(csms, sim):
     return out
 
 
-async def _run(calls, count, state_dir=None):
+async def _run(calls, count, state_dir=None, gc_threshold=0):
     csms = await Csms().start()
     csms.keep_frames = False
-    sim = AsyncSim(csms.url, env=probe_env(), heap=HEAP, state_dir=state_dir)
+    sim = AsyncSim(csms.url, env=probe_env(gc_threshold), heap=HEAP, state_dir=state_dir)
     res = {}
     try:
         await sim.start()
@@ -156,6 +158,27 @@ async def stages(calls, count=300):
     return res
 
 
+def main(argv=None):
+    """The breakdown alone, optionally at another gc.threshold (an experiment: the app's is 4096)."""
+    import argparse
+    import asyncio
+    import sys
+
+    import bench
+
+    p = argparse.ArgumentParser(description="per-stage breakdown of the bench's latency calls")
+    p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--gc-threshold", type=int, default=0, help="run the calls at this gc.threshold()")
+    args = p.parse_args(argv)
+    bench.build.build(bench.BUILD_UNIX)
+    res = asyncio.run(_run(bench.latency_calls(), args.calls, gc_threshold=args.gc_threshold))
+    rows = []
+    table_rows(res, lambda *r: rows.append(r))
+    for r in rows:
+        print("%-36s %9s  %s" % r[1:4])
+    return 0 if not res.get("_crashes") else 1
+
+
 def table_rows(st, row):
     """Adds the breakdown to bench.table()'s rows through its row(section, name, value, note)."""
     fl = st.get("_floor")
@@ -177,3 +200,9 @@ def table_rows(st, row):
             row("stages", "  same, flash on a RAM disk", "%d us" % ram["total"],
                 "persist %d (host disk %d); round trip %d; p99 %d" % (ram["persist"], v["persist"], ram["rtt_us"],
                                                                      ram["total_p99"]))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

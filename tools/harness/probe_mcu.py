@@ -4,7 +4,8 @@
 # firmware. Every period ms it measures how late its sleep wakes (the longest loop stall) and, with gc on,
 # collects and reads the live heap; every report ms it prints a BENCHPROBE line that the sim echoes.
 # BENCH_PROBE="gc,period,report" (0/1, ms, ms); period 0: no probe task. BENCH_STAGES=1 also times the stages
-# of every CALL served (tools/harness/probe_stages.py). The sim starts the MCU in the project root.
+# of every CALL served (tools/harness/probe_stages.py; BENCH_GC_THRESHOLD=n runs them at gc.threshold(n)). The sim
+# starts the MCU in the project root.
 import os
 import sys
 import gc
@@ -47,7 +48,7 @@ if os.getenv("BENCH_STAGES"):
     sys.path.append("tools/harness")
     import probe_stages
 
-    probe_stages.install()
+    probe_stages.install(int(os.getenv("BENCH_GC_THRESHOLD") or 0))
 if _PERIOD:
     asyncio.create_task(_probe())
 with open("build/unix/main.py") as _f:

@@ -118,10 +118,12 @@ def _wrap_parse_header():
     _ws.read_header = read_header
 
 
-def _wrap_decode():
+def _wrap_decode(threshold):
     orig = _rpc.decode
 
     def decode(text):
+        if threshold:  # an experiment: app.py's gc.threshold() replaced at the first frame after the boot
+            gc.threshold(threshold)
         _close()
         t0 = _T()
         v = orig(text)
@@ -268,10 +270,12 @@ def _report():
     _s.n = 0
 
 
-def install():
+def install(threshold=0):
+    """threshold: a gc.threshold() to run with instead of the app's (0: the app's), for tools/latstages.py's
+    --gc-threshold experiment."""
     _s.buf = array("H", bytearray(2 * _FIELDS * _N))
     _wrap_parse_header()
-    _wrap_decode()
+    _wrap_decode(threshold)
     _wrap_validate()
     _wrap_persist()
     _wrap_handle()
