@@ -19,7 +19,7 @@ VENDOR = "MicroPython-EVSE"
 MODEL = "MPY-AC-1"
 _TAG = "app"
 _METER_POLL_MS = 1000
-_GC_EVERY = 4096  # bytes allocated between automatic collections
+_GC_EVERY = 16384  # bytes allocated between automatic collections (docs/decisions.md, Memory and Call latency)
 # Factory serial settings per meter model (digest §6.2): baud, parity (None/0 even/1 odd), stop bits.
 _METER_SERIAL = {"SDM630": (9600, None, 1), "SDM120": (2400, None, 1), "SDM72": (9600, None, 1),
                  "ABB_B23": (9600, 0, 1)}

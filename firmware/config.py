@@ -248,9 +248,21 @@ class Config:
         e = self._entry("Password")
         return self._commit(((e, text),), "AuthorizationKey")
 
-    def ocpp_items(self, keys=None):
+    def ocpp_items(self, keys=None, buf=None):
         """No list: an iterator of (key, readonly, value_text) over the visible keys, in table order.
-        With a list: (found, unknown); write-only keys appear in neither (digest §3.1: never reveal them)."""
+        With a list: (found, unknown); write-only keys appear in neither (digest §3.1: never reveal them).
+        buf (a JsonBuf): instead, GetConfiguration's answer for every visible key, {"configurationKey": [...]},
+        written as JSON by buf.write() (firmware/config_keys.py write_json: no dict per key on the heap)."""
+        if buf is not None:
+            buf.write(b'{"configurationKey":')
+            if self._keys is None:
+                K.write_json(buf, self._vals)
+            else:
+                import json
+
+                buf.write(json.dumps([{"key": k, "readonly": ro, "value": v} for k, ro, v in self._iter_items()]))
+            buf.write(b"}")
+            return None
         if keys is None:
             return self._iter_items()
         found = []

@@ -25,7 +25,17 @@ class JsonBuf(io.IOBase):
         """obj as UTF-8 JSON in a memoryview (len() counts bytes): of a new str, or, when the heap has no block
         large enough for it, of the buffer, valid until the next dump. json.dumps runs in C; streaming through
         write() costs a Python call per token, 12x slower (1 ms for GetConfiguration on the host, 200 ms on an
-        ESP32), so the buffer is only the way out of a fragmented heap."""
+        ESP32), so the buffer is only the way out of a fragmented heap. A CALLRESULT frame [3, uid, fill] whose
+        payload is a function goes into the buffer, its payload written by fill(self) through write(): an
+        answer too large to build as dicts and text without KBs of garbage (GetConfiguration of every key)."""
+        if isinstance(obj, list) and callable(obj[-1]):
+            self._n = 0
+            self.write(b"[3,")
+            self.write(json.dumps(obj[1]).encode())  # the uniqueId as the peer sent it, escaped
+            self.write(b",")
+            obj[-1](self)
+            self.write(b"]")
+            return self._mv[:self._n]
         try:
             return memoryview(json.dumps(obj))
         except MemoryError:

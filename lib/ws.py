@@ -11,7 +11,7 @@ import os
 import time
 from micropython import const
 
-from lib.wsframe import Fail, WSNoRoom, apply_mask, close_code_ok, put_header, read_frame, read_header
+from lib.wsframe import Fail, WSNoRoom, apply_mask, close_code_ok, put_header, read_header
 
 # RFC 6455 §5.2 opcodes (lib/wsframe.py has its own private copies: a private const costs no RAM)
 _CONT = const(0)
@@ -31,6 +31,10 @@ _TOO_BIG = const(1009)
 
 _CLOSE_WAIT_MS = const(1000)
 _CHUNK = const(1024)  # outgoing payloads are masked through a buffer this big (a multiple of 4: key alignment)
+# Incoming frames are read into a buffer this big: an OCPP CALL of up to ~500 bytes arrives in one read and is
+# parsed where it lies; a larger payload gets a block of its own, as every payload used to. One read per frame
+# instead of three (header, length, payload), each a coroutine object and a trip through the scheduler.
+_RBUF = const(512)
 _MAX_HEADERS = const(40)  # bounds the handshake so a hostile server cannot stall us forever
 _MAX_HEAD = const(8192)  # bytes of the whole response head (nginx's default header buffer is 8 KB)
 _MAX_LINE = const(256)  # bytes kept of one response line: the headers we check are far shorter
@@ -52,9 +56,14 @@ class WS:
     def __init__(self, stream, max_frame=16384):
         self._s = stream
         self._max = max_frame
-        self._rhdr = bytearray(8)
-        self._whdr = bytearray(14)
+        # Names already interned elsewhere (start, end: builtins; _rhdr, _whdr: before the receive buffer): the
+        # charger sits a few interned names below the next qstr pool (docs/decisions.md, Memory).
+        self._rbuf = bytearray(_RBUF)
+        self._rhdr = memoryview(self._rbuf)
+        self.start = 0  # the unread bytes are _rbuf[start:end]
+        self.end = 0
         self._wbuf = bytearray(_CHUNK + 14)  # room for the frame header in front of the first chunk
+        self._whdr = memoryview(self._wbuf)
         self._wlock = asyncio.Lock()
         self._done = asyncio.Event()
         self._closing = False  # our close frame is out
@@ -68,29 +77,38 @@ class WS:
         key = os.urandom(4)
         src = memoryview(payload)
         n = len(src)
-        buf = self._wbuf
-        async with self._wlock:
+        wmv = self._whdr
+        lock = self._wlock
+        await lock.acquire()  # not "async with": two coroutine objects fewer per frame
+        try:
             s = self._s
             try:
                 # Header and first chunk leave in one write: two small writes would meet Nagle's algorithm
                 # and the peer's delayed ACK, 40 ms per message on Linux.
-                off = put_header(self._whdr, op, n, key, True)
-                buf[:off] = self._whdr[:off]
+                off = put_header(self._wbuf, op, n, key, True)
                 i = 0
                 while True:
                     k = min(n - i, _CHUNK)
-                    mv = memoryview(buf)[off:off + k]
+                    mv = wmv[off:off + k]
                     mv[:] = src[i:i + k]
                     apply_mask(mv, key)
-                    s.write(memoryview(buf)[:off + k])
-                    await s.drain()  # empties the stream's buffer before ours is reused
+                    s.write(wmv[:off + k])  # the stream keeps a copy of what the socket did not take
                     i += k
                     off = 0
                     if i >= n:
                         break
+                    if getattr(s, "out_buf", True):  # asyncio's Stream: drain only what the socket left over
+                        await s.drain()
+                # The same at the end: a drain with nothing left still yields, and a frame sent under the session's
+                # send lock would hold it through a round of every other task (an answer queued behind a
+                # Heartbeat's drain waited ~0.3 ms). The sender yields at its next await instead.
+                if getattr(s, "out_buf", True):
+                    await s.drain()
             except (OSError, ValueError) as e:  # mbedTLS reports some failures as ValueError
                 await self._shut(_ABNORMAL, "connection lost: %s" % e)
                 raise WSClosed(_ABNORMAL, "connection lost: %s" % e)
+        finally:
+            lock.release()
 
     def _check(self, sending):
         if self._closed:
@@ -98,14 +116,15 @@ class WS:
         if sending and self._closing:  # RFC 6455 §5.5.1: no data after our close frame
             raise WSClosed(_NORMAL, "closing")
 
-    async def send(self, msg, text=False):
-        """One text frame for str (or for bytes-like UTF-8 when text is true), else one binary frame."""
+    def send(self, msg, text=False):
+        """One text frame for str (or for bytes-like UTF-8 when text is true), else one binary frame. Returns
+        the coroutine to await (a plain function: one coroutine object per frame, not two)."""
         self._check(True)
-        await self._write(_TEXT if text or isinstance(msg, str) else _BINARY, msg)
+        return self._write(_TEXT if text or isinstance(msg, str) else _BINARY, msg)
 
-    async def ping(self, payload=b""):
+    def ping(self, payload=b""):
         self._check(True)
-        await self._write(_PING, payload)
+        return self._write(_PING, payload)
 
     async def recv(self):
         """Next message: str (text) or bytes (binary). Answers pings; raises WSClosed when the link ends, and
@@ -113,8 +132,51 @@ class WS:
         Only one task may call it at a time; cancelling it mid-frame leaves the link unusable."""
         self._check(False)
         self._reading = True
+        msg = None
+        mop = _TEXT
         try:
-            return await self._recv()
+            while True:
+                h = read_header(self._rbuf, self.start, self.end)
+                if h is None:
+                    await self.fill()
+                    continue
+                b0, op, n, k = h
+                self.start += k
+                if n > self._max:
+                    raise Fail(_TOO_BIG, "frame too large (%d > %d)" % (n, self._max), n)
+                lo = self.start
+                if n <= self.end - lo:  # the whole payload is in the buffer: used where it lies
+                    self.start = lo + n
+                    data = self._rhdr[lo:lo + n]
+                else:
+                    data = await self.read_frame(n)
+                self.last_rx_ms = time.ticks_ms()
+                if op >= _CLOSE:  # control frames may come between fragments
+                    await self._control(op, data)
+                    continue
+                if op == _CONT:
+                    if msg is None:
+                        raise Fail(_PROTOCOL_ERROR, "continuation frame without a message")
+                    if len(msg) + len(data) > self._max:
+                        raise Fail(_TOO_BIG, "message too large (%d > %d)" % (len(msg) + len(data), self._max))
+                    msg.extend(data)
+                elif msg is not None:
+                    raise Fail(_PROTOCOL_ERROR, "new message inside a fragmented one")
+                elif b0 & 0x80:
+                    msg = data
+                    mop = op
+                else:
+                    msg = bytearray(data)
+                    mop = op
+                if b0 & 0x80:
+                    if mop == _BINARY:
+                        return bytes(msg)
+                    try:
+                        return str(msg, "utf-8")
+                    except UnicodeError:
+                        raise Fail(_BAD_DATA, "text message is not UTF-8")
+                    except MemoryError:
+                        raise WSNoRoom(len(msg))
         except Fail as e:
             await self._fail(e.code, e.unread)
             raise WSError(e.args[0])
@@ -125,38 +187,72 @@ class WS:
         finally:
             self._reading = False
 
-    async def _recv(self):
-        msg = None
-        mop = _TEXT
+    async def fill(self):
+        # Reads what the stream has, at least a byte, into the receive buffer behind what is unread.
+        lo = self.start
+        hi = self.end
+        if lo == hi:
+            lo = hi = self.start = self.end = 0
+        elif hi == _RBUF:
+            # Only the start of a header can be left at the very end (a payload that does not fit behind its
+            # start takes a block of its own): moved to the front, at most 13 bytes.
+            b = self._rbuf
+            k = hi - lo
+            for i in range(k):
+                b[i] = b[lo + i]
+            lo = self.start = 0
+            hi = self.end = k
         while True:
-            fin, op, data = await read_frame(self._s, self._rhdr, self._max)
-            self.last_rx_ms = time.ticks_ms()
-            if op >= _CLOSE:  # control frames may come between fragments
-                await self._control(op, data)
+            r = await self._s.readinto(self._rhdr[hi:])
+            if r:
+                self.end = hi + r
+                return
+            if r is not None:  # None: TLS record not complete yet
+                raise EOFError
+
+    async def read_frame(self, n):
+        # A payload not all read yet: completed in place when it fits behind its start, else read into a block
+        # of its own size (readexactly() would grow its result piece by piece, needing twice as much).
+        lo = self.start
+        if lo == self.end:
+            lo = self.start = self.end = 0
+        if lo + n <= _RBUF:
+            while self.end - lo < n:
+                await self.fill()
+            self.start = lo + n
+            return self._rhdr[lo:lo + n]
+        try:
+            data = bytearray(n)
+        except MemoryError:
+            await self.skip(n)
+            raise WSNoRoom(n)
+        got = self.end - lo
+        data[:got] = self._rhdr[lo:lo + got]
+        self.start = self.end = 0
+        mv = memoryview(data)
+        sock = getattr(self._s, "s", None)  # asyncio's Stream: its non-blocking socket
+        while got < n:
+            # The rest has mostly arrived with the start: taken from the socket at once (None: not yet), without
+            # a trip through the scheduler, where other tasks would run first.
+            r = sock.readinto(mv[got:]) if sock is not None else None
+            if r is None:
+                r = await self._s.readinto(mv[got:])
+            if r is None:
                 continue
-            if op == _CONT:
-                if msg is None:
-                    raise Fail(_PROTOCOL_ERROR, "continuation frame without a message")
-                if len(msg) + len(data) > self._max:
-                    raise Fail(_TOO_BIG, "message too large (%d > %d)" % (len(msg) + len(data), self._max))
-                msg.extend(data)
-            elif msg is not None:
-                raise Fail(_PROTOCOL_ERROR, "new message inside a fragmented one")
-            elif fin:
-                msg = data
-                mop = op
-            else:
-                msg = bytearray(data)
-                mop = op
-            if fin:
-                if mop == _BINARY:
-                    return bytes(msg)
-                try:
-                    return str(msg, "utf-8")
-                except UnicodeError:
-                    raise Fail(_BAD_DATA, "text message is not UTF-8")
-                except MemoryError:
-                    raise WSNoRoom(len(msg))
+            if not r:
+                raise EOFError
+            got += r
+        return data
+
+    async def skip(self, n):
+        # Reads past n bytes: what is buffered first, then the stream's in buffer-sized reads.
+        while True:
+            k = min(n, self.end - self.start)
+            self.start += k
+            n -= k
+            if not n:
+                return
+            await self.fill()
 
     async def _control(self, op, data):
         if op == _PING:
@@ -241,16 +337,17 @@ class WS:
         await self._shut(code, "closed by us")
 
     async def _drain_to_close(self, skip=0):
-        # Discards everything up to the server's close frame; payloads of any size are skipped in small reads.
-        op = 0
+        # Discards everything up to the server's close frame; payloads of any size are skipped.
+        await self.skip(skip)
         while True:
-            while skip:
-                k = min(skip, 512)
-                await self._s.readexactly(k)
-                skip -= k
-            if op == _CLOSE:  # its payload is read too: unread bytes would turn our FIN into a RST
+            h = read_header(self._rbuf, self.start, self.end)
+            if h is None:
+                await self.fill()
+                continue
+            self.start += h[3]
+            await self.skip(h[2])  # the close frame's payload too: unread bytes would turn our FIN into a RST
+            if h[1] == _CLOSE:
                 return
-            b0, op, skip = await read_header(self._s, self._rhdr)
 
 
 # ---- opening handshake ----

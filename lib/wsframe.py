@@ -79,24 +79,13 @@ def put_header(hdr, opcode, n, key, fin):
     return i
 
 
-async def fill(stream, mv):
-    got = 0
-    n = len(mv)
-    while got < n:
-        r = await stream.readinto(mv[got:])
-        if r is None:  # TLS record not complete yet
-            continue
-        if not r:
-            raise EOFError
-        got += r
-
-
-async def read_header(stream, hdr):
-    # -> (first byte, opcode, payload length) of the next server frame
-    mv = memoryview(hdr)
-    await fill(stream, mv[:2])
-    b0 = hdr[0]
-    b1 = hdr[1]
+def read_header(buf, start, end):
+    """The server frame header at buf[start:end] (a receive buffer) -> (first byte, opcode, payload length, header
+    length), or None while fewer bytes than the header are there. Raises Fail on a protocol violation."""
+    if end - start < 2:
+        return None
+    b0 = buf[start]
+    b1 = buf[start + 1]
     op = b0 & 0x0F
     if b0 & 0x70:
         raise Fail(_PROTOCOL_ERROR, "reserved bits set (no extension negotiated)")
@@ -105,47 +94,24 @@ async def read_header(stream, hdr):
     if op > _BINARY and op < _CLOSE or op > _PONG:
         raise Fail(_PROTOCOL_ERROR, "unknown opcode %d" % op)
     n = b1 & 0x7F
+    k = 2
     if n == 126:
-        await fill(stream, mv[:2])
-        n = (hdr[0] << 8) | hdr[1]
+        k = 4
+        if end - start < k:
+            return None
+        n = (buf[start + 2] << 8) | buf[start + 3]
     elif n == 127:
-        await fill(stream, mv[:8])
+        k = 10
+        if end - start < k:
+            return None
         n = 0
-        for i in range(8):
-            n = (n << 8) | hdr[i]
+        i = start + 2
+        while i < start + 10:
+            n = (n << 8) | buf[i]
+            i += 1
     if op >= _CLOSE and (n > 125 or not b0 & 0x80):
         raise Fail(_PROTOCOL_ERROR, "bad control frame")  # RFC 6455 §5.5
-    return b0, op, n
-
-
-async def read_frame(stream, hdr, max_frame):
-    """Reads one server frame -> (fin, opcode, payload). hdr: reusable bytearray(8).
-    Raises EOFError at end of stream and Fail (with .code) on a protocol violation."""
-    b0, op, n = await read_header(stream, hdr)
-    if n > max_frame:
-        raise Fail(_TOO_BIG, "frame too large (%d > %d)" % (n, max_frame), n)
-    if not n:
-        return b0 >> 7, op, b""
-    try:
-        # one block of the final size: readexactly() grows its result piece by piece, needing twice as much
-        payload = bytearray(n)
-    except MemoryError:
-        try:
-            scratch = bytearray(256)
-        except MemoryError:
-            scratch = hdr
-        await skip(stream, n, scratch)
-        raise WSNoRoom(n)
-    await fill(stream, memoryview(payload))
-    return b0 >> 7, op, payload
-
-
-async def skip(stream, n, scratch):
-    mv = memoryview(scratch)
-    while n:
-        k = min(n, len(mv))
-        await fill(stream, mv[:k])
-        n -= k
+    return b0, op, n, k
 
 
 def close_code_ok(code):

@@ -30,6 +30,7 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build  # noqa: E402  (tools/build.py)
+import latstages  # noqa: E402  (tools/latstages.py)
 import memreport  # noqa: E402  (tools/memreport.py)
 import mqttbench  # noqa: E402  (tools/mqttbench.py)
 import webbench  # noqa: E402  (tools/webbench.py)
@@ -795,6 +796,8 @@ def table(r):
         row("memory", "RSS MicroPython process", "%d kB" % rss["mpy_kb"], "peak %d kB" % rss["mpy_peak_kb"])
         row("memory", "RSS reference CP (CPython+ocpp)", "%d kB" % rss["ref_kb"],
             "peak %d kB; ours/ref x%.2f" % (rss["ref_peak_kb"], rss["ratio"]))
+    if r.get("stages"):
+        latstages.table_rows(r["stages"], row)
     lh = r.get("loop")
     if lh:
         def runs(v):
@@ -888,7 +891,7 @@ def write_readme(text, meta, path=os.path.join(ROOT, "README.md")):
         f.write(head + README_BEGIN + block + README_END + tail)
 
 
-STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt",
+STEPS = ("footprint", "code", "latency", "stages", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt",
          "web", "ota")
 
 
@@ -906,6 +909,7 @@ async def run_all(args, log):
     await step("code", lambda: asyncio.to_thread(code_heap))
     build.build(BUILD_UNIX)
     await step("latency", lambda: latency(args.calls, max(1, min(100, args.calls // 10))))
+    await step("stages", lambda: latstages.stages(latency_calls(), min(args.calls, 300)))
 
     async def loop_runs(**kw):
         # The longest stall of one run is a maximum of wall-clock gaps, and the host's scheduler only ever adds

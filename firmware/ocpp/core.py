@@ -54,15 +54,14 @@ class Core:
         cfg = self.app.cfg
         keys = p.get("key")
         if not keys:
-            items = cfg.ocpp_items()
-            unknown = []
-        else:
-            for k in keys:
-                if not isinstance(k, str):
-                    raise rpc.CallError(rpc.TYPE, "key entries must be strings")
-                if len(k) > 50:
-                    raise rpc.CallError(rpc.TYPE, "key longer than 50 characters")
-            items, unknown = cfg.ocpp_items(keys[:cfg.get("GetConfigurationMaxKeys")])
+            # every key: the session has it written as JSON straight into its send buffer (firmware/jsonbuf.py)
+            return lambda buf: cfg.ocpp_items(None, buf)
+        for k in keys:
+            if not isinstance(k, str):
+                raise rpc.CallError(rpc.TYPE, "key entries must be strings")
+            if len(k) > 50:
+                raise rpc.CallError(rpc.TYPE, "key longer than 50 characters")
+        items, unknown = cfg.ocpp_items(keys[:cfg.get("GetConfigurationMaxKeys")])
         out = {"configurationKey": [{"key": k, "readonly": ro, "value": v} for k, ro, v in items]}
         if unknown:
             out["unknownKey"] = unknown

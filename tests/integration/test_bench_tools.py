@@ -97,6 +97,28 @@ def test_boot_and_safety_figures_are_sane():
     assert 0 <= safety["median_ms"] <= safety["worst_ms"]
 
 
+def test_stage_breakdown_of_the_latency_calls():
+    # the probe's per-stage figures come back for every call kind, add up, and show the work where it is
+    import latstages
+
+    res = asyncio.run(latstages.stages(bench.latency_calls(), 20))
+    assert not res.get("_crashes"), res.get("_crashes")
+    labels = [label for label, _ in bench.latency_calls()]
+    assert sorted(k for k in res if not k.startswith("_")) == sorted(labels)
+    for label in labels:
+        v = res[label]
+        assert v["n"] == 20, (label, v)
+        assert 0 < v["total"] <= v["total_p99"] and 0 < v["rtt_us"] and v["gc_us"] > 0
+        assert v["parse"] > 0 and v["write"] > 0 and v["alloc"] >= 0 and 0 <= v["gcs"] <= v["n"]
+    persisted = [label for label in labels if res[label]["persist"] > 0]
+    assert sorted(persisted) == ["SendLocalList (8 tags)", "SetChargingProfile (3 periods)"], persisted
+    assert res["GetConfiguration (all)"]["encode"] > res["RemoteStartTransaction"]["encode"]
+    assert sorted(res["_ram"]) == sorted(persisted)  # the calls that write flash, again on a RAM disk
+    assert 0 < res["_floor"]["p50_us"] <= res["_floor"]["p99_us"] and res["_floor"]["n"] == 20
+    text = bench.table({"stages": res})
+    assert "floor: a charge point doing nothing" in text and "persist" in text
+
+
 def test_table_renders_what_was_measured():
     res = {"footprint": bench.footprint()}
     text = bench.table(res)

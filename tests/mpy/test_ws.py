@@ -151,15 +151,32 @@ def test_mask_fallback_matches_fast_path():
 
 
 async def test_read_frame_lengths():
-    hdr = bytearray(8)
+    # a final binary frame comes back from recv() as bytes; text as str
     for n in (0, 5, 125, 126, 256, 20000):
         s = FakeStream(encode_frame(2, bytes([n & 0xFF]) * n), chunk=1000)
-        fin, op, payload = await wf.read_frame(s, hdr, 65535)
-        assert (fin, op, len(payload)) == (1, 2, n)
+        payload = await ws.WS(s, max_frame=65535).recv()
+        assert (type(payload), len(payload)) == (bytes, n)
         assert s.pos == len(s.rx)
     for n, head in ((65536, "82 7f 00 00 00 00 00 01 00 00"), (2 ** 40, "82 7f 00 00 01 00 00 00 00 00")):
-        e = await expect_raise(wf.read_frame(FakeStream(h(head)), hdr, 65535))
-        assert str(e) == "frame too large (%d > 65535)" % n and e.code == 1009
+        s = FakeStream(h(head))
+        e = await expect_raise(ws.WS(s, max_frame=65535).recv())
+        assert str(e) == "frame too large (%d > 65535)" % n and client_frames(s.tx) == [(1, 8, b"\x03\xf1")]
+
+
+async def test_frames_split_anywhere_and_queued_back_to_back():
+    # every chunking of a stream of frames (a header cut at the receive buffer's end, a payload larger than
+    # the buffer, several frames in one read) gives the same messages
+    texts = ["a" * n for n in (0, 1, 125, 126, 300, 509, 510, 511, 512, 513, 1500)]
+    rx = b"".join(encode_frame(1, t.encode()) for t in texts) + encode_frame(9, b"p")
+    for chunk in (1, 2, 3, 7, 13, 100, 511, 512, 513, 4096):
+        s = FakeStream(rx + encode_frame(1, b"end"), chunk=chunk)
+        c = ws.WS(s)
+        got = []
+        for _ in texts:
+            got.append(await c.recv())
+        assert got == texts, chunk
+        assert await c.recv() == "end"
+        assert s.pos == len(s.rx)
 
 
 async def expect_raise(coro):

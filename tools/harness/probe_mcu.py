@@ -3,7 +3,9 @@
 # created before asyncio.run() in its queue, so the probe runs in the firmware's own loop with no hook in the
 # firmware. Every period ms it measures how late its sleep wakes (the longest loop stall) and, with gc on,
 # collects and reads the live heap; every report ms it prints a BENCHPROBE line that the sim echoes.
-# BENCH_PROBE="gc,period,report" (0/1, ms, ms). The sim starts the MCU in the project root.
+# BENCH_PROBE="gc,period,report" (0/1, ms, ms); period 0: no probe task. BENCH_STAGES=1 also times the stages
+# of every CALL served (tools/harness/probe_stages.py; BENCH_GC_THRESHOLD=n runs them at gc.threshold(n)). The sim
+# starts the MCU in the project root.
 import os
 import sys
 import gc
@@ -42,7 +44,13 @@ async def _probe():
                 live, peak, lag, store.bytes_written, gc.mem_free(), n))
 
 
-asyncio.create_task(_probe())
+if os.getenv("BENCH_STAGES"):
+    sys.path.append("tools/harness")
+    import probe_stages
+
+    probe_stages.install(int(os.getenv("BENCH_GC_THRESHOLD") or 0))
+if _PERIOD:
+    asyncio.create_task(_probe())
 with open("build/unix/main.py") as _f:
     _main = _f.read()
 exec(_main)
