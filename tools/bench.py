@@ -29,6 +29,7 @@ import time
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchloop  # noqa: E402  (tools/benchloop.py)
 import build  # noqa: E402  (tools/build.py)
 import memreport  # noqa: E402  (tools/memreport.py)
 import mqttbench  # noqa: E402  (tools/mqttbench.py)
@@ -497,10 +498,12 @@ async def safety(events=100, seed=1):
     the physical change (pilot event; fault event for the RCD) to the MCU's contactor-open command."""
     rnd = random.Random(seed)
     csms = await Csms().start()
-    sim = AsyncSim(csms.url)
+    # the probe (a report every 10 s, no GC) splits each reaction into the MCU's part and the link's
+    sim = AsyncSim(csms.url, env=probe_env(gc_each=False, period_ms=100, report_ms=10000, safety=True))
     flood = None
     delays = {"unplug": [], "C->B": [], "rcd": []}
     missing = []
+    reactions = []  # (kind, board ms of the trigger, of the contactor opening), for the MCU/link split
     try:
         await sim.start()
         await boot_charger(csms, sim)
@@ -535,6 +538,8 @@ async def safety(events=100, seed=1):
                 missing.append((kind, evs[:6]))
             else:
                 delays[kind].append(t_open - t_trig)
+                ev_open = next(e for e in evs if e["kind"] == "contactor" and not e["on"])
+                reactions.append((kind, t_trig, t_open, ev_open.get("rx_t", t_open)))
             if kind == "rcd":
                 await sim.fault("rcd", False)
                 await sim.unplug()   # RCD recovery needs the EV in A (docs/decisions.md)
@@ -548,6 +553,8 @@ async def safety(events=100, seed=1):
                "per_kind": {k: {"n": len(v), "median_ms": statistics.median(v) if v else None,
                                 "worst_ms": max(v) if v else None} for k, v in delays.items()},
                "flood_answers": flood.answers, "flood_errors": flood.errors, "missing": missing,
+               "split": benchloop.safety_split(sim.timed(), reactions,
+                                               await sim.board_clock() + time.time() - time.monotonic()),
                "crashes": sim.crash_summary()}
         return res
     finally:
@@ -784,6 +791,8 @@ def table(r):
                     ESP32_SLOWDOWN, fl["esp32_est_ms"], runs(fl)))
         row("loop", "probe check: injected stall", "%d ms" % lh["calibration_block_ms"],
             "probe saw %.1f ms" % lh["calibration_seen_ms"])
+    if r.get("stalls"):
+        benchloop.loop_rows(row, r["stalls"])
     sf = r.get("safety")
     if sf:
         row("safety", "pilot/fault -> contactor open, median", "%d ms" % sf["median_ms"],
@@ -791,6 +800,7 @@ def table(r):
         row("safety", "pilot/fault -> contactor open, worst", "%d ms" % sf["worst_ms"],
             target=(25, "<= 25 ms"), measured=sf["worst_ms"], note=", ".join("%s %s/%s" % (k, _f(v["median_ms"], "%d"), _f(v["worst_ms"], "%d"))
                       for k, v in sf["per_kind"].items()))
+        benchloop.safety_rows(row, sf)
         row("safety", "flood calls answered / failed", "%d / %d" % (sf["flood_answers"], sum(sf["flood_errors"].values())),
             "; ".join("%s %d" % kv for kv in sf["flood_errors"].items())[:90])
     b = r.get("boot")
@@ -824,7 +834,7 @@ def table(r):
     return "\n".join(out)
 
 
-STEPS = ("footprint", "code", "latency", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt")
+STEPS = ("footprint", "code", "latency", "loop", "stalls", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt")
 
 
 async def run_all(args, log):
@@ -865,6 +875,7 @@ async def run_all(args, log):
             v["files"] = await loop_runs(romfs=False)
         return v
     await step("loop", loop_fn)
+    await step("stalls", lambda: benchloop.stalls(run_scenario, args.loop_runs))
     await step("boot", lambda: boot_times(args.boots))
     await step("safety", lambda: safety(args.events))
 
