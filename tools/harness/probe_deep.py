@@ -12,13 +12,14 @@ _TOP = 12
 _ticks = time.ticks_us
 _diff = time.ticks_diff
 # step attribution: per task name, per label: [max us, count, sum us, flash-write us in the max step, steps in
-# a GC window, the longest of those]; steps of at least _PENDING_US wait in _pending until the probe knows
+# a GC window, the longest of those, lazy-import us and log-line us in the max step]; steps of at least _PENDING_US wait in _pending until the probe knows
 # whether their window held a collection
 _PENDING_US = 150
 _pending = []
 _stats = {}
-_top = []  # [(us, task, label, store_us)] the longest steps outside GC windows, at most _TOP
-_cur = [None, 0, 0]  # label of the step running, flash-write us in it, store calls in it
+_top = []  # [(us, task, label, store_us, import_us, log_us)] the longest steps outside GC windows, at most _TOP
+_cur = [None, 0, 0, 0]  # label of the step running; flash-write, lazy-import and log-line us in it
+_served = [False]  # the OCPP action's handling ended in this step: the reader's next step has no label
 _gcw = [0, 0, 0]  # probe windows with a collection, their longest lag, windows without
 _pause = []  # gc.collect() durations (us) timed by the probe
 _names = [None]  # the name _supervised hands to the create_task that follows
@@ -30,24 +31,30 @@ class _Timed:
     def __init__(self, coro, name):
         self.coro = coro
         self.name = name
+        self.label = None  # the action being served, kept across the handler's own yields
 
     def send(self, v):
-        _cur[0] = None
-        _cur[1] = 0
+        _cur[0] = self.label
+        _cur[1] = _cur[2] = _cur[3] = 0
         t0 = _ticks()
         try:
             return self.coro.send(v)
         finally:
-            _step(self.name, _diff(_ticks(), t0))
+            self._end(t0)
 
     def throw(self, *a):
-        _cur[0] = None
-        _cur[1] = 0
+        _cur[0] = self.label
+        _cur[1] = _cur[2] = _cur[3] = 0
         t0 = _ticks()
         try:
             return self.coro.throw(*a)
         finally:
-            _step(self.name, _diff(_ticks(), t0))
+            self._end(t0)
+
+    def _end(self, t0):
+        _step(self.name, _diff(_ticks(), t0))
+        self.label = None if _served[0] else _cur[0]
+        _served[0] = False
 
     def close(self):
         return self.coro.close()
@@ -62,18 +69,18 @@ class _Timed:
 def _step(name, us):
     if us >= _PENDING_US:
         if len(_pending) < 64:
-            _pending.append((us, name, _cur[0] or "-", _cur[1]))
+            _pending.append((us, name, _cur[0] or "-", _cur[1], _cur[2], _cur[3]))
         return
-    _count(us, name, _cur[0] or "-", _cur[1], 0)
+    _count(us, name, _cur[0] or "-", _cur[1], _cur[2], _cur[3], 0)
 
 
-def _count(us, name, label, store_us, in_gc):
+def _count(us, name, label, store_us, import_us, log_us, in_gc):
     per = _stats.get(name)
     if per is None:
         per = _stats[name] = {}
     s = per.get(label)
     if s is None:
-        s = per[label] = [0, 0, 0, 0, 0, 0]
+        s = per[label] = [0, 0, 0, 0, 0, 0, 0, 0]
     s[1] += 1
     s[2] += us
     if in_gc:
@@ -84,8 +91,10 @@ def _count(us, name, label, store_us, in_gc):
     if us > s[0]:
         s[0] = us
         s[3] = store_us
+        s[6] = import_us
+        s[7] = log_us
     if len(_top) < _TOP or us > _top[-1][0]:
-        _top.append((us, name, label, store_us))
+        _top.append((us, name, label, store_us, import_us, log_us))
         _top.sort(key=lambda r: -r[0])
         del _top[_TOP:]
 
@@ -93,7 +102,7 @@ def _count(us, name, label, store_us, in_gc):
 def _settle(in_gc):
     # the steps of the window that just ended, now that the probe knows whether a collection ran in it
     for r in _pending:
-        _count(r[0], r[1], r[2], r[3], in_gc)
+        _count(r[0], r[1], r[2], r[3], r[4], r[5], in_gc)
     _pending.clear()
 
 
@@ -113,7 +122,7 @@ def _install_steps():
     asyncio.create_task = create_task
     core.create_task = create_task
 
-    from firmware import app, store
+    from firmware import app, log, store
     from firmware.ocpp import session
 
     sup = app._supervised
@@ -130,19 +139,25 @@ def _install_steps():
 
     async def _serve(self, uid, action, payload):
         _cur[0] = action
-        return await serve(self, uid, action, payload)
+        try:
+            return await serve(self, uid, action, payload)
+        finally:
+            _served[0] = True
 
     session.Session._serve = _serve
 
-    def timed(fn):
+    def timed(fn, slot=1):
         def w(*a, **k):
             t0 = _ticks()
             try:
                 return fn(*a, **k)
             finally:
-                _cur[1] += _diff(_ticks(), t0)
-                _cur[2] += 1
+                _cur[slot] += _diff(_ticks(), t0)
         return w
+
+    # the optional profiles' code, imported on first use (App's loaders, registered before App exists)
+    for name in ("load_smart", "load_reservations", "_load_trigger", "_load_localauth", "load_fwmgmt"):
+        setattr(app.App, name, timed(getattr(app.App, name), 2))
 
     # The flash writes: store's module functions call one another through the module's globals, so the
     # outermost ones are wrapped (no double count: _write runs inside write_json).
@@ -150,11 +165,14 @@ def _install_steps():
     store.write_atomic = timed(store.write_atomic)
     store.Journal.append = timed(store.Journal.append)
     store.Journal.pop = timed(store.Journal.pop)
+    # log lines: print() to the console (a UART at 115200 baud on a board, a pipe to the sim here)
+    log.log = timed(log.log, 3)
 
 
 def _report():
-    print("BENCHSTEPS " + ";".join("%d %s %s %d" % r for r in _top))
-    print("BENCHTASKS " + ";".join("%s %s %d %d %d %d %d %d" % (t, lb, v[0], v[1], v[2], v[3], v[4], v[5])
+    print("BENCHSTEPS " + ";".join("%d %s %s %d %d %d" % r for r in _top))
+    print("BENCHTASKS " + ";".join("%s %s %d %d %d %d %d %d %d %d" % (t, lb, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
+                                                                    v[7])
                                    for t, per in _stats.items() for lb, v in per.items()))
     p = _pause
     print("BENCHGC windows=%d gc_windows=%d gc_lag_us=%d pauses=%d pause_med_us=%d pause_max_us=%d" % (
