@@ -20,7 +20,7 @@ ESP32_SLOWDOWN = 200
 # much more than the 110wK the charger has, so that the probe does not starve the firmware it measures.
 PROBE_HEAP = "116wK"
 GC_RE = re.compile(r"BENCHGC windows=(\d+) gc_windows=(\d+) gc_lag_us=(\d+) pauses=(\d+) pause_med_us=(\d+) "
-                   r"pause_max_us=(\d+)")
+                   r"pause_max_us=(\d+) seen=(\d+) s=(\d+)")
 
 
 def _last(lines, key):
@@ -32,15 +32,15 @@ def _last(lines, key):
     return found
 
 
-def parse(lines, period_ms=2):
+def parse(lines):
     """The figures of the last deep-probe report in the sim's lines ((t, line) pairs)."""
     probe = [PROBE_RE.search(line) for _, line in lines if PROBE_RE.search(line)]
     top = []
     for item in (_last(lines, "BENCHSTEPS") or "").split(";"):
         if item:
-            us, task, label, store_us, import_us, log_us = item.split(" ")
+            us, task, label, store_us, import_us, log_us, in_gc = item.split(" ")
             top.append({"us": int(us), "task": task, "label": label, "flash_us": int(store_us),
-                        "import_us": int(import_us), "log_us": int(log_us)})
+                        "import_us": int(import_us), "log_us": int(log_us), "gc": int(in_gc)})
     tasks = []
     for item in (_last(lines, "BENCHTASKS") or "").split(";"):
         if item:
@@ -52,10 +52,10 @@ def parse(lines, period_ms=2):
     g = GC_RE.search("BENCHGC " + (_last(lines, "BENCHGC") or ""))
     gcf = None
     if g:
-        windows, gc_windows, gc_lag, pauses, med, mx = (int(x) for x in g.groups())
-        seconds = (windows + gc_windows) * period_ms / 1000.0  # a lower bound: each window is at least a period
+        windows, gc_windows, gc_lag, pauses, med, mx, seen, ms = (int(x) for x in g.groups())
+        # the probe's own collections (one a second, timed) are not among those seen
         gcf = {"windows": windows, "gc_windows": gc_windows, "gc_lag_us": gc_lag, "timed": pauses,
-               "pause_med_us": med, "pause_max_us": mx, "per_s": gc_windows / seconds if seconds else None,
+               "pause_med_us": med, "pause_max_us": mx, "seen": seen, "per_s": seen * 1000.0 / ms if ms else None,
                "esp32_est_ms": med / 1000.0 * ESP32_SLOWDOWN}
     lag = int(probe[-1].group(3)) if probe else None
     return {"stall_ms": None if lag is None else lag / 1000.0, "top": top, "tasks": tasks, "gc": gcf}
@@ -137,7 +137,7 @@ def loop_rows(row, st):
     if worst:
         # A step is exactly a stretch without yielding; the median over runs keeps a host preemption that lands
         # in one step of one run from being taken for the firmware's.
-        row("loop", "longest step without yielding, no GC", "%.2f ms" % (worst["us"] / 1000.0),
+        row("loop", "longest step without yielding, less GC", "%.2f ms" % (worst["us"] / 1000.0),
             "ESP32 estimate x%d: %.0f ms; %s%s; RAM disk, step probe, heap %s" % (
                 ESP32_SLOWDOWN, worst["us"] / 1000.0 * ESP32_SLOWDOWN, worst["task"],
                 "" if worst["label"] == "-" else " " + worst["label"], st["heap"]),
@@ -147,8 +147,8 @@ def loop_rows(row, st):
         "(%.1f-%.1f ms)" % (len(runs), min(runs), max(runs)))
     for r in steps[:10]:
         row("loop", "  step %s%s" % (r["task"], "" if r["label"] == "-" else " " + r["label"]),
-            "%.2f ms" % (r["us"] / 1000.0), "longest (median of runs); in it: flash writes %.2f, lazy import %.2f, "
-            "log lines %.2f ms; %d steps, mean %.2f ms" % (r["flash_us"] / 1000.0, r["import_us"] / 1000.0,
+            "%.2f ms" % (r["us"] / 1000.0), "longest less GC (median of runs); in it: flash writes %.2f, lazy "
+            "import %.2f, log lines %.2f ms; %d steps, mean %.2f ms with GC" % (r["flash_us"] / 1000.0, r["import_us"] / 1000.0,
                                                           r["log_us"] / 1000.0, r.get("n", 0),
                                                           r.get("mean_us", 0) / 1000.0))
     g = st.get("gc")
@@ -157,8 +157,9 @@ def loop_rows(row, st):
             "max %.2f ms of %d timed; x%d estimate %.0f ms (C code: an ESP32 is likely faster than x%d)" % (
                 g["pause_max_us"] / 1000.0, g["timed"], ESP32_SLOWDOWN, g["esp32_est_ms"], ESP32_SLOWDOWN))
         row("loop", "GC: automatic collections", "%.1f /s" % (g["per_s"] or 0),
-            "%d of %d probe windows held one; their longest lag %.2f ms (GC + steps beside it)" % (
-                g["gc_windows"], g["gc_windows"] + g["windows"], g["gc_lag_us"] / 1000.0))
+            "%d seen (estimate: heap use down 1 KB, or gc.threshold() bytes allocated); %d of %d probe windows "
+            "held one, their longest lag %.2f ms (GC + steps beside it)" % (
+                g["seen"], g["gc_windows"], g["gc_windows"] + g["windows"], g["gc_lag_us"] / 1000.0))
 
 
 def safety_rows(row, sf):

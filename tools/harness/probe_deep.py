@@ -4,23 +4,29 @@
 # - every asyncio task's coroutine is wrapped, so each step (one coro.send between two yields) is timed and named
 #   by its task (Class.method that app._supervised runs, or the coroutine's own name) and, for the OCPP reader,
 #   the action served; flash writes (store.write_json, write_atomic, Journal.append/pop) inside a step are timed;
-# - a probe window whose live heap went down held a garbage collection: its lag is a GC pause, not a stall, and
-#   its steps are counted apart;
+# - the heap's use is read before and after each step: a step in which it went down by 1 KB or more, or in which
+#   the bytes allocated since the last collection reached gc.threshold(), held a garbage collection (an
+#   estimate, see _collected): its length counts less one timed collection (the GC pause is not a stall), and a
+#   probe window with one in it counts apart;
 # - once a second it times one gc.collect() of the heap as it is (the length of a collection) and prints
-#   BENCHSTEPS (the longest steps outside GC windows), BENCHTASKS (per task and action) and BENCHGC.
+#   BENCHSTEPS (the longest steps without a collection), BENCHTASKS (per task and action) and BENCHGC.
 _TOP = 12
 _ticks = time.ticks_us
 _diff = time.ticks_diff
-# step attribution: per task name, per label: [max us, count, sum us, flash-write us in the max step, steps in
-# a GC window, the longest of those, lazy-import us and log-line us in the max step]; steps of at least _PENDING_US wait in _pending until the probe knows
-# whether their window held a collection
-_PENDING_US = 150
-_pending = []
+# step attribution: per task name, per label: [max us (less a collection's pause when one ran in the step),
+# count, sum us, flash-write us in the max step, steps with a collection in them, the longest of those as they
+# were, lazy-import us and log-line us in the max step]
 _stats = {}
-_top = []  # [(us, task, label, store_us, import_us, log_us)] the longest steps outside GC windows, at most _TOP
+_top = []  # [(us, task, label, store_us, import_us, log_us, in_gc)] the longest steps (less a collection's
+# pause when one ran in them), _TOP of them
 _cur = [None, 0, 0, 0]  # label of the step running; flash-write, lazy-import and log-line us in it
 _served = [False]  # the OCPP action's handling ended in this step: the reader's next step has no label
 _gcw = [0, 0, 0]  # probe windows with a collection, their longest lag, windows without
+_alloc = gc.mem_alloc  # 20 us a call on the host: twice a step, a few hundred steps a second
+_FREED = 1024
+_t0 = time.ticks_ms()
+_acc = [gc.mem_alloc(), 0, 0, 0]  # heap use at the last look, bytes allocated since the last collection,
+# collections seen, collections seen by the last probe window
 _pause = []  # gc.collect() durations (us) timed by the probe
 _names = [None]  # the name _supervised hands to the create_task that follows
 
@@ -34,25 +40,26 @@ class _Timed:
         self.label = None  # the action being served, kept across the handler's own yields
 
     def send(self, v):
-        _cur[0] = self.label
-        _cur[1] = _cur[2] = _cur[3] = 0
+        a0 = _begin(self.label)
         t0 = _ticks()
         try:
             return self.coro.send(v)
         finally:
-            self._end(t0)
+            self._end(t0, a0)
 
     def throw(self, *a):
-        _cur[0] = self.label
-        _cur[1] = _cur[2] = _cur[3] = 0
+        a0 = _begin(self.label)
         t0 = _ticks()
         try:
             return self.coro.throw(*a)
         finally:
-            self._end(t0)
+            self._end(t0, a0)
 
-    def _end(self, t0):
-        _step(self.name, _diff(_ticks(), t0))
+    def _end(self, t0, a0):
+        us = _diff(_ticks(), t0)
+        a1 = _alloc()
+        _count(us, self.name, _cur[0] or "-", _cur[1], _cur[2], _cur[3], _collected(a1 - a0))
+        _acc[0] = a1
         self.label = None if _served[0] else _cur[0]
         _served[0] = False
 
@@ -66,12 +73,28 @@ class _Timed:
         return self.send(None)
 
 
-def _step(name, us):
-    if us >= _PENDING_US:
-        if len(_pending) < 64:
-            _pending.append((us, name, _cur[0] or "-", _cur[1], _cur[2], _cur[3]))
-        return
-    _count(us, name, _cur[0] or "-", _cur[1], _cur[2], _cur[3], 0)
+def _begin(label):
+    _cur[0] = label
+    _cur[1] = _cur[2] = _cur[3] = 0
+    a0 = _alloc()
+    _collected(a0 - _acc[0])  # what ran between two steps (the loop, the probe) allocated too
+    return a0
+
+
+def _collected(d):
+    # Did a garbage collection run while the heap's use changed by d bytes? A collection frees the garbage of
+    # the few KB allocated since the last one, so the use drops by _FREED or more; MicroPython's own frees (a
+    # buffer given back when it grows or shrinks) are smaller and are not taken for one. A step that allocated
+    # more after the collection than it freed hides it; the bytes allocated since the last one reaching
+    # gc.threshold() (where the firmware's collection runs) catch most of those.
+    th = gc.threshold()
+    if d <= -_FREED or (th > 0 and _acc[1] + d >= th):
+        _acc[1] = 0
+        _acc[2] += 1
+        return 1
+    if d > 0:
+        _acc[1] += d
+    return 0
 
 
 def _count(us, name, label, store_us, import_us, log_us, in_gc):
@@ -84,26 +107,21 @@ def _count(us, name, label, store_us, import_us, log_us, in_gc):
     s[1] += 1
     s[2] += us
     if in_gc:
+        # the step's own work: less one collection as long as the probe's timed ones take (a step that
+        # allocated many KB may have held two: then it still counts one too many)
         s[4] += 1
         if us > s[5]:
             s[5] = us
-        return
+        us -= _pause[len(_pause) // 2] if _pause else 0
     if us > s[0]:
         s[0] = us
         s[3] = store_us
         s[6] = import_us
         s[7] = log_us
     if len(_top) < _TOP or us > _top[-1][0]:
-        _top.append((us, name, label, store_us, import_us, log_us))
+        _top.append((us, name, label, store_us, import_us, log_us, in_gc))
         _top.sort(key=lambda r: -r[0])
         del _top[_TOP:]
-
-
-def _settle(in_gc):
-    # the steps of the window that just ended, now that the probe knows whether a collection ran in it
-    for r in _pending:
-        _count(r[0], r[1], r[2], r[3], r[4], r[5], in_gc)
-    _pending.clear()
 
 
 def _install_steps():
@@ -170,29 +188,32 @@ def _install_steps():
 
 
 def _report():
-    print("BENCHSTEPS " + ";".join("%d %s %s %d %d %d" % r for r in _top))
+    print("BENCHSTEPS " + ";".join("%d %s %s %d %d %d %d" % r for r in _top))
     print("BENCHTASKS " + ";".join("%s %s %d %d %d %d %d %d %d %d" % (t, lb, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
                                                                     v[7])
                                    for t, per in _stats.items() for lb, v in per.items()))
     p = _pause
-    print("BENCHGC windows=%d gc_windows=%d gc_lag_us=%d pauses=%d pause_med_us=%d pause_max_us=%d" % (
-        _gcw[2], _gcw[0], _gcw[1], len(p), p[len(p) // 2] if p else 0, p[-1] if p else 0))
+    print("BENCHGC windows=%d gc_windows=%d gc_lag_us=%d pauses=%d pause_med_us=%d pause_max_us=%d seen=%d s=%d" % (
+        _gcw[2], _gcw[0], _gcw[1], len(p), p[len(p) // 2] if p else 0, p[-1] if p else 0, _acc[2],
+        _diff(time.ticks_ms(), _t0)))
 
 
 _last = [time.ticks_ms()]
 
 
 def _window_gc(live, d):
-    # The live heap went down while the probe slept: a collection ran in that window. Its lag is a GC pause
-    # (with whatever ran next to it), and its steps are counted apart.
-    in_gc = gc.mem_alloc() < live
+    # A window in which a step or the loop between steps collected: its lag is a GC pause (with whatever ran
+    # next to it), not a stall.
+    _collected(_alloc() - _acc[0])
+    _acc[0] = _alloc()
+    in_gc = _acc[2] != _acc[3]
+    _acc[3] = _acc[2]
     if in_gc:
         _gcw[0] += 1
         if d > _gcw[1]:
             _gcw[1] = d
     else:
         _gcw[2] += 1
-    _settle(in_gc)
     return in_gc
 
 
@@ -206,6 +227,8 @@ def _tick_gc():
     t = _ticks()
     gc.collect()
     _pause.append(_diff(_ticks(), t))
+    _acc[0] = _alloc()  # the probe's own collection: not the firmware's
+    _acc[1] = 0
     _pause.sort()
     _report()
 
