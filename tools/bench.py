@@ -787,8 +787,8 @@ def table(r):
         fl = lh.get("files")
         if fl:
             row("loop", "  code from .mpy files instead", "%.2f ms" % fl["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms; %s; a larger heap to collect" % (
-                    ESP32_SLOWDOWN, fl["esp32_est_ms"], runs(fl)))
+                "ESP32 estimate x%d: %.0f ms; %s; a larger heap to collect (%s)" % (
+                    ESP32_SLOWDOWN, fl["esp32_est_ms"], runs(fl), fl["heap"]))
         row("loop", "probe check: injected stall", "%d ms" % lh["calibration_block_ms"],
             "probe saw %.1f ms" % lh["calibration_seen_ms"])
     if r.get("stalls"):
@@ -872,7 +872,10 @@ async def run_all(args, log):
             v = await loop_runs(heap="160wK")
         if v["heap"] == "110wK":
             v["ram"] = await loop_runs(ram_flash=True)
-            v["files"] = await loop_runs(romfs=False)
+            try:
+                v["files"] = await loop_runs(romfs=False)
+            except RuntimeError:  # the whole code in the heap may not fit 110wK (README): a larger heap then
+                v["files"] = await loop_runs(romfs=False, heap="160wK")
         return v
     await step("loop", loop_fn)
     await step("stalls", lambda: benchloop.stalls(run_scenario, args.loop_runs))
