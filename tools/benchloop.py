@@ -18,7 +18,7 @@ from harness.sim import PROBE_RE, probe_env
 ESP32_SLOWDOWN = 200
 # The deep probe's own code and tables live in the MCU's heap (compiled there from source): the run gets this
 # much more than the 110wK the charger has, so that the probe does not starve the firmware it measures.
-PROBE_HEAP = "116wK"
+PROBE_HEAP = "120wK"
 GC_RE = re.compile(r"BENCHGC windows=(\d+) gc_windows=(\d+) gc_lag_us=(\d+) pauses=(\d+) pause_med_us=(\d+) "
                    r"pause_max_us=(\d+) seen=(\d+) s=(\d+)")
 

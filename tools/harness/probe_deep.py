@@ -164,25 +164,37 @@ def _install_steps():
 
     session.Session._serve = _serve
 
+    depth = [0, 0, 0, 0]
+
     def timed(fn, slot=1):
         def w(*a, **k):
+            depth[slot] += 1
             t0 = _ticks()
             try:
                 return fn(*a, **k)
             finally:
-                _cur[slot] += _diff(_ticks(), t0)
+                depth[slot] -= 1
+                if not depth[slot]:  # the outermost call counts: wrapped functions call one another
+                    _cur[slot] += _diff(_ticks(), t0)
         return w
 
     # the optional profiles' code, imported on first use (App's loaders, registered before App exists)
     for name in ("load_smart", "load_reservations", "_load_trigger", "_load_localauth", "load_fwmgmt"):
         setattr(app.App, name, timed(getattr(app.App, name), 2))
 
-    # The flash writes: store's module functions call one another through the module's globals, so the
-    # outermost ones are wrapped (no double count: _write runs inside write_json).
-    store.write_json = timed(store.write_json)
-    store.write_atomic = timed(store.write_atomic)
-    store.Journal.append = timed(store.Journal.append)
-    store.Journal.pop = timed(store.Journal.pop)
+    # The flash writes: store's functions and its classes' methods that write (by name: write*, append*, pop,
+    # compact*, save*, rewrite*), whatever shape the store has; only the outermost of nested calls counts.
+    def writes(name):
+        return name.startswith(("write", "append", "_write", "_rewrite", "compact", "save", "_append")) or name == "pop"
+
+    for name in dir(store):
+        obj = getattr(store, name)
+        if type(obj) is type:
+            for m in dir(obj):
+                if writes(m) and callable(getattr(obj, m)):
+                    setattr(obj, m, timed(getattr(obj, m)))
+        elif writes(name) and callable(obj):
+            setattr(store, name, timed(obj))
     # log lines: print() to the console (a UART at 115200 baud on a board, a pipe to the sim here)
     log.log = timed(log.log, 3)
 
