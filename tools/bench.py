@@ -782,8 +782,8 @@ def table(r):
         ram = lh.get("ram")
         if ram:
             row("loop", "  same, flash on a RAM disk", "%.2f ms" % ram["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms; %s; no host fsync" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)),
-                target=(0.1, "<= 0.1 ms"), measured=ram["max_lag_ms"])
+                "ESP32 estimate x%d: %.0f ms; %s; no host fsync; GC pauses and host preemption included (the "
+                "target's figure is the longest step, below)" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)))
         fl = lh.get("files")
         if fl:
             row("loop", "  code from .mpy files instead", "%.2f ms" % fl["max_lag_ms"],

@@ -109,24 +109,30 @@ def _steps_median(runs):
 
 def safety_split(lines, reactions, wall_offset_s):
     """Each reaction (kind, board ms of the trigger, of the contactor-open event, of the sim reading that line)
-    split by the BENCHSAFE lines, matched in order: "in" the trigger to the MCU's reader thread applying it (the
+    split by the BENCHSAFE lines, matched by time: "in" the trigger to the MCU's reader thread applying it (the
     sim's write, the socket, the reader thread's turn), "mcu" that to the open command, "out" the command to the
     event's time (the sim stamps the command's own time: about 0), "read" the command to the sim's loop reading
     it (not board time: the pin acted at the command). wall_offset_s: board ms / 1000 + it = wall-clock s."""
     got = [tuple(int(x) for x in m.groups()) for m in
            (re.search(r"BENCHSAFE mcu_us=(-?\d+) in_ns=(\d+) out_ns=(\d+)", line) for _, line in lines) if m]
     out = {}
-    if len(got) != len(reactions):
-        return {"unmatched": [len(got), len(reactions)], "mcu_ms": [g[0] / 1000.0 for g in got]}
-    for (kind, t_trig, t_open, t_read), (mcu_us, in_ns, out_ns) in zip(reactions, got):
+    mcu = []
+    for kind, t_trig, t_open, t_read in reactions:
         trig = t_trig / 1000.0 + wall_offset_s
         opened = t_open / 1000.0 + wall_offset_s
+        # the MCU's line for this opening: the one whose command time is nearest the event's (the sim stamps
+        # the event with the command's time; other openings, a stop's, are seconds away)
+        near = min(got, key=lambda g: abs(g[2] / 1e9 - opened), default=None)
+        if near is None or abs(near[2] / 1e9 - opened) > 0.05:
+            continue
+        mcu_us, in_ns, out_ns = near
         parts = out.setdefault(kind, {"in": [], "mcu": [], "out": [], "read": []})
         parts["in"].append((in_ns / 1e9 - trig) * 1000)
         parts["mcu"].append(mcu_us / 1000.0)
         parts["out"].append((opened - out_ns / 1e9) * 1000)
         parts["read"].append(t_read - t_open)
-    return {"per_kind": out, "mcu_ms": [g[0] / 1000.0 for g in got]}
+        mcu.append(mcu_us / 1000.0)
+    return {"per_kind": out, "mcu_ms": mcu, "unmatched": len(reactions) - len(mcu)}
 
 
 def loop_rows(row, st):
@@ -167,7 +173,8 @@ def safety_rows(row, sf):
     mcu = split.get("mcu_ms")
     if mcu:
         row("safety", "  MCU part: input in -> open command", "%.1f ms" % statistics.median(mcu),
-            "worst %.1f ms, n=%d (the watch's 2 samples 10 ms apart)" % (max(mcu), len(mcu)))
+            "worst %.1f ms, n=%d%s (the watch's 2 samples 10 ms apart)" % (
+                max(mcu), len(mcu), " (%d unmatched)" % split["unmatched"] if split.get("unmatched") else ""))
     for kind, parts in (split.get("per_kind") or {}).items():
         row("safety", "  %s: link in / MCU / link out" % kind, "/".join("%.0f" % max(parts[p]) for p in
                                                                         ("in", "mcu", "out")) + " ms",
