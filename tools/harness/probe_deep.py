@@ -153,7 +153,7 @@ def _install_steps():
 
     app._supervised = supervised
 
-    serve = session.Session._serve
+    serve = getattr(session.Session, "_serve", None)  # (uid, action, payload): the action names the step
 
     async def _serve(self, uid, action, payload):
         _cur[0] = action
@@ -162,7 +162,8 @@ def _install_steps():
         finally:
             _served[0] = True
 
-    session.Session._serve = _serve
+    if serve is not None:
+        session.Session._serve = _serve
 
     depth = [0, 0, 0, 0]
 
@@ -180,7 +181,8 @@ def _install_steps():
 
     # the optional profiles' code, imported on first use (App's loaders, registered before App exists)
     for name in ("load_smart", "load_reservations", "_load_trigger", "_load_localauth", "load_fwmgmt"):
-        setattr(app.App, name, timed(getattr(app.App, name), 2))
+        if hasattr(app.App, name):
+            setattr(app.App, name, timed(getattr(app.App, name), 2))
 
     # The flash writes: store's functions and its classes' methods that write (by name: write*, append*, pop,
     # compact*, save*, rewrite*), whatever shape the store has; only the outermost of nested calls counts.
