@@ -44,8 +44,7 @@ _WIFI_OFF = ("off", None)
 _WIFI_JOINING = ("joining", None)
 _WIFI_UP = ("up", None)
 
-# name -> (off, on) lines, built once so the watch thread can drive LEDs without formatting
-# (the lines without their end: _send adds the command's time, ',"t":MS}\n')
+# name -> (off, on) line heads, built once; _send ends each with the command's time (',"t":MS}\n')
 _LEDS = {}
 for _n in ("green", "blue", "red"):
     _LEDS[_n] = (b'{"led":"%s","on":false' % _n, b'{"led":"%s","on":true' % _n)

@@ -154,9 +154,9 @@ def loop_rows(row, st):
     for r in steps[:10]:
         row("loop", "  step %s%s" % (r["task"], "" if r["label"] == "-" else " " + r["label"]),
             "%.2f ms" % (r["us"] / 1000.0), "longest less GC (median of runs); in it: flash writes %.2f, lazy "
-            "import %.2f, log lines %.2f ms; %d steps, mean %.2f ms with GC" % (r["flash_us"] / 1000.0, r["import_us"] / 1000.0,
-                                                          r["log_us"] / 1000.0, r.get("n", 0),
-                                                          r.get("mean_us", 0) / 1000.0))
+            "import %.2f, log lines %.2f ms; %d steps, mean %.2f ms with GC" % (
+                r["flash_us"] / 1000.0, r["import_us"] / 1000.0, r["log_us"] / 1000.0, r.get("n", 0),
+                r.get("mean_us", 0) / 1000.0))
     g = st.get("gc")
     if g:
         row("loop", "GC pause (one collection, host)", "%.2f ms" % (g["pause_med_us"] / 1000.0),
