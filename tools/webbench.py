@@ -200,10 +200,11 @@ def screenshot(path, password="charge-at-home-42"):
     return path
 
 
-def flash():
-    """Bytes on flash: the static files (gzip), microdot (.mpy) and the page's firmware modules (.mpy)."""
-    out = os.path.join(ROOT, OUT)
-    build.build(OUT)
+def flash(out=None, march=None):
+    """Bytes on flash: the static files (gzip), microdot (.mpy) and the page's firmware modules (.mpy), from the
+    build in out (this port's build by default; `make bench` builds for the ESP32, march xtensawin)."""
+    out = os.path.join(ROOT, OUT) if out is None else out
+    build.build(out, march)
     www = {rel: os.path.getsize(os.path.join(out, rel)) for rel, _ in build.static_sources()}
     raw = {rel: os.path.getsize(src) for rel, src in build.static_sources()}
     md = {rel[:-3] + ".mpy": os.path.getsize(os.path.join(out, rel[:-3] + ".mpy"))
@@ -256,9 +257,19 @@ def load_time(loads=5):
     return {"dom_content_loaded_ms": dcl, "load_ms": load, "loads": loads, "browser_heap_unix64": busy - idle}
 
 
-def measure(loads=5, heap=True):
-    """The rows `make bench` shows for the web page."""
-    res = {"flash": flash(), "chromium": load_time(loads)}
+def measure(loads=5, heap=True, march=None):
+    """The rows `make bench` shows for the web page; march: the flash figures from a build for that
+    architecture (xtensawin: an ESP32's .mpy files), built in a scratch directory."""
+    if march:
+        tmp = tempfile.mkdtemp(prefix="webbench-")
+        try:
+            files = flash(tmp, march)
+        finally:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        files = flash()
+    res = {"flash": files, "chromium": load_time(loads)}
     if heap:
         res["heap32"] = heap32()
     return res

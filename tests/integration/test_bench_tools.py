@@ -146,3 +146,37 @@ def test_mqtt_figures_for_the_bench(mosquitto_factory):
                                           "import firmware.mqttha": 1, "objects": 1},
                                  "mpy": {"lib/mqtt.mpy": 1}, "latency": lat}})
     assert "model change -> state received p50 / p99" in text
+
+
+def test_web_figures_for_the_bench(tmp_path):
+    # the page served by the unix port, loaded by headless chromium; flash from an ESP32 build
+    import webbench
+    res = webbench.measure(loads=3, heap=False, march="xtensawin")
+    f, c = res["flash"], res["chromium"]
+    assert f["www_gz"] < f["www_raw"], f  # the static files are stored compressed
+    assert f["total"] == f["www_gz"] + f["microdot_mpy"] + f["firmware_mpy"] and f["firmware_mpy"] > 0, f
+    assert c["loads"] == 3 and 0 < c["dom_content_loaded_ms"] <= c["load_ms"] < 5000, c
+    # a logged-in browser costs the server heap (session, SSE stream), and not unboundedly much
+    assert 0 < c["browser_heap_unix64"] < 64 * 1024, c
+    text = bench.table({"web": res})
+    assert "page load in Chromium, median" in text and "flash (xtensawin)" in text, text
+
+
+def test_targets_and_the_readme_block(tmp_path):
+    # a figure over its target is marked and listed with its fix; the README block is replaced, the rest kept
+    res = {"safety": {"median_ms": 9, "worst_ms": 50, "events": 100, "per_kind": {}, "flood_answers": 1,
+                      "flood_errors": {}},
+           "wear": {"per_hour_firmware": 30000.0, "firmware_bytes": 2000, "seconds": 240, "per_hour_outside": 1.0,
+                    "file_writes_seen": 1, "meter_values": 8}}
+    text = bench.table(res)
+    worst = next(x for x in text.splitlines() if "contactor open, worst" in x)
+    wear = next(x for x in text.splitlines() if x.startswith("wear ") and "bytes written" in x)
+    assert "x2.00 MISS" in worst and "MISS" not in wear and "x0.46" in wear, text
+    assert "- safety pilot/fault -> contactor open, worst (50 ms, target <= 25 ms): " in text, text
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n%s\nold table\n%s\nafter\n" % (bench.README_BEGIN, bench.README_END))
+    bench.write_readme(text, {"date": "2026-12-06T05:00:00", "host": "vm", "cpus": 2, "seconds": 12.0,
+                              "commit": "abc1234", "python": "3.11.7"}, str(readme))
+    doc = readme.read_text()
+    assert doc.startswith("intro\n") and doc.endswith("after\n") and "old table" not in doc, doc
+    assert "2026-12-06 05:00, commit abc1234, on vm (2 cores" in doc and worst in doc, doc
