@@ -17,7 +17,8 @@
 #     {"tag": "04A1B2C3"}                     an RFID card was presented
 #     {"console": "line"}                     a line typed on the service console ("" = Enter alone)
 #     {"block_ms": N}                         test hook: take_block_ms() hands N to the firmware once
-#   MCU -> sim (outputs, sent only when they change):
+#   MCU -> sim (outputs, sent only when they change; each with "t": the ticks_ms of the command, so the sim
+#   stamps the event when the MCU drove the output, not when its own loop got round to the line):
 #     {"pwm": permille}  {"contactor": bool}  {"lock": bool}  {"led": "green"|"blue"|"red", "on": bool}
 #     {"reset": true}                         sent by reset() just before the process exits with code 3
 #     {"blocking": N}                         take_block_ms() handed out N (the sim timestamps it)
@@ -43,13 +44,13 @@ _WIFI_OFF = ("off", None)
 _WIFI_JOINING = ("joining", None)
 _WIFI_UP = ("up", None)
 
-# name -> (off, on) lines, built once so the watch thread can drive LEDs without formatting
+# name -> (off, on) line heads, built once; _send ends each with the command's time (',"t":MS}\n')
 _LEDS = {}
 for _n in ("green", "blue", "red"):
-    _LEDS[_n] = (b'{"led":"%s","on":false}\n' % _n, b'{"led":"%s","on":true}\n' % _n)
+    _LEDS[_n] = (b'{"led":"%s","on":false' % _n, b'{"led":"%s","on":true' % _n)
 del _n
-_CONTACTOR = (b'{"contactor":false}\n', b'{"contactor":true}\n')
-_LOCK = (b'{"lock":false}\n', b'{"lock":true}\n')
+_CONTACTOR = (b'{"contactor":false', b'{"contactor":true')
+_LOCK = (b'{"lock":false', b'{"lock":true')
 # hal.board parity spellings -> hal.unix_uart's
 _PARITY = {None: None, "N": None, "E": "E", "O": "O", 0: "E", 1: "O"}
 
@@ -257,12 +258,14 @@ class Board:
 
     # ---- outputs (any thread) ----
 
-    def _send(self, key, value, data):
+    def _send(self, key, value, head):
+        # Each output line carries the time of the command ("t", ticks_ms: CLOCK_MONOTONIC, as the sim's clock):
+        # a GPIO acts when it is written, and the sim's own loop, busy under load, may read the line much later.
         with self._tx:
             if self._out[key] == value:
                 return  # the watch may repeat a command every tick; the wire only carries changes
             self._out[key] = value
-            mv = memoryview(data)
+            mv = memoryview(b'%s,"t":%d}\n' % (head, time.ticks_ms()))
             try:
                 while mv:
                     mv = mv[self._sock.send(mv):]
@@ -275,7 +278,7 @@ class Board:
             raise ValueError("pwm permille out of 0..1000: %d" % permille)
         if self._out["pwm"] == permille:
             return  # skip the formatting too; _send re-checks under the lock
-        self._send("pwm", permille, b'{"pwm":%d}\n' % permille)
+        self._send("pwm", permille, b'{"pwm":%d' % permille)
 
     def set_contactor(self, on):
         on = bool(on)

@@ -29,6 +29,7 @@ import time
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchloop  # noqa: E402  (tools/benchloop.py)
 import build  # noqa: E402  (tools/build.py)
 import latstages  # noqa: E402  (tools/latstages.py)
 import memreport  # noqa: E402  (tools/memreport.py)
@@ -51,7 +52,12 @@ ESP32_SLOWDOWN = 200
 WEAR_TARGET = 64 * 1024
 # What would bring a figure that misses its target within it, by (area, figure) or by area; printed under the
 # table beside each miss. Keep these current with the analysis in README "Measurements".
-MISS_FIXES = {}
+MISS_FIXES = {
+    ("loop", "longest step without yielding, less GC"):
+        "split the long steps (docs/decisions.md, Loop stalls): the connector's tick that starts or stops a "
+        "transaction, the SendLocalList and SetChargingProfile handlers, the Smart Charging import, frames read "
+        "outside a CALL; each is many small pieces of work, none one slow call",
+}
 
 
 def rss_kb(pid):
@@ -503,10 +509,12 @@ async def safety(events=100, seed=1):
     the physical change (pilot event; fault event for the RCD) to the MCU's contactor-open command."""
     rnd = random.Random(seed)
     csms = await Csms().start()
-    sim = AsyncSim(csms.url)
+    # the probe (a report every 10 s, no GC) splits each reaction into the MCU's part and the link's
+    sim = AsyncSim(csms.url, env=probe_env(gc_each=False, period_ms=100, report_ms=10000, safety=True))
     flood = None
     delays = {"unplug": [], "C->B": [], "rcd": []}
     missing = []
+    reactions = []  # (kind, board ms of the trigger, of the contactor opening), for the MCU/link split
     try:
         await sim.start()
         await boot_charger(csms, sim)
@@ -541,6 +549,8 @@ async def safety(events=100, seed=1):
                 missing.append((kind, evs[:6]))
             else:
                 delays[kind].append(t_open - t_trig)
+                ev_open = next(e for e in evs if e["kind"] == "contactor" and not e["on"])
+                reactions.append((kind, t_trig, t_open, ev_open.get("rx_t", t_open)))
             if kind == "rcd":
                 await sim.fault("rcd", False)
                 await sim.unplug()   # RCD recovery needs the EV in A (docs/decisions.md)
@@ -554,6 +564,8 @@ async def safety(events=100, seed=1):
                "per_kind": {k: {"n": len(v), "median_ms": statistics.median(v) if v else None,
                                 "worst_ms": max(v) if v else None} for k, v in delays.items()},
                "flood_answers": flood.answers, "flood_errors": flood.errors, "missing": missing,
+               "split": benchloop.safety_split(sim.timed(), reactions,
+                                               await sim.board_clock() + time.time() - time.monotonic()),
                "crashes": sim.crash_summary()}
         return res
     finally:
@@ -811,15 +823,17 @@ def table(r):
         ram = lh.get("ram")
         if ram:
             row("loop", "  same, flash on a RAM disk", "%.2f ms" % ram["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms; %s; no host fsync" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)),
-                target=(0.1, "<= 0.1 ms"), measured=ram["max_lag_ms"])
+                "ESP32 estimate x%d: %.0f ms; %s; no host fsync; GC pauses and host preemption included (the "
+                "target's figure is the longest step, below)" % (ESP32_SLOWDOWN, ram["esp32_est_ms"], runs(ram)))
         fl = lh.get("files")
         if fl:
             row("loop", "  code from .mpy files instead", "%.2f ms" % fl["max_lag_ms"],
-                "ESP32 estimate x%d: %.0f ms; %s; a larger heap to collect" % (
-                    ESP32_SLOWDOWN, fl["esp32_est_ms"], runs(fl)))
+                "ESP32 estimate x%d: %.0f ms; %s; a larger heap to collect (%s)" % (
+                    ESP32_SLOWDOWN, fl["esp32_est_ms"], runs(fl), fl["heap"]))
         row("loop", "probe check: injected stall", "%d ms" % lh["calibration_block_ms"],
             "probe saw %.1f ms" % lh["calibration_seen_ms"])
+    if r.get("stalls"):
+        benchloop.loop_rows(row, r["stalls"])
     sf = r.get("safety")
     if sf:
         row("safety", "pilot/fault -> contactor open, median", "%d ms" % sf["median_ms"],
@@ -827,6 +841,7 @@ def table(r):
         row("safety", "pilot/fault -> contactor open, worst", "%d ms" % sf["worst_ms"],
             target=(25, "<= 25 ms"), measured=sf["worst_ms"], note=", ".join("%s %s/%s" % (k, _f(v["median_ms"], "%d"), _f(v["worst_ms"], "%d"))
                       for k, v in sf["per_kind"].items()))
+        benchloop.safety_rows(row, sf)
         row("safety", "flood calls answered / failed", "%d / %d" % (sf["flood_answers"], sum(sf["flood_errors"].values())),
             "; ".join("%s %d" % kv for kv in sf["flood_errors"].items())[:90])
     b = r.get("boot")
@@ -891,8 +906,8 @@ def write_readme(text, meta, path=os.path.join(ROOT, "README.md")):
         f.write(head + README_BEGIN + block + README_END + tail)
 
 
-STEPS = ("footprint", "code", "latency", "stages", "loop", "boot", "safety", "heap", "min_heap", "files", "wear", "mqtt",
-         "web", "ota")
+STEPS = ("footprint", "code", "latency", "stages", "loop", "stalls", "boot", "safety", "heap", "min_heap", "files",
+         "wear", "mqtt", "web", "ota")
 
 
 async def run_all(args, log):
@@ -932,9 +947,13 @@ async def run_all(args, log):
             v = await loop_runs(heap="160wK")
         if v["heap"] == "110wK":
             v["ram"] = await loop_runs(ram_flash=True)
-            v["files"] = await loop_runs(romfs=False)
+            try:
+                v["files"] = await loop_runs(romfs=False)
+            except RuntimeError:  # the whole code in the heap may not fit 110wK (README): a larger heap then
+                v["files"] = await loop_runs(romfs=False, heap="160wK")
         return v
     await step("loop", loop_fn)
+    await step("stalls", lambda: benchloop.stalls(run_scenario, args.loop_runs))
     await step("boot", lambda: boot_times(args.boots))
     await step("safety", lambda: safety(args.events))
     await step("ota", lambda: otabench.figures(1 if args.quick else 3))

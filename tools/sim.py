@@ -60,8 +60,9 @@ Control socket (127.0.0.1:PORT, one JSON object per line, one reply line each; {
 Board link (TCP, JSON lines; the MCU side is hal/unix.py, whose header is the reference):
     sim -> MCU: {"cp":[hi_mv,lo_mv],"pp":ohms|null,"lock_fb":b,"contactor_fb":b,"rcd":b,"limit_da":n|null} on
                 connect and on every change; {"tag":"UID"}; {"console":"line"}; {"block_ms":N}
-    MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} {"reset":true} {"blocking":N}
-                {"wdt":timeout_ms} (a watchdog feed; the first one arms it)
+    MCU -> sim: {"pwm":permille} {"contactor":b} {"lock":b} {"led":name,"on":b} (each with "t": the MCU's ticks_ms
+                of the command; its event is stamped then, with "rx_t" when the line was read) {"reset":true}
+                {"blocking":N} {"wdt":timeout_ms} (a watchdog feed; the first one arms it)
 
 The hardware watchdog: once the firmware has fed it, an MCU that goes timeout_ms without a feed is killed and
 started again at once with reset cause "watchdog" (event "wdt", state "armed" / "reset").
@@ -101,6 +102,7 @@ CRASH_RESTART_S = 1.0
 EXIT_REBOOT = 3
 TETHERED_CABLE_A = 32
 MAX_EVENTS = 20000
+TICKS_PERIOD = 1 << 30  # MicroPython's ticks_ms wraps here
 
 
 class CommandError(Exception):
@@ -339,8 +341,11 @@ class Sim:
     def now_ms(self):
         return int((time.monotonic() - self.t0) * 1000)
 
-    def event(self, kind, **fields):
-        ev = {"seq": self.seq, "t": self.now_ms(), "kind": kind}
+    def event(self, kind, at=None, **fields):
+        now = self.now_ms()
+        ev = {"seq": self.seq, "t": now if at is None else at, "kind": kind}
+        if at is not None:
+            ev["rx_t"] = now  # when this loop read the MCU's line
         ev.update(fields)
         self.events.append(ev)
         self.seq += 1
@@ -557,6 +562,17 @@ class Sim:
             else:
                 writer.close()
 
+    def mcu_time(self, ticks):
+        """Board ms of an MCU output command from its "t" (ticks_ms: CLOCK_MONOTONIC ms modulo 2**30, the clock
+        of time.monotonic()), None without one or when it cannot be the same clock (then the line's arrival counts).
+        The pin acts when the MCU writes it: this loop, busy under load, may read the line tens of ms later."""
+        if not isinstance(ticks, int):
+            return None
+        late = (int(time.monotonic() * 1000) - ticks) % TICKS_PERIOD
+        if late > TICKS_PERIOD // 2:
+            late -= TICKS_PERIOD  # the MCU rounded a hair ahead of us
+        return self.now_ms() - late if -5 <= late <= 2000 else None
+
     def on_output(self, line):
         try:
             msg = json.loads(line)
@@ -564,19 +580,20 @@ class Sim:
             say("[sim] bad board line from the MCU: %r" % line)
             return
         rig = self.rig
+        at = self.mcu_time(msg.get("t"))
         if "pwm" in msg:
             rig.pwm = int(msg["pwm"])
-            self.event("pwm", permille=rig.pwm)
+            self.event("pwm", at, permille=rig.pwm)
         if "contactor" in msg:
             rig.contactor_cmd = bool(msg["contactor"])
-            self.event("contactor", on=rig.contactor_cmd)
+            self.event("contactor", at, on=rig.contactor_cmd)
         if "lock" in msg:
             rig.lock_cmd = bool(msg["lock"])
-            self.event("lock", on=rig.lock_cmd)
+            self.event("lock", at, on=rig.lock_cmd)
             self.move_lock()
         if "led" in msg and msg["led"] in rig.leds:
             rig.leds[msg["led"]] = bool(msg.get("on"))
-            self.event("led", name=msg["led"], on=rig.leds[msg["led"]])
+            self.event("led", at, name=msg["led"], on=rig.leds[msg["led"]])
         if "blocking" in msg:
             self.event("block", ms=int(msg["blocking"]))
         if "wdt" in msg:

@@ -230,7 +230,10 @@ class Session:
 
     async def _serve(self, uid, action, payload):
         after = None
+        loading = action in self._lazy
         entry = self._handler(action)  # a profile that fails to load fails the reader, as a bug would
+        if loading:
+            await asyncio.sleep_ms(0)  # its import was a long step (2 ms on the host): the other tasks go first
         try:
             if entry is None:
                 if action in _ACTIONS_16:

@@ -6,6 +6,7 @@ import time
 import pytest
 
 import bench
+import benchloop
 from harness.csms import Csms
 from harness.sim import AsyncSim, probe_env
 from harness.steps import boot_charger
@@ -88,6 +89,31 @@ def test_probe_reports_heap_and_sees_an_injected_stall():
     assert after["lag_us"] >= (60 - 2) * 1000
 
 
+def test_step_probe_names_the_step_that_stalled():
+    # The sim's "mcu" hook stalls the loop inside Evse.run (firmware/evse.py): the step probe must put that
+    # step at the top under its task's name, and time a collection.
+    async def go():
+        csms = await Csms().start()
+        sim = AsyncSim(csms.url, heap=benchloop.PROBE_HEAP,
+                       env=probe_env(gc_each=False, period_ms=2, report_ms=1000, steps=True))
+        try:
+            await sim.start()
+            await boot_charger(csms, sim)
+            await sim.block_loop(60)
+            await sim.wait_line("loop unblocked", 10)
+            await sim.wait_line("BENCHGC", 10, since=len(sim.lines))  # the next report, stall included
+            return benchloop.parse(sim.timed())
+        finally:
+            await sim.close()
+            await csms.stop()
+
+    v = asyncio.run(go())
+    top = v["top"][0]
+    assert top["task"] == "Evse.run" and top["us"] >= 60000 - 1000, v["top"][:3]
+    assert v["gc"]["timed"] >= 1 and v["gc"]["pause_med_us"] > 0
+    assert any(r["task"] == "Session.run" for r in v["tasks"]), v["tasks"]
+
+
 def test_boot_and_safety_figures_are_sane():
     boot = asyncio.run(bench.boot_times(2))
     assert boot["cycles"] == 2
@@ -95,6 +121,11 @@ def test_boot_and_safety_figures_are_sane():
     safety = asyncio.run(bench.safety(3))
     assert safety["events"] == 3 and not safety["missing"]
     assert 0 <= safety["median_ms"] <= safety["worst_ms"]
+    # one MCU-side time per reaction, inside the board time of that reaction
+    split = safety["split"]
+    assert len(split["mcu_ms"]) == 3 and not split["unmatched"], split
+    for parts in split["per_kind"].values():
+        assert all(0 <= m <= 1000 for m in parts["mcu"]), parts
 
 
 def test_stage_breakdown_of_the_latency_calls():
