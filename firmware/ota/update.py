@@ -191,7 +191,8 @@ class Updater(transfer.Engine):
             async with self.lock:  # never beside a diagnostics upload
                 self._check(gen)
                 st["used"] += 1
-                st["next"] = self.now() + st["every"]  # a reset during the attempt waits the interval too
+                # now() counts whole seconds: +1 so that the next attempt is never less than the interval away
+                st["next"] = self.now() + st["every"] + 1  # a reset during the attempt waits the interval too
                 st["why"] = "the download was cut short by a reset"
                 self._save()
                 try:
@@ -203,7 +204,7 @@ class Updater(transfer.Engine):
                     log.warn(_TAG, "download attempt %d of %d failed: %s" % (st["used"], st["tries"], reason))
                     if e.final:
                         st["used"] = st["tries"]
-                    st["next"] = self.now() + st["every"]
+                    st["next"] = self.now() + st["every"] + 1
                     self._save()
                 finally:
                     self.client = None

@@ -45,7 +45,7 @@ def test_firmware_runs_from_a_romfs_image_as_on_the_esp32(csms_factory, sim_fact
     heap = [int(a.split(b"=")[1]) for a in cmdline if a.startswith(b"heapsize=")]
     assert heap == [110 * 1024 * struct.calcsize("P") // 4 + os.path.getsize(image)]
     used = int(sim.wait_line(r"heap (\d+) used").group(1)) - os.path.getsize(image)
-    assert used < 120000  # from .mpy files it is about 167 KB: the bytecode is not in the heap
+    assert used < 125000  # from .mpy files it is about 167 KB: the bytecode is not in the heap
 
 
 def test_boot_over_wss_with_basic_auth(csms_factory, sim_factory, pki):
