@@ -2,6 +2,7 @@
 import os
 import json
 import tinytest
+import flashdamage
 from firmware import store
 
 
@@ -87,20 +88,6 @@ def test_json_roundtrip_and_missing_default():
     _rmtree(d)
 
 
-def _corrupt(p, mode):
-    """The four ways a file goes bad in the flash campaign (tools/torture.py --only flash)."""
-    raw = store.read(p)
-    if mode == "deleted":
-        os.remove(p)
-        return
-    with open(p, "wb") as f:
-        if mode == "half":
-            f.write(raw[:len(raw) // 2])
-        elif mode == "garbage":
-            f.write(bytes((i * 151 + 7) & 0xFF for i in range(len(raw))))
-        # "zero": nothing
-
-
 def test_json_corruption_detected_kept_as_bad_and_restored_from_copy():
     d = _fresh()
     p = d + "/c.json"
@@ -125,7 +112,7 @@ def test_every_corruption_mode_of_a_cold_file_recovers():
     for mode in ("half", "garbage", "zero", "deleted"):
         p = d + "/" + mode + ".json"
         store.write_json(p, {"operative": False})
-        _corrupt(p, mode)
+        flashdamage.damage(p, mode)
         assert store.load(p, {}) == ({"operative": False}, store.RESTORED), mode
         assert store.load(p, {}) == ({"operative": False}, store.FOUND), mode
     _rmtree(d)
@@ -136,7 +123,7 @@ def test_a_bad_copy_is_rewritten_from_the_file():
     for mode in ("half", "garbage", "zero", "deleted"):
         p = d + "/" + mode + ".json"
         store.write_json(p, [1, 2])
-        _corrupt(p + ".bak", mode)
+        flashdamage.damage(p + ".bak", mode)
         del store.notes[:]
         assert store.load(p) == ([1, 2], store.FOUND), mode
         assert store.read(p + ".bak") == store.read(p), mode
@@ -148,8 +135,8 @@ def test_file_and_copy_bad_gives_default_and_a_note():
     d = _fresh()
     p = d + "/c.json"
     store.write_json(p, {"a": 1})
-    _corrupt(p, "garbage")
-    _corrupt(p + ".bak", "zero")
+    flashdamage.damage(p, "garbage")
+    flashdamage.damage(p + ".bak", "zero")
     del store.notes[:]
     n = 0
     assert store.load(p, "dflt") == ("dflt", store.LOST)
@@ -197,7 +184,7 @@ def test_hot_file_rotates_without_extra_bytes_and_keeps_the_previous_generation(
     for mode in ("half", "garbage", "zero", "deleted"):
         store.write_json(p, {"wh": 30}, True)
         store.write_json(p, {"wh": 40}, True)
-        _corrupt(p, mode)
+        flashdamage.damage(p, mode)
         assert store.load(p) == ({"wh": 30}, store.RESTORED), mode  # one sample older
     _rmtree(d)
 
@@ -403,7 +390,7 @@ def test_journal_damaged_in_any_mode_gets_its_kept_records_back_in_order():
     for mode in ("half", "garbage", "zero", "deleted"):
         p = d + "/" + mode
         j, seqs = _queue(p)
-        _corrupt(p, mode)
+        flashdamage.damage(p, mode)
         del store.notes[:]
         j = store.Journal(p, mirror=True)
         assert j.damaged, mode
@@ -427,7 +414,7 @@ def test_journal_bad_mirror_is_rebuilt_from_an_intact_file():
     for mode in ("half", "garbage", "zero", "deleted"):
         p = d + "/" + mode
         j, seqs = _queue(p)
-        _corrupt(p + ".bak", mode)
+        flashdamage.damage(p + ".bak", mode)
         del store.notes[:]
         j = store.Journal(p, mirror=True)
         assert not j.damaged and store.notes == [], mode

@@ -5,6 +5,7 @@
 import os
 import micropython
 import tinytest
+import flashdamage
 from firmware import store
 from firmware.config import Config
 from firmware.ocpp import recovery
@@ -18,19 +19,6 @@ class Session:
 
     async def call(self, action, payload, timeout_ms=None):
         raise Offline()
-
-
-def _damage(p, mode):
-    """The four ways a file goes bad in the flash campaign (tools/torture.py --only flash)."""
-    raw = store.read(p)
-    if mode == "deleted":
-        os.remove(p)
-        return
-    with open(p, "wb") as f:
-        if mode == "half":
-            f.write(raw[:len(raw) // 2])
-        elif mode == "garbage":
-            f.write(bytes((i * 151 + 7) & 0xFF for i in range(len(raw))))
 
 
 def _garble(p):
@@ -174,7 +162,7 @@ def test_a_damaged_copy_is_restored_from_the_other_in_every_mode():
             tx = _tx(d)
             tx.save()
             _readings(tx, (1100, 1200, 1300))
-            _damage(d + "/" + target, mode)
+            flashdamage.damage(d + "/" + target, mode)
             back = recovery.load(d + "/tx.rec")
             assert back is not None and (back.lid, back.wh) == (7, 1300), (target, mode, back and back.wh)
             assert store.read(d + "/tx.rec") == store.read(d + "/tx.rec.bak")
