@@ -15,6 +15,7 @@ faster than an ESP32 at running the server; the network is not in the figure).
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -265,7 +266,6 @@ def measure(loads=5, heap=True, march=None):
         try:
             files = flash(tmp, march)
         finally:
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
     else:
         files = flash()
