@@ -192,6 +192,16 @@ def _hold(app, on):
 
 
 async def _reboot(app):
+    # The Central System is to see the connectors Unavailable before the link drops (§5.18): a reboot straight after
+    # the hold lost connector 1's StatusNotification once. Bounded: offline, nothing goes out anyway.
+    session = app.session
+    reporter = app.connector.reporter
+    for _ in range(30):
+        if not (session.online and session.registered):
+            break
+        if reporter.status == reporter.reported and not app.core._status0_running:
+            break
+        await asyncio.sleep_ms(100)
     log.info(_TAG, "rebooting into the new firmware")
     if app.ring:
         app.ring.flush()
