@@ -9,10 +9,10 @@
 # recover or lost. The journal keeps its StartTransaction / StopTransaction records in a mirror journal. The
 # running transaction's record (firmware/ocpp/txqueue.py) appends its readings to both copies with append().
 #
-# Durability: MicroPython has no fsync. close() commits the file on both ESP32 filesystems (littlefs writes
-# its metadata on close, FatFs flushes its cache), and the unix port's close() hands the data to the kernel,
-# which is enough for the simulation (SIGKILL is the power cut there, not a kernel crash). So every write here
-# ends with flush() + close() before a rename makes it live.
+# Durability: close() commits the file on both ESP32 filesystems (littlefs writes its metadata on close, FatFs
+# flushes its cache); on the unix port flush() is an fsync() (~110 us on the bench host's ext4), though
+# close() handing the data to the kernel would do for the simulation (SIGKILL is the power cut there). So every
+# write here ends with flush() + close() before a rename makes it live or the other copy is written.
 import io
 import os
 import json
@@ -170,15 +170,51 @@ def write_json(path, obj, hot=False):
         body = memoryview(json.dumps(obj))  # len() in bytes, for non-ASCII text too
     except MemoryError:
         body = None
-    _write(path, None, obj, body)
     if hot:
+        _write(path, None, obj, body)
         if exists(path):
             _rename(path, path + BAK)
         _rename(path + ".tmp", path)
         return
-    _rename(path + ".tmp", path)
-    _write(path + BAK, None, obj, body)
-    _rename(path + BAK + ".tmp", path + BAK)
+    # One copy at a time, so the other one is whole whatever a cut tears; each written in place when it exists
+    # (docs/decisions.md, Flash): a new file and a rename over the old one cost 4x more than the bytes.
+    for p in (path, path + BAK):
+        if body is None or not _overwrite(p, body):
+            _write(p, None, obj, body)
+            _rename(p + ".tmp", p)
+
+
+def _overwrite(path, body):
+    """Writes "<crc>\n" + body over path from its first byte, with JSON whitespace up to path's old length
+    so that nothing of the previous generation is left behind it (the unix port has no truncate, and opening
+    with "wb" is what costs). False, writing nothing, when path is missing or over twice the new length (it
+    would never shrink again): the caller then replaces it. A cut leaves a CRC mismatch, never a mixed file
+    that checks out."""
+    global bytes_written
+    try:
+        f = open(path, "r+b")
+    except OSError:
+        return False
+    try:
+        n = 9 + len(body)
+        pad = f.seek(0, 2) - n
+        if pad > n:
+            return False
+        f.seek(0)
+        crc = crc32(body)
+        if pad > 0:
+            sp = b" " * pad
+            crc = crc32(sp, crc)
+        f.write(b"%08x\n" % (crc & 0xFFFFFFFF))
+        f.write(body)
+        if pad > 0:
+            f.write(sp)
+            n += pad
+        f.flush()
+    finally:
+        f.close()
+    bytes_written += n
+    return True
 
 
 def _check(raw):

@@ -44,6 +44,9 @@ class _File:
     def readinto(self, b):
         return self.f.readinto(b)
 
+    def seek(self, *a):
+        return self.f.seek(*a)
+
     def flush(self):
         self.f.flush()
 
@@ -58,7 +61,7 @@ class _File:
 
 
 def _open(path, mode="r", *a):
-    if "w" in mode or "a" in mode:
+    if "w" in mode or "a" in mode or "+" in mode:
         if budget[0] <= 0:
             raise PowerCut()
         return _File(builtins.open(path, mode, *a))
