@@ -171,7 +171,9 @@ def test_identical_start_resend_is_the_same_transaction(csms_factory, aloop):
     assert start(100) == first          # the charger lost our answer and sent it again
     assert start(101) != first          # any other field differing is another transaction
     assert start(100, "2025-01-01T00:00:01Z") not in (first,)
-    assert any("StartTransaction resent: transaction %d" % first in line for line in csms.output)
+    # The tool's stdout is read by a thread: the line may land a moment after the answer did.
+    assert wait_until(lambda: any("StartTransaction resent: transaction %d" % first in line for line in csms.output),
+                      10, msg="resend logged")
 
 
 def test_garbage_from_cp_is_logged_and_survived(csms_factory, aloop):
