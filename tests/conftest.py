@@ -11,6 +11,7 @@ the last lines of each process's output.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -94,6 +95,26 @@ def _register(request, proc):
 def pki(tmp_path_factory):
     from pki import make_pki
     return make_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="session")
+def ota_keys(tmp_path_factory):
+    """Two OTA vendor key pairs made by otapack.keygen, {"vendor": (private PEM, public JSON), "other": ...}:
+    made once per run and shared by the parallel workers (read them, never write), since an RSA-3072 key costs
+    the better part of a second of CPU and the update tests' fixtures would otherwise make two in every worker."""
+    import otapack
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above each worker's own
+    keys = root / "ota-keys"
+    with open(str(root / "ota-keys.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker makes them; the others wait and read
+        if not (keys / "made").exists():
+            for name in ("vendor", "other"):
+                otapack.keygen(str(keys / name))
+            (keys / "made").write_text("")
+    return {name: (str(keys / name / otapack.PRIVATE_NAME), str(keys / name / otapack.PUBLIC_NAME))
+            for name in ("vendor", "other")}
 
 
 @contextlib.contextmanager

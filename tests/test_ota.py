@@ -50,15 +50,17 @@ def flip(data, pos):
 
 
 @pytest.fixture(scope="module")
-def vectors(tmp_path_factory):
+def vectors(tmp_path_factory, ota_keys):
     d = tmp_path_factory.mktemp("ota_vectors")
     # a copy of the session's build (conftest builds it before the workers start): compiling a tree of its own
     # in every worker that runs one of these tests cost half a minute each; the tests may write into the copy
     shared, _ = build.build(os.path.join(ROOT, "build", "unix"))
     tree = str(d / "build")
     shutil.copytree(shared, tree, symlinks=True)
-    priv_path, pub_path = otapack.keygen(str(d / "vendor"))
-    other_priv, _ = otapack.keygen(str(d / "other"))
+    for name in ("vendor", "other"):  # the run's keys (conftest), where the board-side vectors look for them
+        shutil.copytree(os.path.dirname(ota_keys[name][0]), str(d / name))
+    priv_path, pub_path = (str(d / "vendor" / os.path.basename(p)) for p in ota_keys["vendor"])
+    other_priv = str(d / "other" / otapack.PRIVATE_NAME)
     key, other = otapack.load_private(priv_path), otapack.load_private(other_priv)
     blobs = otapack.tree_files(tree)
     good = otapack.pack(key, "9.9.9-test", blobs, built="2026-01-01T00:00:00Z")
@@ -204,12 +206,14 @@ def test_pack_refuses_bad_input(vectors, tmp_path):
     assert rc == 1 and "--platform" in out
 
 
-def test_keygen_writes_a_private_key_only_its_owner_reads(vectors):
-    priv = vectors["dir"] / "vendor" / otapack.PRIVATE_NAME
-    assert priv.stat().st_mode & 0o077 == 0
-    pub = json.loads((vectors["dir"] / "vendor" / otapack.PUBLIC_NAME).read_text())
+def test_keygen_writes_a_private_key_only_its_owner_reads(ota_keys):
+    priv_path, pub_path = ota_keys["vendor"]  # as otapack.keygen wrote them (conftest)
+    assert os.stat(priv_path).st_mode & 0o077 == 0
+    with open(pub_path) as f:
+        text = f.read()
+    pub = json.loads(text)
     assert pub["alg"] == "RS256" and pub["e"] == 65537 and pub["bits"] == 3072 and len(pub["kid"]) == 16
-    assert "PRIVATE" not in (vectors["dir"] / "vendor" / otapack.PUBLIC_NAME).read_text()
+    assert "PRIVATE" not in text
 
 
 def test_slot_command_writes_the_boards_layout(vectors):

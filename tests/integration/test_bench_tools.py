@@ -20,6 +20,8 @@ def test_footprint_counts_every_module():
         assert fp[pkg] == sum(v for k, v in fp["files"].items() if k.startswith(pkg + os.sep))
         assert fp[pkg] > 0
     assert fp["total"] == sum(fp["files"].values())
+    text = bench.table({"footprint": fp})  # the table shows what was measured
+    assert "total .mpy" in text and str(fp["total"]) in text
 
 
 def test_code_heap_on_the_64_bit_and_the_32_bit_port():
@@ -148,12 +150,6 @@ def test_stage_breakdown_of_the_latency_calls():
     assert 0 < res["_floor"]["p50_us"] <= res["_floor"]["p99_us"] and res["_floor"]["n"] == 20
     text = bench.table({"stages": res})
     assert "floor: a charge point doing nothing" in text and "persist" in text
-
-
-def test_table_renders_what_was_measured():
-    res = {"footprint": bench.footprint()}
-    text = bench.table(res)
-    assert "total .mpy" in text and str(res["footprint"]["total"]) in text
 
 
 def test_mqtt_figures_for_the_bench(mosquitto_factory):

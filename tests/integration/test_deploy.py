@@ -28,9 +28,8 @@ pytestmark = pytest.mark.skipif(SOCAT is None, reason="socat is not installed: `
 
 
 @pytest.fixture(scope="module")
-def vendor_key(tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys")
-    priv, pub = otapack.keygen(str(keys))
+def vendor_key(ota_keys):
+    priv, pub = ota_keys["vendor"]
     return priv, json.loads(open(pub).read())
 
 

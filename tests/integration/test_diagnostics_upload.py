@@ -3,6 +3,7 @@
 after a 405, HTTPS verified with tools/pki.py certificates). The probe (ota_probe.py) boots a flash laid out as
 make deploy leaves a board, feeds the ring through firmware/log.py's sink (a password among the lines) and
 uploads; the test reads what the server stored."""
+import os
 import re
 import time
 
@@ -17,10 +18,10 @@ SECRET = "Pa55-w0rd-CP"
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
+def kit(tmp_path_factory, ota_keys):
     d = tmp_path_factory.mktemp("diag_kit")
-    tree, _ = build.build(str(d / "build"))
-    priv, pub = otapack.keygen(str(d / "vendor"))
+    tree, _ = build.build(os.path.join(build.ROOT, "build", "unix"))  # the session's build: nothing to compile
+    priv, pub = ota_keys["vendor"]
     old = otapack.pack(otapack.load_private(priv), "1.0-diag", otapack.tree_files(tree))
     return {"tree": tree, "pub": pub, "old": old, "certs": pki.make_pki(str(d / "pki"))}
 

@@ -39,12 +39,11 @@ class FlashSim(SimProc):
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
+def kit(tmp_path_factory, ota_keys):
     # One build, one vendor key and every package the tests serve, made once for the module
     d = tmp_path_factory.mktemp("fw_kit")
     tree, _ = build.build(os.path.join(ROOT, "build", "unix"))  # the session's build: nothing to compile
-    priv, pub = otapack.keygen(str(d / "vendor"))
-    other, _ = otapack.keygen(str(d / "other"))
+    (priv, pub), (other, _) = ota_keys["vendor"], ota_keys["other"]
     key = otapack.load_private(priv)
     blobs = otapack.tree_files(tree)
     files = d / "files"

@@ -32,11 +32,10 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
+def kit(tmp_path_factory, ota_keys):
     d = tmp_path_factory.mktemp("ota_kit")
-    tree, _ = build.build(str(d / "build"))
-    priv, pub = otapack.keygen(str(d / "vendor"))
-    other, _ = otapack.keygen(str(d / "other"))
+    tree, _ = build.build(os.path.join(build.ROOT, "build", "unix"))  # the session's build: nothing to compile
+    (priv, pub), (other, _) = ota_keys["vendor"], ota_keys["other"]
     key, other_key = otapack.load_private(priv), otapack.load_private(other)
     blobs = otapack.tree_files(tree)
     files = d / "files"
