@@ -3,8 +3,7 @@
 #
 # Two copies of every state file (DESIGN.md §4, docs/decisions.md "Flash"): NAME and NAME.bak. A JSON state file
 # (config, ids, availability, profiles, reservation, local list, cache) is written twice, so NAME.bak holds the
-# same generation (or the previous one, after a power cut between the two writes); a hot one is rotated instead
-# (NAME becomes NAME.bak, the previous generation, for no extra bytes). load() takes the first good one
+# same generation (or the previous one, after a power cut between the two writes). load() takes the first good one
 # of NAME, NAME.tmp (a rename cut short), NAME.bak, repairs the other copy, and logs and notes every file it had to
 # recover or lost. The journal keeps its StartTransaction / StopTransaction records in a mirror journal. The
 # running transaction's record (firmware/ocpp/txqueue.py) appends its readings to both copies with append().
@@ -161,21 +160,14 @@ def read(path):
         return None
 
 
-def write_json(path, obj, hot=False):
-    """Replaces a state file. Cold files (the default) are written twice, to path and path.bak; hot=True
-    (a file rewritten every few seconds) rotates: the current file becomes path.bak, no extra bytes. (The
-    transaction record, the hot file before, now appends instead: firmware/ocpp/txqueue.py.)"""
+def write_json(path, obj):
+    """Replaces a state file: written twice, to path and path.bak. (A file that changes every few seconds
+    appends instead, as the transaction record does: firmware/ocpp/txqueue.py.)"""
     try:
         # json.dumps runs in C; streaming costs a Python call and a file write per token
         body = memoryview(json.dumps(obj))  # len() in bytes, for non-ASCII text too
     except MemoryError:
         body = None
-    if hot:
-        _write(path, None, obj, body)
-        if exists(path):
-            _rename(path, path + BAK)
-        _rename(path + ".tmp", path)
-        return
     # One copy at a time, so the other one is whole whatever a cut tears; each written in place when it exists
     # (docs/decisions.md, Flash): a new file and a rename over the old one cost 4x more than the bytes.
     for p in (path, path + BAK):

@@ -19,6 +19,9 @@ _OUT_BUF = 6144  # the largest outgoing frame encoded without a heap allocation 
 # with every list key at its longest: tests/mpy/test_config.py)
 # Dead-link deadlines that hold whatever WebSocketPingInterval is (docs/decisions.md, Reconnect)
 _UNANSWERED_MAX = const(3)  # CALLs in a row without an answer (other traffic arriving) before a reconnect
+# A frame this long (a local list, a charging profile) is decoded, validated and handled in three loop steps,
+# not one: on an ESP32 each of them takes milliseconds (docs/decisions.md, Loop stalls).
+_BIG_FRAME = const(400)
 _PROBE_MS = const(120000)  # nothing received for this long (or HeartbeatInterval if shorter): a Heartbeat probes
 
 
@@ -210,7 +213,10 @@ class Session:
         if kind == rpc.CALL:
             if self.boot_status == "Rejected":
                 return None, None  # OCPP 1.6 §4.2: a rejected CP answers nothing until the retry interval
-            return await self._serve(uid, action, payload)
+            big = len(text) > _BIG_FRAME
+            if big:
+                await asyncio.sleep_ms(0)
+            return await self._serve(uid, action, payload, big)
         if uid == self._wait_uid:
             self._reply = (rpc.RESULT, payload) if kind == rpc.RESULT else (rpc.ERROR, action, payload[0])
             self._reply_evt.set()
@@ -228,7 +234,7 @@ class Session:
             entry = self.handlers.get(action)
         return entry
 
-    async def _serve(self, uid, action, payload):
+    async def _serve(self, uid, action, payload, big=False):
         after = None
         loading = action in self._lazy
         entry = self._handler(action)  # a profile that fails to load fails the reader, as a bug would
@@ -240,6 +246,8 @@ class Session:
                     raise rpc.CallError(rpc.NOT_SUPPORTED, action + " is not supported")
                 raise rpc.CallError(rpc.NOT_IMPLEMENTED, "unknown action " + action)
             rpc.validate(payload, entry[0])
+            if big:
+                await asyncio.sleep_ms(0)
             response = entry[1](payload)
             if hasattr(response, "send"):  # an async handler (a short wait, never a CALL of ours)
                 response = await response

@@ -161,7 +161,7 @@ def test_json_falls_back_to_complete_tmp():
     d = _fresh()
     p = d + "/c.json"
     store.write_json(p, {"v": 1})
-    store.write_json(p, {"v": 2}, True)  # rotated: c.json.bak holds v1
+    flashdamage.rotate(p, {"v": 2})  # c.json.bak holds v1
     os.rename(p, p + ".tmp")
     assert store.load(p, None) == ({"v": 2}, store.FOUND)  # the newest generation, renamed into place
     assert store.exists(p) and not store.exists(p + ".tmp")
@@ -169,23 +169,6 @@ def test_json_falls_back_to_complete_tmp():
     with open(p + ".tmp", "wb") as f:
         f.write(b"0000")  # cut while the .tmp was written: the previous generation is what there is
     assert store.load(p, None) == ({"v": 1}, store.RESTORED)
-    _rmtree(d)
-
-
-def test_hot_file_rotates_without_extra_bytes_and_keeps_the_previous_generation():
-    d = _fresh()
-    p = d + "/tx.json"
-    store.write_json(p, {"wh": 0})
-    for wh in (10, 20, 30):
-        before = store.bytes_written
-        store.write_json(p, {"wh": wh}, True)
-        assert store.bytes_written - before == len(store.read(p))  # one copy's bytes: the old file is renamed
-    assert json.loads(store.read(p + ".bak")[9:]) == {"wh": 20}
-    for mode in ("half", "garbage", "zero", "deleted"):
-        store.write_json(p, {"wh": 30}, True)
-        store.write_json(p, {"wh": 40}, True)
-        flashdamage.damage(p, mode)
-        assert store.load(p) == ({"wh": 30}, store.RESTORED), mode  # one sample older
     _rmtree(d)
 
 

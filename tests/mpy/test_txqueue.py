@@ -205,7 +205,7 @@ def _old(d, fields, generations=1):
     # rotated to tx.json.bak).
     store.write_json(d + "/tx.json", fields)
     for i in range(1, generations):
-        store.write_json(d + "/tx.json", dict(fields, wh=fields["wh"] + 100 * i), True)
+        flashdamage.rotate(d + "/tx.json", dict(fields, wh=fields["wh"] + 100 * i))
 
 
 _OLD = {"l": 3, "tag": "OLD", "parent": None, "wh0": 10, "t0": 5, "wh": 20, "t": 9, "inv": False, "td": []}

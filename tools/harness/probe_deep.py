@@ -153,12 +153,12 @@ def _install_steps():
 
     app._supervised = supervised
 
-    serve = getattr(session.Session, "_serve", None)  # (uid, action, payload): the action names the step
+    serve = getattr(session.Session, "_serve", None)  # (uid, action, payload, big): the action names the step
 
-    async def _serve(self, uid, action, payload):
+    async def _serve(self, uid, action, payload, big=False):
         _cur[0] = action
         try:
-            return await serve(self, uid, action, payload)
+            return await serve(self, uid, action, payload, big)
         finally:
             _served[0] = True
 

@@ -167,9 +167,9 @@ def _wrap_validate():
 def _wrap_persist():
     orig = _store.write_json
 
-    def write_json(path, obj, hot=False):
+    def write_json(path, obj):
         t0 = _T()
-        orig(path, obj, hot)
+        orig(path, obj)
         _add(_PERSIST, t0)
     _store.write_json = write_json
 
