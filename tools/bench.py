@@ -55,10 +55,11 @@ WEAR_TARGET = 64 * 1024
 MISS_FIXES = {
     ("loop", "longest step without yielding, less GC"):
         "split the long steps (docs/decisions.md, Loop stalls): the connector's tick that starts a transaction "
-        "does five flash writes in one step (a task yielding between them, the record still on flash before the "
-        "StartTransaction is queued); the stop and TxQueue.run likewise; SendLocalList validation yielding every "
-        "few entries, SetChargingProfile between validate and apply; a yield after decoding a large frame. "
-        "Steps under ~0.5 ms are not measurable apart from host noise on a shared 2-core machine",
+        "does five flash writes in one step (a task yielding between them: written and tested, held back until "
+        "a late qstr pool cannot fail a lazy import, which it made happen); the stop and TxQueue.run likewise; "
+        "the handler of a large frame (already a step apart from its decoding and validation) yielding between "
+        "its two flash copies. Steps under ~0.5 ms are not measurable apart from host noise on a shared 2-core "
+        "machine",
     "latency": "the calls that miss still write the list or profile in two copies before answering Accepted, "
                "now in place (~170 us each on ext4, nearly all the unix port's fsync in flush()), and their "
                "validation costs collections: 17 rpc.validate frames from the heap per 8-tag list count toward "
