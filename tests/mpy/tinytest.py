@@ -1,6 +1,7 @@
 # Minimal test runner for tests that run inside MicroPython (no unittest on the board).
 # A test module defines test_* functions (plain or async) and ends with `tinytest.run(globals())`.
 # Prints one line per test and a closing "N passed, M failed" line; exits 1 on any failure.
+import gc
 import os
 import sys
 import asyncio
@@ -21,6 +22,7 @@ def run(namespace):
     for name in names:
         if only and only not in name:
             continue
+        gc.collect()  # the garbage of the tests before goes first, as the firmware's gc.threshold() would have it
         try:
             _call(namespace[name])
             passed += 1
