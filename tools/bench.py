@@ -60,6 +60,11 @@ MISS_FIXES = {
         "the handler of a large frame (already a step apart from its decoding and validation) yielding between "
         "its two flash copies. Steps under ~0.5 ms are not measurable apart from host noise on a shared 2-core "
         "machine",
+    ("heap", "after boot from .mpy files, 32-bit"):
+        "run the code from flash, not from .mpy files in the heap: frozen into a custom build (boards/EVSE_ESP32, "
+        "docs/custom-build.md) or from a ROMFS partition (make romfs); what stays in the heap is the stdlib and "
+        "the App's objects, and from ROMFS the scenario passes at the smallest heap above. make deploy refuses a "
+        "stock WROOM build and says so",
     "latency": "the calls that miss still write the list or profile in two copies before answering Accepted, "
                "now in place (~170 us each on ext4, nearly all the unix port's fsync in flush()), and their "
                "validation costs collections: 17 rpc.validate frames from the heap per 8-tag list count toward "
