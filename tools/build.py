@@ -131,9 +131,12 @@ def build(out, march=None, root=ROOT):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         _gzip(src, dst)
     for name in ENTRY_POINTS:
-        tmp = os.path.join(out, "%s.%d.tmp" % (name, os.getpid()))
-        shutil.copy2(os.path.join(root, name), tmp)
-        os.replace(tmp, os.path.join(out, name))
+        src, dst = os.path.join(root, name), os.path.join(out, name)
+        if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
+            continue  # current: a sim packing this tree into its ROMFS image meanwhile must not meet a .tmp
+        tmp = "%s.%d.tmp" % (dst, os.getpid())
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
     return out, total
 
 
