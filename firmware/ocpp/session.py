@@ -228,16 +228,22 @@ class Session:
         entry = self.handlers.get(action)
         if entry is None and action in self._lazy:
             loader = self._lazy[action]
+            loader()  # a MemoryError leaves the profile lazy: the next CALL tries again
             for name in [a for a in self._lazy if self._lazy[a] is loader]:
                 del self._lazy[name]
-            loader()
             entry = self.handlers.get(action)
         return entry
 
     async def _serve(self, uid, action, payload, big=False):
         after = None
         loading = action in self._lazy
-        entry = self._handler(action)  # a profile that fails to load fails the reader, as a bug would
+        try:
+            entry = self._handler(action)  # a profile that fails to load otherwise fails the reader, as a bug would
+        except MemoryError:
+            # A late import may find no block for its names even with much of the heap free (docs/decisions.md,
+            # Memory): this CALL fails, the link and the other profiles stay, and a later attempt may load it.
+            log.error(_TAG, "no memory to load the handler of " + action)
+            return [rpc.ERROR, uid, rpc.INTERNAL, "%s: not enough memory to load its handler" % action, {}], None
         if loading:
             await asyncio.sleep_ms(0)  # its import was a long step (2 ms on the host): the other tasks go first
         try:

@@ -308,6 +308,26 @@ async def test_dispatch_loads_a_lazy_profile_on_first_use_once():
     assert reply == [3, "l3", {"status": "Accepted"}] and loads == [1], reply
 
 
+async def test_a_profile_that_finds_no_memory_to_load_fails_the_call_and_loads_later():
+    s, ws = _session()
+    tries = []
+
+    def loader():
+        tries.append(1)
+        if len(tries) == 1:
+            raise MemoryError("memory allocation failed, allocating 1280 bytes")
+        s.handle("GetLocalListVersion", (), lambda p: {"listVersion": 7})
+        s.handle("ClearCache", (), lambda p: {"status": "Accepted"})
+
+    s.lazy(("ClearCache", "GetLocalListVersion"), loader)
+    reply, after = await s.dispatch('[2,"m1","GetLocalListVersion",{}]')
+    assert reply[:3] == [4, "m1", "InternalError"] and "memory" in reply[3] and after is None, reply
+    reply, _ = await s.dispatch('[2,"m2","GetLocalListVersion",{}]')  # still lazy: loaded now
+    assert reply == [3, "m2", {"listVersion": 7}] and tries == [1, 1], reply
+    reply, _ = await s.dispatch('[2,"m3","ClearCache",{}]')  # the same profile: not loaded again
+    assert reply == [3, "m3", {"status": "Accepted"}] and tries == [1, 1], reply
+
+
 async def test_dispatch_returns_the_after_action_which_runs_once_the_answer_is_out():
     s, ws, app = _core_session()
     reply, after = await s.dispatch('[2,"r1","Reset",{"type":"Soft"}]')
