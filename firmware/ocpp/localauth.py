@@ -35,6 +35,15 @@ def _send_local_list(auth, p):
     return {"status": auth.send_local_list(p["listVersion"], p["updateType"], entries)}
 
 
+def _required_str(obj, name, where):
+    if name not in obj:
+        raise rpc.CallError(rpc.OCCURENCE, "%smissing required field %s" % (where, name))
+    value = obj[name]
+    if not isinstance(value, str):
+        raise rpc.CallError(rpc.TYPE, "%s%s must be a string" % (where, name))
+    return value
+
+
 def check_entry(e, full):
     """One AuthorizationData entry; raises rpc.CallError with the codes and texts of rpc.validate. One pass in
     one function, not rpc.validate twice: each call's frame, and each of its field checks', comes from the heap
@@ -44,11 +53,7 @@ def check_entry(e, full):
     for key in e:
         if key != "idTag" and key != "idTagInfo":
             raise rpc.CallError(rpc.FORMATION, "unknown field " + key)
-    if "idTag" not in e:
-        raise rpc.CallError(rpc.OCCURENCE, "missing required field idTag")
-    tag = e["idTag"]
-    if not isinstance(tag, str):
-        raise rpc.CallError(rpc.TYPE, "idTag must be a string")
+    tag = _required_str(e, "idTag", "")
     if len(tag) > _ID_MAX:
         raise rpc.CallError(rpc.TYPE, "idTag longer than 20 characters")
     if "idTagInfo" not in e:
@@ -61,11 +66,7 @@ def check_entry(e, full):
     for key in info:
         if key != "status" and key != "expiryDate" and key != "parentIdTag":
             raise rpc.CallError(rpc.FORMATION, "idTagInfo: unknown field " + key)
-    if "status" not in info:
-        raise rpc.CallError(rpc.OCCURENCE, "idTagInfo: missing required field status")
-    status = info["status"]
-    if not isinstance(status, str):
-        raise rpc.CallError(rpc.TYPE, "idTagInfo: status must be a string")
+    status = _required_str(info, "status", "idTagInfo: ")
     if status not in STATUSES:
         raise rpc.CallError(rpc.PROPERTY, "idTagInfo: status: %s is not one of %s" % (status, ",".join(STATUSES)))
     if "expiryDate" in info:
