@@ -68,7 +68,7 @@ MISS_FIXES = {
     "latency": "the calls that miss still write the list or profile in two copies before answering Accepted, "
                "now in place (~170-250 us each on ext4, nearly all the unix port's fsync in flush(), kept for "
                "the two copies' order; on a RAM disk the stages show ~0.85 ms); SendLocalList's entries are "
-               "checked in one pass already (280 -> 54 us), SetChargingProfile's periods are not yet "
+               "checked in one pass already (280 -> 60 us), SetChargingProfile's periods are not yet "
                "(docs/decisions.md, Call latency)",
 }
 

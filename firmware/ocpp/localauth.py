@@ -47,7 +47,8 @@ def _required_str(obj, name, where):
 def check_entry(e, full):
     """One AuthorizationData entry; raises rpc.CallError with the codes and texts of rpc.validate. One pass in
     one function, not rpc.validate twice: each call's frame, and each of its field checks', comes from the heap
-    and counts toward the next collection, and eight entries cost 280 us that way against 50 (issue 14)."""
+    and counts toward the next collection. Eight entries: 280 us that way, 125 with rpc._check per field, 60
+    with the texts written here (issue 14)."""
     if not isinstance(e, dict):
         raise rpc.CallError(rpc.TYPE, "localAuthorizationList entries must be objects")
     for key in e:
