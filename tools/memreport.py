@@ -55,23 +55,32 @@ _SCRIPT = r"""
 import gc, sys, micropython
 gc.collect()
 _base = gc.mem_alloc()
-def _m():
+import asyncio
+
+async def _m():
+    # The live heap. The WebAssembly port's gc.collect() frees nothing while Python code is on its stack (it
+    # cannot scan the wasm VM's stack): it collects at an await of a JS timer, the stack unwound. Measured
+    # without these awaits, its figures were every byte allocated so far, garbage included.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
     gc.collect()
     return gc.mem_alloc()
-for _n in %(stdlib)r:
-    try:
+
+async def _imports():
+    for _n in %(stdlib)r:
+        try:
+            __import__(_n)
+        except ImportError:
+            pass
+    _b = await _m()
+    print('{"kind":"base","name":"stdlib","bytes":%%d}' %% (_b - _base))
+    micropython.qstr_info()
+    for _n in %(modules)r:
+        _a = await _m()
         __import__(_n)
-    except ImportError:
-        pass
-_b = _m()
-print('{"kind":"base","name":"stdlib","bytes":%%d}' %% (_b - _base))
-micropython.qstr_info()
-for _n in %(modules)r:
-    _a = _m()
-    __import__(_n)
-    _b = _m()
-    print('{"kind":"mod","name":"%%s","bytes":%%d}' %% (_n, _b - _a))
-    micropython.qstr_info()  # parsed by the CPython side: qstrs interned so far
+        _b = await _m()
+        print('{"kind":"mod","name":"%%s","bytes":%%d}' %% (_n, _b - _a))
+        micropython.qstr_info()  # parsed by the CPython side: qstrs interned so far
 
 class _Stream:
     # What board.open_uart returns, as far as a constructor looks at it.
@@ -94,14 +103,16 @@ class _Board:
         return lambda *a: None
 
 _objs = []
-def _step(name, fn):
-    _a = _m()
+async def _step(name, fn):
+    _a = await _m()
     try:
-        _objs.append(fn())
+        _r = fn()
     except Exception as e:
         print('{"kind":"err","name":"%%s","error":"%%s"}' %% (name, repr(e).replace('"', "'")))
         return
-    _b = _m()
+    if _r is not None:
+        _objs.append(_r)
+    _b = await _m()
     print('{"kind":"obj","name":"%%s","bytes":%%d}' %% (name, _b - _a))
 
 import os as _os
@@ -111,50 +122,54 @@ if not hasattr(_os, "urandom"):  # the WebAssembly port lacks it; zeros are as g
             return getattr(_os, name)
         def urandom(self, n):
             return bytes(n)
-    for _mn in ("firmware.ocpp.session", "lib.ws"):
-        sys.modules[_mn].os = _OsShim()
-try:
-    from firmware.app import App
-    _step("App(board)", lambda: App(_Board()))
-except ImportError as e:
-    print('{"kind":"err","name":"App","error":"%%s"}' %% e)
-gc.collect()
-print('{"kind":"total","name":"after boot","bytes":%%d,"free":%%d}' %% (gc.mem_alloc() - _base, gc.mem_free()))
 
-def _opt(name, fn):
-    _a = _m()
+async def _boot():
+    if not hasattr(_os, "urandom"):
+        for _mn in ("firmware.ocpp.session", "lib.ws"):
+            sys.modules[_mn].os = _OsShim()
+    try:
+        from firmware.app import App
+        await _step("App(board)", lambda: App(_Board()))
+    except ImportError as e:
+        print('{"kind":"err","name":"App","error":"%%s"}' %% e)
+    _b = await _m()
+    print('{"kind":"total","name":"after boot","bytes":%%d,"free":%%d}' %% (_b - _base, gc.mem_free()))
+
+async def _opt(name, fn):
+    _a = await _m()
     try:
         _objs.append(fn())
     except Exception as e:
         print('{"kind":"err","name":"%%s","error":"%%s"}' %% (name, repr(e).replace('"', "'")))
         return
-    print('{"kind":"opt","name":"%%s","bytes":%%d}' %% (name, _m() - _a))
+    print('{"kind":"opt","name":"%%s","bytes":%%d}' %% (name, (await _m()) - _a))
 
-# Loaded on first use (an optional profile's first CALL, an update, a reader on the ESP32 only...): each measured
-# alone on top of the boot state, with whatever lazy modules it needs itself, then dropped again.
-for _n in %(lazy)r:
-    _was = set(sys.modules)
-    _a = _m()
-    try:
-        __import__(_n)
-        print('{"kind":"lazy","name":"%%s","bytes":%%d}' %% (_n, _m() - _a))
-    except Exception as e:
-        print('{"kind":"err","name":"import %%s","error":"%%s"}' %% (_n, repr(e).replace('"', "'")))
-    for _k in [k for k in sys.modules if k not in _was]:
-        del sys.modules[_k]
-    _pkg, _, _leaf = _n.rpartition(".")
-    if _pkg in sys.modules and _leaf in sys.modules[_pkg].__dict__:
-        delattr(sys.modules[_pkg], _leaf)
-gc.collect()
+async def _later():
+    # Loaded on first use (an optional profile's first CALL, an update, a reader on the ESP32 only...): each
+    # measured alone on top of the boot state, with whatever lazy modules it needs itself, then dropped again.
+    for _n in %(lazy)r:
+        _was = set(sys.modules)
+        _a = await _m()
+        try:
+            __import__(_n)
+            print('{"kind":"lazy","name":"%%s","bytes":%%d}' %% (_n, (await _m()) - _a))
+        except Exception as e:
+            print('{"kind":"err","name":"import %%s","error":"%%s"}' %% (_n, repr(e).replace('"', "'")))
+        for _k in [k for k in sys.modules if k not in _was]:
+            del sys.modules[_k]
+        _pkg, _, _leaf = _n.rpartition(".")
+        if _pkg in sys.modules and _leaf in sys.modules[_pkg].__dict__:
+            delattr(sys.modules[_pkg], _leaf)
+    for _n in %(optional)r:
+        await _opt("import " + _n, lambda: __import__(_n))
 
-for _n in %(optional)r:
-    _opt("import " + _n, lambda: __import__(_n))
-
-if "firmware.chargepoint" in sys.modules and _objs:
+async def _model():
+    if "firmware.chargepoint" not in sys.modules or not _objs:
+        return
     # the charger model as App.model() makes it when a front end is configured
     from firmware.chargepoint import ChargePoint
     _app = _objs[0]
-    _opt("ChargePoint(App's parts)", lambda: ChargePoint(_app.evse, _app.meter, _app.connector, _app.session,
+    await _opt("ChargePoint(App's parts)", lambda: ChargePoint(_app.evse, _app.meter, _app.connector, _app.session,
                                                          _app.cfg, _app.wifi, _app))
     del _app
 
@@ -180,13 +195,15 @@ def _connected(c, stream):
         pass
     return c
 
-if "lib.mqtt" in sys.modules:
+async def _mqtt():
+    if "lib.mqtt" not in sys.modules:
+        return
     from lib.mqtt import MQTTClient
-    _opt("MQTTClient(max_packet=1024)", lambda: MQTTClient("evse-0123456789ab", max_packet=1024))
+    await _opt("MQTTClient(max_packet=1024)", lambda: MQTTClient("evse-0123456789ab", max_packet=1024))
     _c = MQTTClient("evse-0123456789ab", max_packet=1024)
     _s = _Broker()
     # The WebAssembly port's asyncio is its own JS-timer variant, whose tasks cost more than on the ESP32's.
-    _opt("+ connected (2 tasks, no socket)", lambda: _connected(_c, _s))
+    await _opt("+ connected (2 tasks, no socket)", lambda: _connected(_c, _s))
     del _c, _s
 
 class _Model:
@@ -201,16 +218,26 @@ class _Model:
     def set_load_limit(self, fn):
         self.fn = fn
 
-if "firmware.mqttfront" in sys.modules and _objs:
-    from firmware.mqttfront import MqttFront, state_doc
+async def _front():
+    if "firmware.mqttfront" not in sys.modules or not _objs:
+        return
+    from firmware.mqttfront import MqttFront
     _cfg = _objs[0].cfg
     _cfg.set_device("MqttUrl", "mqtt://192.168.1.10")
     _cfg.set_device("LoadMode", "load")
-    def _front():
+    def _make():
         f = MqttFront(_Model(), _cfg, %(state)r)
         f._settings()  # what the supervisor builds at its start: the client, the load limit
         return f
-    _opt("MqttFront + its MQTTClient + LoadLimit", _front)
+    await _opt("MqttFront + its MQTTClient + LoadLimit", _make)
+
+async def _main():
+    await _imports()
+    await _boot()
+    await _later()
+    await _model()
+    await _mqtt()
+    await _front()
 """
 
 
@@ -298,6 +325,9 @@ def measure(heap="110wK", wasm32=False):
         with open(script, "w") as f:
             f.write(_SCRIPT % {"stdlib": STDLIB, "modules": tuple(order), "state": "/tmp" if wasm32 else state,
                                "optional": OPTIONAL, "lazy": tuple(lazy)})
+            # tools/mpwasm.mjs runs the script as a coroutine's body (a top-level await); the unix port has no
+            # such thing
+            f.write("await _main()\n" if wasm32 else "asyncio.run(_main())\n")
         if wasm32:
             cmd, env = ["node", NODE_RUNNER, script, os.path.join(ROOT, OUT)], None
         else:

@@ -19,7 +19,8 @@ function copy(src, dst) {
 
 copy(dir, "/fw");
 try {
-  mp.runPython("import sys\nsys.path.insert(0, '/fw')\n" + fs.readFileSync(script, "utf8"));
+  // Async: a top-level await lets the port unwind its stack, the only time its garbage collector frees anything.
+  await mp.runPythonAsync("import sys\nsys.path.insert(0, '/fw')\n" + fs.readFileSync(script, "utf8"));
 } catch (e) {
   console.error(String(e));
   process.exit(1);
