@@ -54,12 +54,13 @@ WEAR_TARGET = 64 * 1024
 # table beside each miss. Keep these current with the analysis in README "Measurements".
 MISS_FIXES = {
     ("loop", "longest step without yielding, less GC"):
-        "split the long steps (docs/decisions.md, Loop stalls): the connector's tick that starts a transaction "
-        "does five flash writes in one step (a task yielding between them: written and tested, held back until "
-        "a late qstr pool cannot fail a lazy import, which it made happen); the stop and TxQueue.run likewise; "
-        "the handler of a large frame (already a step apart from its decoding and validation) yielding between "
-        "its two flash copies. Steps under ~0.5 ms are not measurable apart from host noise on a shared 2-core "
-        "machine",
+        "split the long steps (docs/decisions.md, Loop stalls): a lazily loaded profile's import (smart "
+        "charging: ~2 ms in one step; its loader could import schedule.py a step ahead), the connector's tick that starts a "
+        "transaction with its five flash writes (a task yielding between them was written and tested, and held "
+        "back when it made a late qstr pool fail; that failure's cause, the boot's fragmented heap, is removed "
+        "since, so it can be tried again); the stop and TxQueue.run likewise; the handler of a large frame "
+        "(already a step apart from its decoding and validation) yielding between its two flash copies. Steps "
+        "under ~0.5 ms are not measurable apart from host noise on a shared 2-core machine",
     ("heap", "after boot from .mpy files, 32-bit"):
         "run the code from flash, not from .mpy files in the heap: frozen into a custom build (boards/EVSE_ESP32, "
         "docs/custom-build.md) or from a ROMFS partition (make romfs); what stays in the heap is the stdlib and "
