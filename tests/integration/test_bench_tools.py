@@ -92,6 +92,27 @@ def test_probe_reports_heap_and_sees_an_injected_stall():
     assert after["lag_us"] >= (60 - 3) * 1000
 
 
+def test_boot_leaves_the_free_heap_in_one_piece():
+    # With the collector held back until App.main, the boot's garbage spread over the heap (here the largest free
+    # block was 22 KB of 81 KB free; 71 KB now), and a qstr pool made later (15 KB in one piece) failed a lazy
+    # profile's CALL with MemoryError. The collector now runs from the boot on (firmware/app.py run();
+    # docs/decisions.md, Memory).
+    async def go():
+        csms = await Csms().start()
+        sim = AsyncSim(csms.url, env=probe_env(gc_each=False, period_ms=20, report_ms=500, pieces=True))
+        try:
+            await sim.start()
+            await boot_charger(csms, sim)
+            return await sim.wait_line(r"BENCHHEAP largest=(\d+) free=(\d+)", 10)
+        finally:
+            await sim.close()
+            await csms.stop()
+
+    m = asyncio.run(go())
+    largest, free = int(m.group(1)), int(m.group(2))
+    assert free > 50000 and largest >= free * 2 // 3, (largest, free)
+
+
 def test_step_probe_names_the_step_that_stalled():
     # The sim's "mcu" hook stalls the loop inside Evse.run (firmware/evse.py): the step probe must put that
     # step at the top under its task's name, and time a collection.

@@ -5,7 +5,8 @@
 # collects and reads the live heap; every report ms it prints a BENCHPROBE line that the sim echoes.
 # BENCH_PROBE="gc,period,report[,flags]" (0/1, ms, ms, bits). The sim starts the MCU in the project root.
 # flags (bench only, each file loaded only then): 1 probe_deep.py names and times every asyncio step and tells GC
-# pauses from stalls; 2 probe_safety.py times the MCU's own part of each safety reaction.
+# pauses from stalls; 2 probe_safety.py times the MCU's own part of each safety reaction; 4 at the first report,
+# once, the largest block the heap can give (a BENCHHEAP line).
 # BENCH_STAGES=1 also times the stages of every CALL served (tools/harness/probe_stages.py;
 # BENCH_GC_THRESHOLD=n runs them at gc.threshold(n)); period 0: no probe task.
 import os
@@ -22,8 +23,24 @@ if "/rom" not in sys.path:  # tools/romboot.py mounted the firmware's ROMFS imag
     sys.path.insert(0, "build/unix")
 
 
+def _largest_block():
+    # The largest bytearray the heap can give: what a late allocation in one piece (a qstr pool: 15 KB after the
+    # boot's names) can count on. Each refusal runs a collection first, so garbage does not hide a block.
+    lo, hi = 0, gc.mem_free()
+    while hi - lo > 256:
+        mid = (lo + hi) // 2
+        try:
+            bytearray(mid)
+            lo = mid
+        except MemoryError:
+            hi = mid
+    return lo
+
+
 async def _probe():
     from firmware import store  # loaded by the firmware by the time the loop runs
+
+    pieces = _FLAGS & 4
 
     peak = 0
     lag = 0
@@ -48,6 +65,11 @@ async def _probe():
         if _tick is not None:
             _tick()
         if time.ticks_diff(time.ticks_ms(), last) >= _REPORT:
+            if pieces:
+                pieces = 0
+                gc.collect()
+                free = gc.mem_free()
+                print("BENCHHEAP largest=%d free=%d" % (_largest_block(), free))
             last = time.ticks_ms()
             print("BENCHPROBE live=%d peak=%d lag_us=%d written=%d free=%d n=%d" % (
                 live, peak, lag, store.bytes_written, gc.mem_free(), n))

@@ -25,13 +25,14 @@ PROBE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe_m
 PROBE_RE = re.compile(r"BENCHPROBE live=(\d+) peak=(\d+) lag_us=(\d+) written=(\d+) free=(\d+) n=(\d+)")
 
 
-def probe_env(gc_each=True, period_ms=2, report_ms=250, steps=False, safety=False):
+def probe_env(gc_each=True, period_ms=2, report_ms=250, steps=False, safety=False, pieces=False):
     """The environment that makes tools/sim.py run the firmware with the probe task beside it: every period_ms it
     measures how late its sleep wakes (loop lag) and, with gc_each, collects and reads the live heap; every
     report_ms it prints a BENCHPROBE line (PROBE_RE). steps: each asyncio step is timed and named, GC windows
     told apart (BENCHSTEPS, BENCHTASKS, BENCHGC lines); safety: the MCU's own input-to-contactor time
-    (BENCHSAFE lines). See probe_mcu.py."""
-    flags = (1 if steps else 0) | (2 if safety else 0)
+    (BENCHSAFE lines); pieces: at the first report, the largest block the heap can give (a BENCHHEAP line). See
+    probe_mcu.py."""
+    flags = (1 if steps else 0) | (2 if safety else 0) | (4 if pieces else 0)
     return {"SIM_MCU_SCRIPT": PROBE_SCRIPT,
             "BENCH_PROBE": "%d,%d,%d,%d" % (1 if gc_each else 0, period_ms, report_ms, flags)}
 
