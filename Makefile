@@ -39,9 +39,10 @@ deps: apt $(STAMP) $(NODE_STAMP)
 # Bytecode is written for the tests even where PYTHONDONTWRITEBYTECODE is set: pytest keeps each test module's
 # assertion-rewritten code in __pycache__, and a collection run fills it first, so that the parallel workers load
 # it instead of each rewriting all of them (3 s of CPU per worker, a sixth of a 2-core run).
+PYTEST := PYTHONDONTWRITEBYTECODE= $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 test: apt $(STAMP) $(NODE_STAMP)
-	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/python -m pytest -q -p no:cacheprovider --collect-only tests >/dev/null
-	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --maxschedchunk 1 tests
+	$(PYTEST) --collect-only tests >/dev/null
+	$(PYTEST) -n $(TEST_WORKERS) --maxschedchunk 1 tests
 
 sim: apt $(STAMP)
 	$(VENV)/bin/python tools/demo.py

@@ -55,8 +55,8 @@ WEAR_TARGET = 64 * 1024
 MISS_FIXES = {
     ("loop", "longest step without yielding, less GC"):
         "split the long steps (docs/decisions.md, Loop stalls): a lazily loaded profile's import (smart "
-        "charging: ~2 ms in one step; its loader could import schedule.py a step ahead), the connector's tick that starts a "
-        "transaction with its five flash writes (a task yielding between them was written and tested, and held "
+        "charging: ~2 ms in one step; its loader could import schedule.py a step ahead), the connector's tick "
+        "that starts a transaction with its five flash writes (a task yielding between them was written and tested, and held "
         "back when it made a late qstr pool fail; that failure's cause, the boot's fragmented heap, is removed "
         "since, so it can be tried again); the stop and TxQueue.run likewise; the handler of a large frame "
         "(already a step apart from its decoding and validation) yielding between its two flash copies. Steps "
@@ -770,10 +770,11 @@ def table(r):
         w = ch.get("wasm32")
         if w:
             row("heap", "code imported from .mpy files, 32-bit", "%d B" % w["imports"],
-                "WebAssembly port, ESP32 object layout; before the heap work %d B, garbage counted" % BEFORE_32["imports"])
+                "WebAssembly port, ESP32 object layout; before the heap work %d B, garbage counted"
+                % BEFORE_32["imports"])
             row("heap", "after boot from .mpy files, 32-bit", "%d B" % w["after_boot"],
-                "stdlib %d + imports + App objects %s; budget %d B (stock ESP32, no PSRAM), before %d B, garbage counted" % (
-                    w["stdlib"], w["app_objects"], BUDGET_32, BEFORE_32["after_boot"]),
+                "stdlib %d + imports + App objects %s; budget %d B (stock ESP32, no PSRAM), before %d B, garbage "
+                "counted" % (w["stdlib"], w["app_objects"], BUDGET_32, BEFORE_32["after_boot"]),
                 target=(BUDGET_32, "<= %d KB" % (BUDGET_32 // 1024)), measured=w["after_boot"])
             for name, b in sorted(w.get("modules", []), key=lambda m: -m[1])[:12]:
                 row("heap", "  32-bit import: " + name, "%d B" % b, "")

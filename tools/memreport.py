@@ -103,46 +103,34 @@ class _Board:
         return lambda *a: None
 
 _objs = []
-async def _step(name, fn):
-    _a = await _m()
-    try:
-        _r = fn()
-    except Exception as e:
-        print('{"kind":"err","name":"%%s","error":"%%s"}' %% (name, repr(e).replace('"', "'")))
-        return
-    if _r is not None:
-        _objs.append(_r)
-    _b = await _m()
-    print('{"kind":"obj","name":"%%s","bytes":%%d}' %% (name, _b - _a))
-
-import os as _os
-if not hasattr(_os, "urandom"):  # the WebAssembly port lacks it; zeros are as good for a size
-    class _OsShim:
-        def __getattr__(self, name):
-            return getattr(_os, name)
-        def urandom(self, n):
-            return bytes(n)
-
-async def _boot():
-    if not hasattr(_os, "urandom"):
-        for _mn in ("firmware.ocpp.session", "lib.ws"):
-            sys.modules[_mn].os = _OsShim()
-    try:
-        from firmware.app import App
-        await _step("App(board)", lambda: App(_Board()))
-    except ImportError as e:
-        print('{"kind":"err","name":"App","error":"%%s"}' %% e)
-    _b = await _m()
-    print('{"kind":"total","name":"after boot","bytes":%%d,"free":%%d}' %% (_b - _base, gc.mem_free()))
-
-async def _opt(name, fn):
+async def _kept(name, fn, kind="opt"):
+    # the heap that fn's result holds, kept alive in _objs (the App first: the later steps build on its parts)
     _a = await _m()
     try:
         _objs.append(fn())
     except Exception as e:
         print('{"kind":"err","name":"%%s","error":"%%s"}' %% (name, repr(e).replace('"', "'")))
         return
-    print('{"kind":"opt","name":"%%s","bytes":%%d}' %% (name, (await _m()) - _a))
+    print('{"kind":"%%s","name":"%%s","bytes":%%d}' %% (kind, name, (await _m()) - _a))
+
+import os as _os
+
+async def _boot():
+    if not hasattr(_os, "urandom"):  # the WebAssembly port lacks it; zeros are as good for a size
+        class _OsShim:
+            def __getattr__(self, name):
+                return getattr(_os, name)
+            def urandom(self, n):
+                return bytes(n)
+        for _mn in ("firmware.ocpp.session", "lib.ws"):
+            sys.modules[_mn].os = _OsShim()
+    try:
+        from firmware.app import App
+        await _kept("App(board)", lambda: App(_Board()), "obj")
+    except ImportError as e:
+        print('{"kind":"err","name":"App","error":"%%s"}' %% e)
+    _b = await _m()
+    print('{"kind":"total","name":"after boot","bytes":%%d,"free":%%d}' %% (_b - _base, gc.mem_free()))
 
 async def _later():
     # Loaded on first use (an optional profile's first CALL, an update, a reader on the ESP32 only...): each
@@ -161,7 +149,7 @@ async def _later():
         if _pkg in sys.modules and _leaf in sys.modules[_pkg].__dict__:
             delattr(sys.modules[_pkg], _leaf)
     for _n in %(optional)r:
-        await _opt("import " + _n, lambda: __import__(_n))
+        await _kept("import " + _n, lambda: __import__(_n))
 
 async def _model():
     if "firmware.chargepoint" not in sys.modules or not _objs:
@@ -169,7 +157,7 @@ async def _model():
     # the charger model as App.model() makes it when a front end is configured
     from firmware.chargepoint import ChargePoint
     _app = _objs[0]
-    await _opt("ChargePoint(App's parts)", lambda: ChargePoint(_app.evse, _app.meter, _app.connector, _app.session,
+    await _kept("ChargePoint(App's parts)", lambda: ChargePoint(_app.evse, _app.meter, _app.connector, _app.session,
                                                          _app.cfg, _app.wifi, _app))
     del _app
 
@@ -199,11 +187,11 @@ async def _mqtt():
     if "lib.mqtt" not in sys.modules:
         return
     from lib.mqtt import MQTTClient
-    await _opt("MQTTClient(max_packet=1024)", lambda: MQTTClient("evse-0123456789ab", max_packet=1024))
+    await _kept("MQTTClient(max_packet=1024)", lambda: MQTTClient("evse-0123456789ab", max_packet=1024))
     _c = MQTTClient("evse-0123456789ab", max_packet=1024)
     _s = _Broker()
     # The WebAssembly port's asyncio is its own JS-timer variant, whose tasks cost more than on the ESP32's.
-    await _opt("+ connected (2 tasks, no socket)", lambda: _connected(_c, _s))
+    await _kept("+ connected (2 tasks, no socket)", lambda: _connected(_c, _s))
     del _c, _s
 
 class _Model:
@@ -229,7 +217,7 @@ async def _front():
         f = MqttFront(_Model(), _cfg, %(state)r)
         f._settings()  # what the supervisor builds at its start: the client, the load limit
         return f
-    await _opt("MqttFront + its MQTTClient + LoadLimit", _make)
+    await _kept("MqttFront + its MQTTClient + LoadLimit", _make)
 
 async def _main():
     await _imports()
