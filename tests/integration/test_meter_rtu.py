@@ -136,8 +136,10 @@ def test_dead_meter_fails_within_retry_budget_then_recovers(model):
         # Each attempt waits its response timeout (a protocol deadline) plus the pre-request silence.
         attempts = RETRIES + 1
         assert attempts * TIMEOUT_MS <= r["took_ms"] <= attempts * (TIMEOUT_MS + 4 * r["gap_ms"]) + 500
-        # The loop ran all along: the wait is asyncio-polled, not a blocking read.
-        assert r["max_stall_ms"] < 200, r
+        # The loop ran all along: the wait is asyncio-polled, not a blocking read. A blocking read would stall it
+        # for a whole response timeout (300 ms); the bound stays below that and above a loaded host's scheduling
+        # (152 ms stalls were seen in CI with 14 test workers on 2 cores).
+        assert r["max_stall_ms"] < 250, r
         assert r["ticks"] > 100, r
 
         vm.set_fault(False)

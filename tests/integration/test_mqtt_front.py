@@ -292,8 +292,11 @@ def test_dead_broker_costs_no_loop_time(mosquitto_factory, mcu_factory, watchers
     finally:
         broker.resume()
     assert len(lags) >= 10, lags
-    # the front end's connect attempts and its publishes into a dead link never stalled the loop
-    assert max(lags) < 100, lags
+    # The front end's connect attempts and its publishes into a dead link never stalled the loop. A wait done
+    # blocking would stall it for at least the shortest wait the front end makes here (its 500 ms back-off; the
+    # PINGRESP and CONNACK waits are seconds); the bound stays below that and far above a loaded host's scheduling
+    # (152 ms was seen in CI with 14 workers on 2 cores), so it fails on a blocking wait, not on a busy machine.
+    assert max(lags) < 400, lags
     w.wait_for(BASE + "/availability", b"online", since=len(w.messages) - 1 if w.messages else 0, timeout=30)
 
 
