@@ -48,7 +48,8 @@ class App:
         self.smart = None
         self.reservations = None
         session = self.session
-        session.lazy(("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"), self.load_smart)
+        session.lazy(("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"), self.load_smart,
+                     self._smart_ahead)
         session.lazy(("ReserveNow", "CancelReservation"), self.load_reservations)
         session.lazy(("TriggerMessage",), self._load_trigger)
         session.lazy(("ClearCache", "GetLocalListVersion", "SendLocalList"), self._load_localauth)
@@ -73,6 +74,9 @@ class App:
             self.smart.on_change = self.connector.tick  # a new limit reaches the PWM at once
             smartcharging.register(self.session, self)
         return self.smart
+
+    def _smart_ahead(self):
+        from firmware.ocpp import schedule  # noqa: F401  the profile's schedule maths, a loop step before the rest
 
     def load_reservations(self):
         if self.reservations is None:

@@ -56,6 +56,7 @@ class Connector:
         self._pending_lock = False  # the pending start asked for the lock (released if the start is dropped)
         self.finishing = False
         self.stopping = None  # the task that sends StopTransaction after the last meter reading
+        self.starting = None  # the task that writes a new transaction's record and queues its StartTransaction
         self.sampler = metering.Sampler(session, txq, meter, evse, cfg, ms)
         self.reporter = StatusReporter(self, session, evse, cfg, ms)
         self._authorizing = False
@@ -188,11 +189,26 @@ class Connector:
             self.reservations.consumed(res)
         self.tx = tx
         self.meter.hold = True  # a register that moves from now on is bridged, not billed (firmware/meter.py)
-        tx.save()  # before the message: a Start must never lack its Stop
-        self.txq.push(START, tx.lid, payload)
-        log.info(_TAG, "transaction %d started for %s at %d Wh" % (tx.lid, tag, wh0))
         self.evse.want_lock = True
-        self._apply_allow()
+        self.starting = asyncio.create_task(self._open(tx, payload))
+
+    async def _open(self, tx, payload):
+        # The start's flash writes, a loop step each after the tick's id map (docs/decisions.md, Loop stalls): the
+        # record, then the message and the contactor. Until then the transaction is there but shows nothing: no
+        # status, no sample, no energy (tick, _apply_allow), and a stop waits for this (_stop_after_reading).
+        try:
+            tx.save()  # before the message: a Start must never lack its Stop
+            await asyncio.sleep_ms(0)
+            self.txq.push(START, tx.lid, payload)
+            log.info(_TAG, "transaction %d started for %s at %d Wh" % (tx.lid, tx.tag, tx.wh0))
+        except Exception as e:  # a flash that refuses the write: the contactor stays open
+            log.error(_TAG, "transaction %d not opened: %r" % (tx.lid, e))
+            return
+        finally:
+            self.starting = None
+        if self.tx is tx:
+            self._apply_allow()
+            self.tick()  # its status and limit from the state it is in now
 
     def stop(self, reason, tag=None):
         """Ends the running transaction: energy stops at once, the StopTransaction follows a fresh meter
@@ -212,6 +228,9 @@ class Connector:
         return True
 
     async def _stop_after_reading(self, tx, reason, when, tag):
+        opening = self.starting
+        if opening is not None:
+            await opening  # its StartTransaction is queued before this Stop
         await self.meter.poll()  # a failed or implausible poll keeps the last trusted reading
         self.push_stop(tx, reason, self.meter.energy_wh, when, tag)
         if self.tx is None:
@@ -259,7 +278,7 @@ class Connector:
 
     def _apply_allow(self):
         tx = self.tx
-        allow = tx is not None
+        allow = tx is not None and self.starting is None
         if allow and tx.invalid:
             allow = self.meter.energy_wh - tx.wh0 < self.cfg.get("MaxEnergyOnInvalidId")
         if allow != self.evse.allow:
@@ -296,10 +315,12 @@ class Connector:
             # (issue 9); the EVSE has already opened the contactor, and reports ConnectorLockFailure.
             log.warn(_TAG, "lock lost during transaction %d" % tx.lid)
             self.stop("Other")
-        else:
+        elif self.starting is None:  # no sample before the record it is appended to is written
             if tx.invalid:
                 self._apply_allow()
             self.sampler.periodic(tx, now)
+        if self.starting is not None:
+            return  # status, samples and limit wait for the start's writes; _open ticks at their end
         tx = self.tx
         self.sampler.aligned(tx)
         self.reservations.check(evse.operative, evse.fault is not None)

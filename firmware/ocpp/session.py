@@ -78,9 +78,12 @@ class Session:
     def handle(self, action, spec, fn):
         self.handlers[action] = (spec, fn)
 
-    def lazy(self, actions, loader):
+    def lazy(self, actions, loader, ahead=None):
+        """The handlers of actions are registered by loader() on the first CALL of one of them; ahead(), if given,
+        runs a loop step before it (a first part of the profile's code to import: each import is a long step)."""
+        lazy = (loader, ahead)
         for action in actions:
-            self._lazy[action] = loader
+            self._lazy[action] = lazy
 
     # ---- outgoing CALLs ------------------------------------------------------------------------------
     async def notify(self, action, payload):
@@ -224,28 +227,29 @@ class Session:
             log.warn(_TAG, "ignored answer to unknown id %s" % uid)
         return None, None
 
-    def _handler(self, action):
-        entry = self.handlers.get(action)
-        if entry is None and action in self._lazy:
-            loader = self._lazy[action]
-            loader()  # a MemoryError leaves the profile lazy: the next CALL tries again
-            for name in [a for a in self._lazy if self._lazy[a] is loader]:
-                del self._lazy[name]
-            entry = self.handlers.get(action)
-        return entry
+    async def _load(self, lazy):
+        loader, ahead = lazy
+        if ahead is not None:
+            ahead()
+            await asyncio.sleep_ms(0)
+        loader()  # a MemoryError leaves the profile lazy: the next CALL tries again
+        for name in [a for a in self._lazy if self._lazy[a] is lazy]:
+            del self._lazy[name]
+        await asyncio.sleep_ms(0)  # its import was a long step (1-2 ms on the host): the other tasks go first
 
     async def _serve(self, uid, action, payload, big=False):
         after = None
-        loading = action in self._lazy
-        try:
-            entry = self._handler(action)  # a profile that fails to load otherwise fails the reader, as a bug would
-        except MemoryError:
-            # A late import may find no block for its names even with much of the heap free (docs/decisions.md,
-            # Memory): this CALL fails, the link and the other profiles stay, and a later attempt may load it.
-            log.error(_TAG, "no memory to load the handler of " + action)
-            return [rpc.ERROR, uid, rpc.INTERNAL, "%s: not enough memory to load its handler" % action, {}], None
-        if loading:
-            await asyncio.sleep_ms(0)  # its import was a long step (2 ms on the host): the other tasks go first
+        lazy = self._lazy.get(action)
+        if lazy is not None:
+            try:
+                await self._load(lazy)  # a profile that fails to load otherwise fails the reader, as a bug would
+            except MemoryError:
+                # A late import may find no block for its names even with much of the heap free
+                # (docs/decisions.md, Memory): this CALL fails, the link and the other profiles stay, and a later
+                # attempt may load it.
+                log.error(_TAG, "no memory to load the handler of " + action)
+                return [rpc.ERROR, uid, rpc.INTERNAL, "%s: not enough memory to load its handler" % action, {}], None
+        entry = self.handlers.get(action)
         try:
             if entry is None:
                 if action in _ACTIONS_16:

@@ -399,4 +399,53 @@ async def test_a_lost_transaction_file_still_gets_its_stop():
     assert stop["reason"] == "PowerLoss" and json.loads(list(r2.txq.journal.records())[-1][1])[1] == lid
 
 
+# ---- issue 14: the start's flash writes, one loop step each ----
+def _until_started(r):
+    # Plays the board without yielding until the tick that starts the transaction: the moment just after it
+    b = r.board
+    for _ in range(300):
+        b.t += 10
+        r.evse.watch()
+        if b.t % 50 == 0:
+            r.evse.update()
+        if b.t % 100 == r.phase:
+            r.conn.tick()
+        if r.conn.tx is not None:
+            return r.conn.tx
+    raise AssertionError("no transaction started")
+
+
+async def test_the_start_writes_its_record_and_its_message_in_loop_steps_of_their_own():
+    r = Rig()
+    r.conn.arm("TAG1")
+    r.plug()
+    r.board.ev = "C"  # the EV asks for energy from the start: the contactor would close at once
+    tx = _until_started(r)
+    # the tick that started it wrote only the id map: no record, no message, no energy, no status yet
+    assert not store.present(r.conn.tx_path) and r.queued(START) == [] and not r.evse.allow and not r.board.cmd
+    assert r.conn.starting is not None and r.statuses[-1] == "Preparing", r.statuses
+    await asyncio.sleep_ms(0)  # the next step: the record, before any message
+    assert store.present(r.conn.tx_path) and r.queued(START) == [] and not r.evse.allow
+    await asyncio.sleep_ms(0)  # then the StartTransaction, then the contactor
+    (start,) = r.queued(START)
+    assert start["idTag"] == "TAG1" and start["meterStart"] == tx.wh0 and r.evse.allow and r.board.cmd
+    assert r.conn.starting is None and r.statuses[-1] == "Charging", r.statuses
+    await r.run(1000)
+    assert "SuspendedEVSE" not in r.statuses and r.statuses[-2:] == ["Preparing", "Charging"], r.statuses
+
+
+async def test_a_stop_while_the_start_is_written_queues_the_start_first():
+    r = Rig()
+    r.conn.arm("TAG1")
+    r.plug()
+    r.board.ev = "C"
+    tx = _until_started(r)
+    r.conn.stop("Local", "TAG1")  # the same card again, before the start's writes ran
+    await r.run(1000)
+    recs = [json.loads(d) for _, d in r.txq.journal.records()]
+    assert [(a, lid) for a, lid, _ in recs] == [(START, tx.lid), (STOP, tx.lid)], recs
+    assert r.board.closes == 0 and not r.evse.allow  # no energy for a transaction stopped before it opened
+    assert not store.present(r.conn.tx_path) and r.conn.starting is None and r.conn.stopping is None
+
+
 tinytest.run(globals())

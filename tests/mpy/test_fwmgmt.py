@@ -140,7 +140,9 @@ def test_the_module_leaves_the_heap_once_both_engines_are_idle():
     ocpp = sys.modules["firmware.ocpp"]
     assert "fwmgmt" not in ocpp.__dict__
     assert app.session.on_accepted == app.core.accepted  # Core's hook back
-    assert app.session._handler("GetDiagnostics") is not None  # the lazy loader is back: loaded again
+    loader, _ = app.session._lazy["GetDiagnostics"]  # the lazy loader is back
+    loader()
+    assert "GetDiagnostics" in app.session.handlers  # loaded again
     assert "firmware.ocpp.fwmgmt" in sys.modules
 
 

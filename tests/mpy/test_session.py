@@ -328,6 +328,35 @@ async def test_a_profile_that_finds_no_memory_to_load_fails_the_call_and_loads_l
     assert reply == [3, "m3", {"status": "Accepted"}] and tries == [1, 1], reply
 
 
+async def test_a_profile_loaded_in_two_parts_lets_the_loop_run_between_them():
+    s, ws = _session()
+    steps = [0]
+    seen = []
+
+    async def other_task():  # what the rest of the firmware does meanwhile: one count per loop step
+        while True:
+            steps[0] += 1
+            await asyncio.sleep_ms(0)
+
+    def ahead():
+        seen.append(("ahead", steps[0]))
+
+    def loader():
+        seen.append(("loader", steps[0]))
+        s.handle("GetLocalListVersion", (), lambda p: {"listVersion": 3})
+
+    t = asyncio.create_task(other_task())
+    await asyncio.sleep_ms(0)
+    s.lazy(("GetLocalListVersion",), loader, ahead)
+    reply, _ = await s.dispatch('[2,"a1","GetLocalListVersion",{}]')
+    t.cancel()
+    assert reply == [3, "a1", {"listVersion": 3}], reply
+    (a, n_ahead), (b, n_loader) = seen
+    assert (a, b) == ("ahead", "loader") and n_loader > n_ahead, seen  # the other task ran in between
+    reply, _ = await s.dispatch('[2,"a2","GetLocalListVersion",{}]')
+    assert reply == [3, "a2", {"listVersion": 3}] and len(seen) == 2, seen  # loaded once
+
+
 async def test_dispatch_returns_the_after_action_which_runs_once_the_answer_is_out():
     s, ws, app = _core_session()
     reply, after = await s.dispatch('[2,"r1","Reset",{"type":"Soft"}]')

@@ -180,7 +180,8 @@ def _install_steps():
         return w
 
     # the optional profiles' code, imported on first use (App's loaders, registered before App exists)
-    for name in ("load_smart", "load_reservations", "_load_trigger", "_load_localauth", "load_fwmgmt"):
+    for name in ("load_smart", "_smart_ahead", "load_reservations", "_load_trigger", "_load_localauth",
+                 "load_fwmgmt"):
         if hasattr(app.App, name):
             setattr(app.App, name, timed(getattr(app.App, name), 2))
 
