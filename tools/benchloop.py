@@ -38,16 +38,17 @@ def parse(lines):
     top = []
     for item in (_last(lines, "BENCHSTEPS") or "").split(";"):
         if item:
-            us, task, label, store_us, import_us, log_us, in_gc = item.split(" ")
+            us, task, label, store_us, import_us, log_us, in_gc, pre_us = item.split(" ")
             top.append({"us": int(us), "task": task, "label": label, "flash_us": int(store_us),
-                        "import_us": int(import_us), "log_us": int(log_us), "gc": int(in_gc)})
+                        "import_us": int(import_us), "log_us": int(log_us), "gc": int(in_gc),
+                        "preempted_us": int(pre_us)})
     tasks = []
     for item in (_last(lines, "BENCHTASKS") or "").split(";"):
         if item:
             f = item.split(" ")
             n = [int(x) for x in f[2:]]
             tasks.append({"task": f[0], "label": f[1], "max_us": n[0], "n": n[1], "sum_us": n[2], "flash_us": n[3],
-                          "gc_n": n[4], "gc_max_us": n[5], "import_us": n[6], "log_us": n[7]})
+                          "gc_n": n[4], "gc_max_us": n[5], "import_us": n[6], "log_us": n[7], "preempted_us": n[8]})
     tasks.sort(key=lambda r: -r["max_us"])
     g = GC_RE.search("BENCHGC " + (_last(lines, "BENCHGC") or ""))
     gcf = None
@@ -101,7 +102,7 @@ def _steps_median(runs):
         mid = rs[len(rs) // 2]
         if mid:
             out.append({"task": task, "label": label, "us": mid["max_us"], "flash_us": mid["flash_us"],
-                        "import_us": mid["import_us"], "log_us": mid["log_us"],
+                        "import_us": mid["import_us"], "log_us": mid["log_us"], "preempted_us": mid["preempted_us"],
                         "n": mid["n"], "mean_us": mid["sum_us"] / mid["n"] if mid["n"] else 0})
     out.sort(key=lambda r: -r["us"])
     return out
@@ -144,19 +145,21 @@ def loop_rows(row, st):
         # A step is exactly a stretch without yielding; the median over runs keeps a host preemption that lands
         # in one step of one run from being taken for the firmware's.
         row("loop", "longest step without yielding, less GC", "%.2f ms" % (worst["us"] / 1000.0),
-            "ESP32 estimate x%d: %.0f ms; %s%s; RAM disk, step probe, heap %s" % (
+            "ESP32 estimate x%d: %.0f ms; %s%s; RAM disk, step probe, heap %s%s" % (
                 ESP32_SLOWDOWN, worst["us"] / 1000.0 * ESP32_SLOWDOWN, worst["task"],
-                "" if worst["label"] == "-" else " " + worst["label"], st["heap"]),
+                "" if worst["label"] == "-" else " " + worst["label"], st["heap"],
+                "; the host's preemption taken out" if "preempted_us" in worst else ""),
             target=(0.1, "<= 0.1 ms"), measured=worst["us"] / 1000.0)
     row("loop", "  probe lag without GC windows", "%.2f ms" % st["stall_ms"],
         "the loop's lateness as the probe saw it (steps back to back, host preemption); median of %d runs "
         "(%.1f-%.1f ms)" % (len(runs), min(runs), max(runs)))
     for r in steps[:10]:
         row("loop", "  step %s%s" % (r["task"], "" if r["label"] == "-" else " " + r["label"]),
-            "%.2f ms" % (r["us"] / 1000.0), "longest less GC (median of runs); in it: flash writes %.2f, lazy "
-            "import %.2f, log lines %.2f ms; %d steps, mean %.2f ms with GC" % (
-                r["flash_us"] / 1000.0, r["import_us"] / 1000.0, r["log_us"] / 1000.0, r.get("n", 0),
-                r.get("mean_us", 0) / 1000.0))
+            "%.2f ms" % (r["us"] / 1000.0), "longest less GC%s (median of runs); in it: flash writes %.2f, lazy "
+            "import %.2f, log lines %.2f ms; %d steps, mean %.2f ms with GC%s" % (
+                "" if "preempted_us" not in r else " and host preemption", r["flash_us"] / 1000.0,
+                r["import_us"] / 1000.0, r["log_us"] / 1000.0, r.get("n", 0), r.get("mean_us", 0) / 1000.0,
+                "" if "preempted_us" not in r else "; preemption taken out %.2f ms" % (r["preempted_us"] / 1000.0)))
     g = st.get("gc")
     if g:
         row("loop", "GC pause (one collection, host)", "%.2f ms" % (g["pause_med_us"] / 1000.0),

@@ -190,9 +190,9 @@ class Connector:
         self.tx = tx
         self.meter.hold = True  # a register that moves from now on is bridged, not billed (firmware/meter.py)
         self.evse.want_lock = True
-        self.starting = asyncio.create_task(self._open(tx, payload))
+        self.starting = asyncio.create_task(self._write_start(tx, payload))
 
-    async def _open(self, tx, payload):
+    async def _write_start(self, tx, payload):
         # The start's flash writes, a loop step each after the tick's id map (docs/decisions.md, Loop stalls): the
         # record, then the message and the contactor. Until then the transaction is there but shows nothing: no
         # status, no sample, no energy (tick, _apply_allow), and a stop waits for this (_stop_after_reading).
@@ -320,7 +320,7 @@ class Connector:
                 self._apply_allow()
             self.sampler.periodic(tx, now)
         if self.starting is not None:
-            return  # status, samples and limit wait for the start's writes; _open ticks at their end
+            return  # status, samples and limit wait for the start's writes; _write_start ticks at their end
         tx = self.tx
         self.sampler.aligned(tx)
         self.reservations.check(evse.operative, evse.fault is not None)
