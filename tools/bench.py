@@ -54,13 +54,14 @@ WEAR_TARGET = 64 * 1024
 # table beside each miss. Keep these current with the analysis in README "Measurements".
 MISS_FIXES = {
     ("loop", "longest step without yielding, less GC"):
-        "split the long steps (docs/decisions.md, Loop stalls): a lazily loaded profile's import (smart "
-        "charging: ~2 ms in one step; its loader could import schedule.py a step ahead), the connector's tick "
-        "that starts a transaction with its five flash writes (a task yielding between them was written and tested, and held "
-        "back when it made a late qstr pool fail; that failure's cause, the boot's fragmented heap, is removed "
-        "since, so it can be tried again); the stop and TxQueue.run likewise; the handler of a large frame "
-        "(already a step apart from its decoding and validation) yielding between its two flash copies. Steps "
-        "under ~0.5 ms are not measurable apart from host noise on a shared 2-core machine",
+        "split the steps still near 1 ms on this host (docs/decisions.md, Loop stalls): the boot's (main: the "
+        "recovery module's import and the first collection), SetChargingProfile's and SendLocalList's handlers "
+        "with their two flash copies (a yield between the copies), the stop's, TxQueue.run's and the meter "
+        "sample's writes in Connector.run. Done: the start's five writes are three steps, Smart Charging's import "
+        "two. Below ~1 ms the same step varies by +-0.5 ms from run to run on this shared VM, with the host's "
+        "preemption taken out. 0.1 ms (20 ms on an ESP32) is less than one module's import from ROMFS (0.2-0.3 "
+        "ms: its names are made at run time) and, on a board, than one LittleFS commit: it takes frozen modules "
+        "and each flash write in a step of its own",
     ("heap", "after boot from .mpy files, 32-bit"):
         "run the code from flash, not from .mpy files in the heap: frozen into a custom build (boards/EVSE_ESP32, "
         "docs/custom-build.md) or from a ROMFS partition (make romfs); what stays in the heap is the stdlib and "
