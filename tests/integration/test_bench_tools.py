@@ -133,7 +133,9 @@ def test_step_probe_names_the_step_that_stalled():
 
     v = asyncio.run(go())
     top = v["top"][0]
-    assert top["task"] == "Evse.run" and top["us"] >= 60000 - 1000, v["top"][:3]
+    # the hook busy-waits 60 ms of wall time: what the host's scheduler took of them is shown apart, not lost
+    assert top["task"] == "Evse.run" and top["us"] + top["preempted_us"] >= 60000 - 1000, v["top"][:3]
+    assert top["us"] > 30000, v["top"][:3]
     assert v["gc"]["timed"] >= 1 and v["gc"]["pause_med_us"] > 0
     assert any(r["task"] == "Session.run" for r in v["tasks"]), v["tasks"]
 

@@ -125,7 +125,9 @@ async def test_wrong_password_fails_with_reason_and_backs_off():
     for n, gap in enumerate(gaps):
         floor = min(20 << n, 80)  # doubling from backoff_min_ms, capped at backoff_max_ms
         assert gap >= floor, (n, gaps)
-        assert gap < floor * 5 // 4 + 250, (n, gaps)  # plus at most 25 % jitter, the join's polls, a busy host
+        # plus at most 25 % jitter, the join's polls and a busy host (CI runs 14 workers on 2 cores: 250 ms of
+        # slack was exceeded once); the exact waits are test_backoff_doubles_to_the_cap_with_bounded_jitter's
+        assert gap < floor * 5 // 4 + 1000, (n, gaps)
     assert gaps[2] > gaps[0]
     assert radio.unyielded == 0
 
