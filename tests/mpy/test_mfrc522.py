@@ -260,7 +260,7 @@ def test_hung_chip_costs_a_bounded_wait_then_a_reset():
     t0 = time.ticks_ms()
     assert r.poll() is None
     assert chip.transactions - n0 <= 7 + mfrc522.WAIT_POLLS
-    assert time.ticks_diff(time.ticks_ms(), t0) < 100
+    assert time.ticks_diff(time.ticks_ms(), t0) < 1000  # no sleep in it: ~1 ms, the rest is a loaded host's
     assert not r.ready and r.last_error == "chip did not answer"
     chip.deaf = False
     chip.insert(card)
