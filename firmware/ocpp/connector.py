@@ -294,7 +294,8 @@ class Connector:
         evse = self.evse
         tx = self.tx
         if tx is None:
-            if self.pending_tag is not None:
+            if self.pending_tag is not None and self.stopping is None:
+                # not before the last transaction's Stop is queued: its file goes then, and its Stop goes first
                 self._await_ev(now)
             elif self.cfg.get("FreeVendEnabled") and evse.ev_connected and evse.plugged and not self.finishing \
                     and evse.operative and not evse.fault:

@@ -448,4 +448,29 @@ async def test_a_stop_while_the_start_is_written_queues_the_start_first():
     assert not store.present(r.conn.tx_path) and r.conn.starting is None and r.conn.stopping is None
 
 
+async def test_a_start_right_after_a_stop_waits_for_the_stop_to_be_queued():
+    # RemoteStop then RemoteStart at once (a Central System's script does that): the Stop waits for a meter reading
+    # taken after the contactor opened; the new transaction's record must not be the one its forget() deletes
+    r = Rig()
+    await r.charging("TAG1")
+    first = r.conn.tx
+    polls = r.meter.poll
+
+    async def slow_poll():  # a Modbus read: some loop steps long
+        for _ in range(3):
+            await asyncio.sleep_ms(0)
+        return await polls()
+
+    r.meter.poll = slow_poll
+    r.conn.stop("Remote")
+    r.conn.arm("TAG2")  # the EV is still plugged and the lock holds: the start can go at once
+    await r.run(1000)
+    recs = [json.loads(d) for _, d in r.txq.journal.records()]
+    second = r.conn.tx
+    assert second is not None and second.lid != first.lid and second.tag == "TAG2"
+    assert [(a, lid) for a, lid, _ in recs if a != METER] == [
+        (START, first.lid), (STOP, first.lid), (START, second.lid)], recs
+    assert store.present(r.conn.tx_path), "the new transaction's record was deleted with the old one's"
+
+
 tinytest.run(globals())
