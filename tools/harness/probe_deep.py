@@ -9,8 +9,8 @@
 #   estimate, see _collected): its length counts less one timed collection (the GC pause is not a stall), and a
 #   probe window with one in it counts apart;
 # - the time the host's scheduler kept the process waiting for a CPU during a step (/proc/self/schedstat's
-#   run-queue wait) is taken out of it too: a board's MCU runs the loop alone, and on a shared 2-core host this
-#   preemption, not the firmware, made most steps' maxima (~1 ms for steps whose mean is 0.05 ms);
+#   run-queue wait) is taken out of it too: a board's MCU runs the loop alone, and on a busy 2-core host a step
+#   can wait there for milliseconds;
 # - once a second it times one gc.collect() of the heap as it is (the length of a collection) and prints
 #   BENCHSTEPS (the longest steps without a collection), BENCHTASKS (per task and action) and BENCHGC.
 _TOP = 12
