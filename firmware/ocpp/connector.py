@@ -232,7 +232,14 @@ class Connector:
         if opening is not None:
             await opening  # its StartTransaction is queued before this Stop
         await self.meter.poll()  # a failed or implausible poll keeps the last trusted reading
-        self.push_stop(tx, reason, self.meter.energy_wh, when, tag)
+        try:
+            self.push_stop(tx, reason, self.meter.energy_wh, when, tag)
+        except Exception as e:
+            # A flash that refuses the Stop keeps tx.rec, which the next boot closes; a new transaction would
+            # write over it, so none starts until then (stopping stays set).
+            log.error(_TAG, "transaction %d: its Stop could not be queued (%r); no new transaction until a reboot"
+                      % (tx.lid, e))
+            return
         if self.tx is None:
             self.meter.release()
         self.stopping = None

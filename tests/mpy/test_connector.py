@@ -473,4 +473,24 @@ async def test_a_start_right_after_a_stop_waits_for_the_stop_to_be_queued():
     assert store.present(r.conn.tx_path), "the new transaction's record was deleted with the old one's"
 
 
+async def test_a_stop_the_flash_refuses_keeps_the_record_and_starts_nothing_over_it():
+    r = Rig()
+    await r.charging("TAG1")
+    lid = r.conn.tx.lid
+    push = r.txq.push
+
+    def full(action, local_id, payload):
+        if action == STOP:
+            raise OSError(28)  # ENOSPC
+        return push(action, local_id, payload)
+
+    r.txq.push = full
+    r.conn.stop("Remote")
+    r.conn.arm("TAG2")
+    await r.run(1000)
+    assert r.queued(STOP) == [] and r.conn.tx is None and not r.board.cmd
+    assert store.present(r.conn.tx_path) and r.conn.stopping is not None  # for the next boot to close
+    assert [rec[1] for rec in (json.loads(d) for _, d in r.txq.journal.records()) if rec[0] == START] == [lid]
+
+
 tinytest.run(globals())
