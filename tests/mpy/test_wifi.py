@@ -87,8 +87,8 @@ def fast(link, **timings):
     return link
 
 
-def _start(radio, ssid="Net", password="good-password"):
-    link = fast(Link(radio, ssid, password))
+def _start(radio, ssid="Net", password="good-password", **timings):
+    link = fast(Link(radio, ssid, password), **timings)
     tasks = [asyncio.create_task(_turns(radio)), asyncio.create_task(link.run())]
     return link, tasks
 
@@ -115,15 +115,17 @@ async def test_join_ok():
 
 async def test_wrong_password_fails_with_reason_and_backs_off():
     radio = Radio()
-    link, tasks = _start(radio, password="bad-password")
-    await _until(lambda: len(radio.joins) >= 5, 5000)
+    # back-offs of 100 ms and up: their doubling stays visible above a loaded host's scheduling (a 20 ms first
+    # wait once came out longer than the third, 80 ms one, with 14 test workers on 2 cores)
+    link, tasks = _start(radio, password="bad-password", backoff_min_ms=100, backoff_max_ms=400)
+    await _until(lambda: len(radio.joins) >= 5, 8000)
     _stop(tasks)
     assert link.state in ("failed", "joining") and link.error == "wrong password" and link.ip is None
     assert link.failures >= 4
     assert radio.leaves >= 4  # every failed attempt is abandoned: the radio stops trying by itself
     gaps = [time.ticks_diff(radio.joins[i + 1][0], radio.joins[i][0]) for i in range(4)]
     for n, gap in enumerate(gaps):
-        floor = min(20 << n, 80)  # doubling from backoff_min_ms, capped at backoff_max_ms
+        floor = min(100 << n, 400)  # doubling from backoff_min_ms, capped at backoff_max_ms
         assert gap >= floor, (n, gaps)
         # plus at most 25 % jitter, the join's polls and a busy host (CI runs 14 workers on 2 cores: 250 ms of
         # slack was exceeded once); the exact waits are test_backoff_doubles_to_the_cap_with_bounded_jitter's
