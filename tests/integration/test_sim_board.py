@@ -293,6 +293,9 @@ def test_faults(sim):
     assert st["pilot"] == "E" and st["cp_mv"] == [0, 0] and st["offered_a"] == 0
     sim.wait_line(r'PROBE IN .*"cp": \[0, 0\]', after=mark)
     assert sim.ctl(cmd="fault", kind="cp_short", on=False)["ok"]
+    # the short made the probe unlock (no pilot: no cable as it sees it); locked again before the lock fault, or
+    # the fault would hold it open
+    sim.until(lambda st: st["locked"])
     # lock fault: the lock stays where it is when commanded
     assert sim.ctl(cmd="fault", kind="lock", on=True)["ok"]
     assert sim.ctl(cmd="unplug")["ok"]
