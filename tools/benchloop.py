@@ -154,12 +154,13 @@ def loop_rows(row, st):
         "the loop's lateness as the probe saw it (steps back to back, host preemption); median of %d runs "
         "(%.1f-%.1f ms)" % (len(runs), min(runs), max(runs)))
     for r in steps[:10]:
+        pre = r.get("preempted_us")  # None in results saved before the probe took it out
         row("loop", "  step %s%s" % (r["task"], "" if r["label"] == "-" else " " + r["label"]),
             "%.2f ms" % (r["us"] / 1000.0), "longest less GC%s (median of runs); in it: flash writes %.2f, lazy "
             "import %.2f, log lines %.2f ms; %d steps, mean %.2f ms with GC%s" % (
-                "" if "preempted_us" not in r else " and host preemption", r["flash_us"] / 1000.0,
+                "" if pre is None else " and host preemption", r["flash_us"] / 1000.0,
                 r["import_us"] / 1000.0, r["log_us"] / 1000.0, r.get("n", 0), r.get("mean_us", 0) / 1000.0,
-                "" if "preempted_us" not in r else "; preemption taken out %.2f ms" % (r["preempted_us"] / 1000.0)))
+                "" if pre is None else "; preemption taken out %.2f ms" % (pre / 1000.0)))
     g = st.get("gc")
     if g:
         row("loop", "GC pause (one collection, host)", "%.2f ms" % (g["pause_med_us"] / 1000.0),

@@ -140,17 +140,21 @@ class Rig:
         conn.reporter.update = record
         self.phase = 0  # board ms (mod 100) at which the connector ticks
 
-    async def run(self, ms):
+    def step(self):
+        """10 ms of board time, without yielding."""
         b = self.board
+        b.t += 10
+        self.evse.watch()
+        if b.t % 50 == 0:
+            self.evse.update()
+        if b.t % 1000 == 0:
+            self.meter.step(b)
+        if b.t % 100 == self.phase:
+            self.conn.tick()
+
+    async def run(self, ms):
         for _ in range(ms // 10):
-            b.t += 10
-            self.evse.watch()
-            if b.t % 50 == 0:
-                self.evse.update()
-            if b.t % 1000 == 0:
-                self.meter.step(b)
-            if b.t % 100 == self.phase:
-                self.conn.tick()
+            self.step()
             await asyncio.sleep_ms(0)  # the connector's own tasks (the Stop after its meter reading) run
 
     def plug(self):
@@ -402,14 +406,8 @@ async def test_a_lost_transaction_file_still_gets_its_stop():
 # ---- issue 14: the start's flash writes, one loop step each ----
 def _until_started(r):
     # Plays the board without yielding until the tick that starts the transaction: the moment just after it
-    b = r.board
     for _ in range(300):
-        b.t += 10
-        r.evse.watch()
-        if b.t % 50 == 0:
-            r.evse.update()
-        if b.t % 100 == r.phase:
-            r.conn.tick()
+        r.step()
         if r.conn.tx is not None:
             return r.conn.tx
     raise AssertionError("no transaction started")
