@@ -103,7 +103,12 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
             await sim.unplug()
             t_on = time.monotonic()
             await sim.power(True)
-            await csms.wait_call(CP, "BootNotification", since_t=t_on, timeout=30)
+            try:
+                await csms.wait_call(CP, "BootNotification", since_t=t_on, timeout=30)
+            except TimeoutError:  # a charger that does not come back: what it printed is the evidence
+                log("  session %d: no BootNotification 30 s after power on:\n    %s"
+                    % (i, "\n    ".join(sim.lines[-60:])))
+                raise
             # the queue drains after the boot: wait until every transaction begun so far is closed
             # only this session's transactions: one left open earlier is counted, not waited for again
             deadline = time.monotonic() + 20
@@ -130,10 +135,15 @@ async def power_cuts(n=50, seed=1, max_charge_s=6.0, sample_s=4, log=print):
         checks = tx_checks(csms, [s["booked"] for s in sessions])
         lost = 0
         gaps = []
+        # when each booked start was sent (a resend is the same payload object again), indexed once: scanning
+        # every frame for each session and transaction held the event loop, which the other boards' Central
+        # Systems share, for a minute at 250 sessions, and a board booting meanwhile timed out
+        sent_at = {}
+        for ft, f in csms.calls_in(CP, "StartTransaction"):
+            sent_at.setdefault(id(f[3]), []).append(ft)
         for s in sessions:
-            txs = [t for t in csms.tx.values() if any(s["t0"] <= ft <= s["t1"] for ft, f in
-                                                      csms.calls_in(CP, "StartTransaction")
-                                                      if f[3] is t["start"])]
+            txs = [t for t in csms.tx.values()
+                   if any(s["t0"] <= ft <= s["t1"] for ft in sent_at.get(id(t["start"]), ()))]
             if s["closed"] and not txs:
                 lost += 1
             billed_wh = sum(t["stop"]["meterStop"] - t["start"]["meterStart"] for t in txs if t["stop"])

@@ -4,10 +4,27 @@ import asyncio
 import pytest
 
 import torture
+from harness.csms import Csms
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def test_calls_in_starts_at_since_t():
+    # wait_call polls calls_in 50 times a second over a run's thousands of frames: it bisects to since_t, so the
+    # answer must stay the plain filter's, at and between the frames' times
+    csms = Csms()
+    for i in range(40):
+        action = ("BootNotification", "Heartbeat")[i % 2]
+        csms.frames.append((10.0 + i // 2, "CP%d" % (i % 3), "in", [2, str(i), action, {}], ""))
+        csms.frames.append((10.0 + i // 2, "CP1", "out", [3, str(i), {}], ""))
+    for since in (0.0, 9.0, 10.0, 10.5, 19.0, 29.0, 30.0):
+        plain = [(t, f) for t, c, d, f, _ in csms.frames if d == "in" and t >= since and c == "CP1"
+                 and f[2] == "Heartbeat"]
+        assert csms.calls_in("CP1", "Heartbeat", since) == plain
+        assert len(csms.calls_in(None, None, since)) == sum(1 for e in csms.frames if e[2] == "in" and e[0] >= since)
+    assert csms.calls_in("CP1", "Heartbeat", 16.0) and not csms.calls_in(since_t=30.0)
 
 
 @pytest.mark.long

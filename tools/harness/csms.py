@@ -8,6 +8,7 @@ trip) and what `make torture` counts with ("every transaction once, in order").
 Both offer what the scenario steps (steps.py) use: mark(), wait_for(), request(), transaction_id().
 """
 import asyncio
+import bisect
 import itertools
 import json
 import logging
@@ -19,6 +20,10 @@ import time
 import csms as central  # tools/csms.py
 from harness import PY, TOOLS
 from harness.proc import ChildProcess, ProcessFailed, json_request, stable_port, wait_until
+
+
+def _frame_time(entry):
+    return entry[0]
 
 
 class CallErrorReply(AssertionError, RuntimeError):
@@ -271,8 +276,12 @@ class Csms:
                 await asyncio.sleep(0.02)
 
     def calls_in(self, cp=None, action=None, since_t=0.0):
-        return [(t, f) for t, c, d, f, _ in self.frames
-                if d == "in" and t >= since_t and (cp is None or c == cp) and isinstance(f, list) and len(f) == 4
+        # frames are appended in time order: start at since_t rather than scan a long run's thousands of frames
+        # at each of wait_call's polls (50 a second)
+        frames = self.frames
+        first = bisect.bisect_left(frames, since_t, key=_frame_time) if since_t > 0 else 0
+        return [(t, f) for t, c, d, f, _ in itertools.islice(frames, first, None)
+                if d == "in" and (cp is None or c == cp) and isinstance(f, list) and len(f) == 4
                 and f[0] == 2 and (action is None or f[2] == action)]
 
     async def wait_call(self, cp, action, since_t=0.0, timeout=30, where=None):
