@@ -32,6 +32,7 @@ def test_power_cuts_lose_nothing():
     res = run(torture.power_cuts(5, seed=11, log=lambda *_: None))
     assert res["sessions"] == 5
     assert (res["lost"], res["dup_start"], res["dup_stop"], res["unclosed"]) == (0, 0, 0, 0), res
+    assert not res["stuck"], res["stuck"]  # each boot sent its Stop (or dropped it) and Available within 20 s
 
 
 @pytest.mark.long
