@@ -27,7 +27,7 @@ import build  # noqa: E402
 import fuzzframes  # noqa: E402
 from harness import BUILD_UNIX, ROOT  # noqa: E402
 from harness.csms import CallTimeout, Csms  # noqa: E402
-from harness.proc import measure, run_cancellable  # noqa: E402
+from harness.proc import measure, run_cancellable, until  # noqa: E402
 from harness.sim import AsyncSim, probe_env  # noqa: E402
 from harness.steps import boot_charger, change_config, local_list, profile, start_charging  # noqa: E402
 
@@ -169,13 +169,9 @@ async def _queue_sent(csms, sim, t_on, lines_on, timeout=20):
     await sim.wait_line(r"BootNotification Accepted", timeout, since=lines_on)  # the boot's own lines are in
     if not any("closing transaction" in line for line in sim.lines[lines_on:]):
         return
-    deadline = time.monotonic() + timeout
-    while not csms.calls_in(CP, "StopTransaction", t_on):
-        if any("dropping StopTransaction" in line for line in sim.lines[lines_on:]):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the boot closed a transaction and sent no Stop within %d s" % timeout)
-        await asyncio.sleep(0.05)
+    await until(lambda: csms.calls_in(CP, "StopTransaction", t_on)
+                or any("dropping StopTransaction" in line for line in sim.lines[lines_on:]),
+                timeout, 0.05, "the Stop of the transaction the boot closed")
 
 
 async def power_cuts_parallel(n=500, jobs=4, seed=1, log=print):
