@@ -3,6 +3,7 @@
 # that is never reached; the test plays the app's tasks in a fixed order (watch every 10 ms, EVSE slow path every
 # 50 ms, connector tick and model poll every 100 ms), as tests/mpy/test_connector.py does.
 import asyncio
+import boardclock
 import json
 import micropython
 import tinytest
@@ -155,16 +156,8 @@ class Rig:
         self.model = ChargePoint(self.evse, m, self.conn, self.session, cfg, self.wifi, self.owner)
 
     async def run(self, ms):
-        b = self.board
         for _ in range(ms // 10):
-            b.t += 10
-            self.evse.watch()
-            if b.t % 50 == 0:
-                self.evse.update()
-            if b.t % 1000 == 0:
-                self.meter.step(b)
-            if b.t % 100 == 0:
-                self.conn.tick()
+            if boardclock.step(self.board, self.evse, self.meter, self.conn):
                 self.model.poll()
             await asyncio.sleep_ms(0)
 

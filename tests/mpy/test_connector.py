@@ -6,6 +6,7 @@
 import asyncio
 import gc
 import json
+import boardclock
 import tinytest
 from firmware import config, pilot, store
 from firmware import evse as E
@@ -142,15 +143,7 @@ class Rig:
 
     def step(self):
         """10 ms of board time, without yielding."""
-        b = self.board
-        b.t += 10
-        self.evse.watch()
-        if b.t % 50 == 0:
-            self.evse.update()
-        if b.t % 1000 == 0:
-            self.meter.step(b)
-        if b.t % 100 == self.phase:
-            self.conn.tick()
+        boardclock.step(self.board, self.evse, self.meter, self.conn, self.phase)
 
     async def run(self, ms):
         for _ in range(ms // 10):
